@@ -1,0 +1,1 @@
+"""The compiler: checkpoint reading, quantization, the Relax pipeline and `mlcgen build`."""

@@ -1,0 +1,176 @@
+"""`mlcgen build`: HF checkpoint folder -> dist/<model>-<quant>-<target>/.
+
+Everything is written into a temporary sibling folder that is renamed into place at the end, so an
+interrupted or failed build leaves no output folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..runtime import dist
+from . import convert
+from .quantization import get_quantization
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json")
+DEFAULT_PREFILL_CHUNK = 2048
+PAGE_SIZE = 16  # tokens per KV-cache page
+
+
+@dataclass
+class BuildPlan:
+    family: object  # the models/<family>.py module
+    cfg: object
+    scheme: object
+    target_module: object  # the targets/<kind>.py module
+    preset: str
+    manifest: dict
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; expected a Hugging Face model folder with config.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def plan(model_dir: Path, quantization: str, target: str, context_window: int | None = None, prefill_chunk: int | None = None) -> BuildPlan:
+    """Everything decided before compiling; the manifest lacks only the conversion results."""
+    from ..models import family_for  # imports the TVM compiler
+    from ..targets import get_target
+
+    source = str(model_dir / "config.json")
+    hf_config = read_hf_config(model_dir)
+    family, arch = family_for(hf_config, source)
+    cfg = family.Config.from_hf(hf_config, source)
+    scheme = get_quantization(quantization)
+    target_module, preset = get_target(target)
+    context_window = context_window or cfg.max_position_embeddings
+    prefill_chunk = min(prefill_chunk or DEFAULT_PREFILL_CHUNK, context_window)
+    if context_window <= 0 or prefill_chunk <= 0:
+        raise ConfigError(f"--context-window and --prefill-chunk must be positive (got {context_window}, {prefill_chunk})")
+    # Our (fused, unquantized) weight shapes, read off the same model built without quantization.
+    shapes = {n: tuple(int(d) for d in p.shape) for n, p in family.Model(cfg, get_quantization("q0f32")).named_parameters()}
+    weights, stored = [], set()
+    for name, (sources, quantized) in family.hf_weight_map(cfg).items():
+        weights.append({"name": name, "hf": list(sources), "quantized": quantized, "shape": list(shapes[name])})
+        stored |= {(p.name, p.shape, p.dtype) for p in scheme.stored_params(name, shapes[name], quantized)}
+    # Params in the order the compiled entry points take them.
+    params = [{"name": n, "shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for n, p in family.Model(cfg, scheme).named_parameters()]
+    if {(p["name"], tuple(p["shape"]), p["dtype"]) for p in params} != stored:
+        raise RuntimeError(f"internal: {family.__name__}'s modules and its weight map disagree under {scheme.name}")
+    manifest = {
+        "format_version": dist.FORMAT_VERSION,
+        "model": {"name": model_dir.resolve().name, "family": family.__name__.rsplit(".", 1)[-1], "architecture": arch, "config": cfg.to_dict()},
+        "quantization": scheme.name,
+        "model_dtype": scheme.model_dtype,
+        "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE},
+        "context_window": context_window,
+        "prefill_chunk": prefill_chunk,
+        "page_size": PAGE_SIZE,
+        "params": params,
+        "weights": weights,
+        "hf_ignored": sorted(family.hf_ignored(cfg)),
+    }
+    return BuildPlan(family, cfg, scheme, target_module, preset, manifest)
+
+
+def export_ir(p: BuildPlan, target):
+    """The model's Relax IRModule (entry points + `_metadata`), checked against the manifest."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        model = p.family.Model(p.cfg, p.scheme)
+        mod, named_params = model.export_tvm(spec=model.export_spec())
+    exported = [{"name": n, "shape": [int(d) for d in t.shape], "dtype": str(t.dtype)} for n, t in named_params]
+    if exported != p.manifest["params"]:
+        diff = [(a, b) for a, b in zip(exported, p.manifest["params"]) if a != b][:3]
+        raise RuntimeError(f"internal: the model's params disagree with its weight map, e.g. {diff}")
+    bounds = {"seq_len": p.manifest["prefill_chunk"]}  # lets memory planning size buffers statically
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mod[gvar] = func.with_attr("tir_var_upper_bound", bounds)
+    bb = relax.BlockBuilder(mod)
+    with bb.function("_metadata", params=[]):
+        bb.emit_func_output(tvm.ir.StringImm(json.dumps(dist.library_manifest(p.manifest))))
+    return bb.finalize()
+
+
+def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> int:
+    """Compile to `lib_path`; returns the planned temporary memory in bytes."""
+    from tvm import relax
+
+    from . import pipeline
+
+    target = p.target_module.tvm_target(p.preset)
+    mod = export_ir(p, target)
+    mod = pipeline.run(mod, p.target_module, target, dump_ir)
+    temporaries = pipeline.temporary_bytes(mod)
+    executable = relax.build(mod, target, relax_pipeline=None)
+    executable.export_library(str(lib_path))
+    return temporaries
+
+
+def default_output(model_dir: Path, quantization: str, target: str) -> Path:
+    return Path("dist") / f"{Path(model_dir).resolve().name}-{quantization}-{target.replace(':', '-')}"
+
+
+def build(model_dir, quantization: str, target: str = "cpu", output=None, context_window: int | None = None,
+          prefill_chunk: int | None = None, dump_ir=None, log=print) -> Path:
+    model_dir = Path(model_dir)
+    log = log or (lambda message: None)
+    p = plan(model_dir, quantization, target, context_window, prefill_chunk)
+    out = Path(output) if output else default_output(model_dir, quantization, target)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        start = time.time()
+        temporaries = compile_library(p, tmp / dist.LIBRARY, Path(dump_ir) if dump_ir else None, log)
+        log(f"compiled {dist.LIBRARY} for {p.manifest['target']['name']} in {time.time() - start:.1f} s")
+        stats = convert.convert(model_dir, p.manifest, tmp, log)
+        log(f"converted weights to {p.scheme.name}: {stats.summary()}")
+        memory = _memory_estimate(p.manifest, temporaries)
+        log("estimated memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v / 2**20:.1f} MiB" for k, v in memory.items()))
+        p.manifest["memory"] = memory
+        p.manifest["conversion"] = {"bits_per_param": stats.bits_per_param, "worst_group_error": stats.worst_group_error,
+                                    "worst_group_weight": stats.worst_group_weight, "peak_rss_mb": stats.peak_rss_mb}
+        _copy_tokenizer(model_dir, tmp, p.manifest)
+        (tmp / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out}")
+    return out
+
+
+def _memory_estimate(manifest: dict, temporaries: int) -> dict:
+    params, kv = dist.params_bytes(manifest), dist.kv_cache_bytes(manifest)
+    return {"params_bytes": params, "kv_cache_bytes": kv, "temporary_bytes": temporaries, "total_bytes": params + kv + temporaries}
+
+
+def _copy_tokenizer(model_dir: Path, out: Path, manifest: dict) -> None:
+    copied = [name for name in TOKENIZER_FILES if (model_dir / name).is_file()]
+    for name in copied:
+        shutil.copy2(model_dir / name, out / name)
+    manifest["tokenizer_files"] = copied
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished build into place; an older build at `out` is removed only after."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

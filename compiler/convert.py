@@ -1,0 +1,108 @@
+"""Weight conversion: HF checkpoint -> quantized params in the tensor-cache format.
+
+Driven by the manifest's weight list (our name, the HF tensors it is made of, whether it is
+quantized), so it needs no TVM at all and can run where only the TVM runtime is installed.
+Streams one weight at a time: peak memory is about one fused weight, not the model.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.tensor_cache import ShardWriter
+from ..errors import CheckpointError
+from .checkpoint import Checkpoint
+from .quantization import get_quantization
+
+
+@dataclass
+class ConversionStats:
+    num_weights: int = 0  # elements of the original weights
+    stored_bytes: int = 0
+    worst_group_error: float = 0.0  # max over groups of |w - dequant(w)| / |w| (L2, per group)
+    worst_group_weight: str = ""
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def bits_per_param(self) -> float:
+        return 8 * self.stored_bytes / max(self.num_weights, 1)
+
+    def summary(self) -> str:
+        return (
+            f"params: {self.stored_bytes / 2**20:.1f} MiB for {self.num_weights / 1e6:.2f}M weights "
+            f"({self.bits_per_param:.2f} bits/param); worst group error {self.worst_group_error:.4f} "
+            f"(in {self.worst_group_weight}); peak RSS {self.peak_rss_mb:.0f} MiB; {self.seconds:.1f} s"
+        )
+
+
+def check_checkpoint(ckpt: Checkpoint, weights: list[dict], ignored: set[str], model_dir: Path) -> None:
+    """Every HF tensor used exactly once with the right shape, nothing left over; all listed by name."""
+    needed = [src for w in weights for src in w["hf"]]
+    present = ckpt.names()
+    missing = [n for n in needed if n not in present]
+    leftover = sorted(present - set(needed) - ignored)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {missing}")
+    if leftover:
+        problems.append(f"unexpected tensors (not used by the model): {leftover}")
+    for w in weights:
+        if any(src not in present for src in w["hf"]):
+            continue
+        shapes = [ckpt.shape(src) for src in w["hf"]]
+        got = (sum(s[0] for s in shapes), *shapes[0][1:])
+        if any(s[1:] != shapes[0][1:] for s in shapes) or list(got) != list(w["shape"]):
+            parts = " + ".join(f"{src} {list(s)}" for src, s in zip(w["hf"], shapes))
+            problems.append(f"{w['name']}: expected shape {list(w['shape'])}, got {parts}")
+    if problems:
+        raise CheckpointError(f"{model_dir}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
+
+
+def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print) -> ConversionStats:
+    """Write params for `manifest` (weights + params lists) from the checkpoint in `model_dir`."""
+    start = time.time()
+    scheme = get_quantization(manifest["quantization"])
+    ckpt = Checkpoint(model_dir)
+    weights = manifest["weights"]
+    check_checkpoint(ckpt, weights, set(manifest["hf_ignored"]), model_dir)
+    expected = {p["name"]: p for p in manifest["params"]}
+    written: set[str] = set()
+    stats = ConversionStats()
+    writer = ShardWriter(out_dir)
+    for i, w in enumerate(weights):
+        full = np.concatenate([ckpt.get(src) for src in w["hf"]], axis=0).astype(np.float32)
+        stored = scheme.quantize(w["name"], full, w["quantized"])
+        for name, array in stored.items():
+            spec = expected.get(name)
+            if spec is None or list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
+                raise RuntimeError(f"internal: converted {name} {list(array.shape)} {array.dtype} does not match the manifest entry {spec}")
+            writer.add(name, array)
+            written.add(name)
+            stats.stored_bytes += array.nbytes
+        stats.num_weights += full.size
+        _track_group_error(stats, w["name"], full, scheme.restore(w["name"], stored, w["quantized"]))
+        if log and (i + 1) % 50 == 0:
+            log(f"  converted {i + 1}/{len(weights)} weights")
+    writer.close()
+    not_written = sorted(set(expected) - set(written))
+    if not_written:
+        raise RuntimeError(f"internal: params in the manifest that conversion did not produce: {not_written}")
+    stats.seconds = time.time() - start
+    stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return stats
+
+
+def _track_group_error(stats: ConversionStats, name: str, w: np.ndarray, restored: np.ndarray, group: int = 32) -> None:
+    if w.shape[-1] % group:
+        group = w.shape[-1]
+    err = (restored - w).reshape(-1, group)
+    rel = np.linalg.norm(err, axis=1) / np.maximum(np.linalg.norm(w.reshape(-1, group), axis=1), 1e-30)
+    worst = float(rel.max())
+    if worst > stats.worst_group_error:
+        stats.worst_group_error, stats.worst_group_weight = worst, name

@@ -1,0 +1,79 @@
+"""nn layers that the quantization schemes hand to model files. All matmuls accumulate in float32.
+
+Group-quantized layers (layout in quantization.GroupQuant4): the dequantize expression sits inside
+the matmul's reduction and the embedding's gather, so each is one kernel that reads the packed
+weight; no full-precision weight is ever materialized.
+"""
+
+from __future__ import annotations
+
+from tvm import te
+from tvm.relax.frontend import nn
+
+
+def group_quant_matmul(scheme, x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Tensor, out_dtype: str) -> nn.Tensor:
+    """x[..., K] @ dequantize(q_weight, q_scale)[N, K].T -> [..., N], accumulated in float32."""
+
+    def compute(x, q_weight, q_scale):
+        k_total = x.shape[-1]
+        n_total = q_weight.shape[0]
+        k = te.reduce_axis((0, k_total), name="k")
+
+        def dot(*idx):
+            w = scheme.dequantize(q_weight, q_scale, idx[-1], k)
+            return te.sum(x[(*idx[:-1], k)].astype("float32") * w.astype("float32"), axis=k)
+
+        acc = te.compute((*x.shape[:-1], n_total), dot, name="matmul")
+        if out_dtype == "float32":
+            return acc
+        return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
+
+    return nn.op.tensor_expr_op(compute, "q4_matmul", [x, q_weight, q_scale])
+
+
+class FloatLinear(nn.Module):
+    """y = x @ weight.T (+ bias), accumulated in float32 and cast to out_dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: str, out_dtype: str):
+        self.out_dtype = out_dtype
+        self.weight = nn.Parameter((out_features, in_features), dtype)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        y = nn.op.matmul(x, nn.op.permute_dims(self.weight), out_dtype="float32")
+        if self.bias is not None:
+            y = y + self.bias.astype("float32")
+        return y if self.out_dtype == "float32" else y.astype(self.out_dtype)
+
+
+class GroupQuantLinear(nn.Module):
+    def __init__(self, scheme, in_features: int, out_features: int, bias: bool, out_dtype: str):
+        self.scheme = scheme
+        self.out_dtype = out_dtype
+        stored = scheme.stored_params("weight", (out_features, in_features), quantized=True)
+        self.q_weight = nn.Parameter(stored[0].shape, stored[0].dtype)
+        self.q_scale = nn.Parameter(stored[1].shape, stored[1].dtype)
+        self.bias = nn.Parameter((out_features,), scheme.model_dtype) if bias else None
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        y = group_quant_matmul(self.scheme, x, self.q_weight, self.q_scale, self.out_dtype)
+        return y + self.bias if self.bias is not None else y
+
+
+class GroupQuantEmbedding(nn.Module):
+    def __init__(self, scheme, vocab_size: int, dim: int):
+        self.scheme = scheme
+        stored = scheme.stored_params("weight", (vocab_size, dim), quantized=True)
+        self.q_weight = nn.Parameter(stored[0].shape, stored[0].dtype)
+        self.q_scale = nn.Parameter(stored[1].shape, stored[1].dtype)
+
+    def forward(self, ids: nn.Tensor) -> nn.Tensor:
+        def gather(ids, q_weight, q_scale):
+            dim = q_weight.shape[1] * self.scheme.PACK
+            return te.compute(
+                (*ids.shape, dim),
+                lambda *i: self.scheme.dequantize(q_weight, q_scale, ids[i[:-1]], i[-1]),
+                name="embedding",
+            )
+
+        return nn.op.tensor_expr_op(gather, "q4_embedding", [ids, self.q_weight, self.q_scale])

@@ -1,0 +1,46 @@
+"""Relax passes of our own (the rest of the pipeline is TVM's)."""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax, te, topi
+from tvm.relax.dpl import PatternContext, is_op, rewrite_bindings, wildcard
+
+
+def _add_rms_norm_kernel(a: relax.Var, b: relax.Var, weight: relax.Var, epsilon: float) -> tvm.tirx.PrimFunc:
+    """One kernel writing both the residual sum and its RMS norm (computed in float32 by topi)."""
+    ta, tb, tw = (te.placeholder(list(v.ty.shape.values), v.ty.dtype, n) for v, n in ((a, "a"), (b, "b"), (weight, "w")))
+    total = te.compute(ta.shape, lambda *i: ta(*i) + tb(*i), name="residual_sum")
+    normed = topi.nn.rms_norm(total, tw, axis=[len(ta.shape) - 1], epsilon=epsilon)
+    return te.create_prim_func([ta, tb, tw, total, normed]).without_attr("global_symbol")
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseAddRMSNorm")
+def fuse_add_rms_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """`s = a + b; n = rms_norm(s, w)` -> one kernel producing (s, n).
+
+    TVM's FuseOps cannot do this: the sum also feeds the next residual add, so the add has no
+    single post-dominator to fuse into. Saves a full read and write of the hidden state per norm.
+    """
+    with PatternContext() as ctx:
+        a, b, weight = wildcard(), wildcard(), wildcard()
+        add = is_op("relax.add")(a, b)
+        norm = is_op("relax.nn.rms_norm")(add, weight)
+
+    bb = relax.BlockBuilder(mod)
+
+    def rewrite(matched, bindings):
+        va, vb, vw = matched[a], matched[b], matched[weight]
+        norm_call = bindings[matched[norm]]
+        ndim = len(va.ty.shape.values)
+        if not tvm_ffi.structural_equal(va.ty, vb.ty) or [int(x) % ndim for x in norm_call.attrs.axes] != [ndim - 1]:
+            return {}  # broadcasting adds and norms over other axes stay as they are
+        kernel = bb.add_func(_add_rms_norm_kernel(va, vb, vw, float(norm_call.attrs.epsilon)), "fused_add_rms_norm")
+        fused = relax.call_tir(kernel, [va, vb, vw], out_ty=[va.ty, va.ty])
+        return {matched[add]: relax.TupleGetItem(fused, 0), matched[norm]: relax.TupleGetItem(fused, 1)}
+
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            bb.update_func(gvar, rewrite_bindings(ctx, rewrite, func))
+    return bb.finalize()

@@ -1,0 +1,156 @@
+"""Weight quantization schemes: one object per scheme.
+
+Each scheme owns its storage format, the numpy packer/unpacker (used by weight conversion and as the
+test oracle), the dequantize expression used inside compiled kernels, and the nn layers that hold
+quantized weights. This module imports no TVM compiler code, so weight conversion can run where only
+the TVM runtime is installed; the nn layers are imported when a model is being compiled.
+
+q4 group layout (MLC-LLM q4f16_1 compatible), for a weight W of shape [N, K] (out, in):
+    q_weight uint32 [N, K/8]   word j of row n holds k = 8j..8j+7, lowest nibble = lowest k
+    q_scale  fp16   [N, K/32]  per group of 32 consecutive k: scale = max|w| / 7
+    code = clamp(round(w / scale) + 7, 0, 14);   w ~= (code - 7) * scale
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StoredParam:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class NoQuant:
+    """Weights kept in full precision (q0f16, q0f32)."""
+
+    name: str
+    model_dtype: str
+
+    def stored_params(self, weight: str, shape: tuple[int, ...], quantized: bool) -> list[StoredParam]:
+        return [StoredParam(weight, tuple(shape), self.model_dtype)]
+
+    def quantize(self, weight: str, w: np.ndarray, quantized: bool) -> dict[str, np.ndarray]:
+        return {weight: w.astype(self.model_dtype)}
+
+    def restore(self, weight: str, stored: dict[str, np.ndarray], quantized: bool) -> np.ndarray:
+        """The float32 weight the compiled model computes with."""
+        return stored[weight].astype(np.float32)
+
+    def linear(self, in_features: int, out_features: int, bias: bool, out_dtype: str | None = None):
+        from .layers import FloatLinear  # compile-time only (see module docstring)
+
+        return FloatLinear(in_features, out_features, bias, self.model_dtype, out_dtype or self.model_dtype)
+
+    def embedding(self, vocab_size: int, dim: int):
+        from tvm.relax.frontend import nn
+
+        return nn.Embedding(vocab_size, dim, dtype=self.model_dtype)
+
+    def tied_lm_head(self, embedding, x):
+        from tvm.relax.frontend import nn
+
+        return nn.op.matmul(x, nn.op.permute_dims(embedding.weight), out_dtype="float32")
+
+
+@dataclass(frozen=True)
+class GroupQuant4:
+    """4-bit symmetric group quantization along K (q4f16_1, q4f32_1); layout in the module docstring."""
+
+    name: str
+    model_dtype: str  # activations, and the dtype of the scales
+    group_size: int = 32
+    max_code: int = 7  # codes 0..14 hold -7..7; 15 is unused, as in MLC-LLM
+
+    PACK = 8  # 4-bit codes per uint32 word
+
+    def stored_params(self, weight: str, shape: tuple[int, ...], quantized: bool) -> list[StoredParam]:
+        if not quantized:
+            return [StoredParam(weight, tuple(shape), self.model_dtype)]
+        n, k = shape
+        if k % self.group_size:
+            raise ConfigError(f"{self.name}: {weight} has K={k}, which is not a multiple of the group size {self.group_size}")
+        prefix = weight.removesuffix(".weight")
+        return [
+            StoredParam(f"{prefix}.q_weight", (n, k // self.PACK), "uint32"),
+            StoredParam(f"{prefix}.q_scale", (n, k // self.group_size), self.model_dtype),
+        ]
+
+    def quantize(self, weight: str, w: np.ndarray, quantized: bool) -> dict[str, np.ndarray]:
+        if not quantized:
+            return {weight: w.astype(self.model_dtype)}
+        q, s = self.pack(w)
+        prefix = weight.removesuffix(".weight")
+        return {f"{prefix}.q_weight": q, f"{prefix}.q_scale": s}
+
+    def restore(self, weight: str, stored: dict[str, np.ndarray], quantized: bool) -> np.ndarray:
+        """The float32 weight the compiled model computes with."""
+        if not quantized:
+            return stored[weight].astype(np.float32)
+        prefix = weight.removesuffix(".weight")
+        return self.unpack(stored[f"{prefix}.q_weight"], stored[f"{prefix}.q_scale"])
+
+    def pack(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N, K] float -> (uint32 [N, K/8], scale [N, K/32])."""
+        n, k = w.shape
+        groups = w.astype(np.float32).reshape(n, k // self.group_size, self.group_size)
+        scale = (np.abs(groups).max(axis=2) / self.max_code).astype(self.model_dtype)
+        # Codes are computed against the stored (rounded) scale so that unpack(pack(w)) is what
+        # the kernels see; an all-zero group has scale 0 and codes of 7 (value 0).
+        s32 = scale.astype(np.float32)[:, :, None]
+        ratio = np.divide(groups, s32, out=np.zeros_like(groups), where=s32 != 0)
+        codes = np.clip(np.rint(ratio) + self.max_code, 0, 2 * self.max_code).astype(np.uint32)
+        codes = codes.reshape(n, k // self.PACK, self.PACK)
+        shifts = (np.arange(self.PACK, dtype=np.uint32) * 4)[None, None, :]
+        words = np.bitwise_or.reduce(codes << shifts, axis=2).astype(np.uint32)
+        return words, scale
+
+    def unpack(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Inverse of pack, in float32: the weight the compiled kernels compute with."""
+        n = q.shape[0]
+        shifts = (np.arange(self.PACK, dtype=np.uint32) * 4)[None, None, :]
+        codes = ((q[:, :, None] >> shifts) & 0xF).reshape(n, -1).astype(np.float32)
+        groups = (codes - self.max_code).reshape(n, scale.shape[1], self.group_size)
+        return (groups * scale.astype(np.float32)[:, :, None]).reshape(n, -1)
+
+    def dequantize(self, q_weight, q_scale, n, k):
+        """TensorIR expression of weight[n, k], for use inside a te.compute."""
+        word = q_weight[n, k // self.PACK]
+        code = (word >> (k % self.PACK * 4).astype("uint32")) & 0xF
+        return (code.astype(self.model_dtype) - self.max_code) * q_scale[n, k // self.group_size]
+
+    def linear(self, in_features: int, out_features: int, bias: bool, out_dtype: str | None = None):
+        from .layers import GroupQuantLinear  # compile-time only (see module docstring)
+
+        return GroupQuantLinear(self, in_features, out_features, bias, out_dtype or self.model_dtype)
+
+    def embedding(self, vocab_size: int, dim: int):
+        from .layers import GroupQuantEmbedding
+
+        return GroupQuantEmbedding(self, vocab_size, dim)
+
+    def tied_lm_head(self, embedding, x):
+        from .layers import group_quant_matmul
+
+        return group_quant_matmul(self, x, embedding.q_weight, embedding.q_scale, out_dtype="float32")
+
+
+QUANTIZATIONS = {
+    "q0f32": NoQuant("q0f32", "float32"),
+    "q0f16": NoQuant("q0f16", "float16"),
+    "q4f16_1": GroupQuant4("q4f16_1", "float16"),
+    "q4f32_1": GroupQuant4("q4f32_1", "float32"),
+}
+
+
+def get_quantization(name: str):
+    if name not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {name!r}; choose one of: {', '.join(QUANTIZATIONS)}")
+    return QUANTIZATIONS[name]

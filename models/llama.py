@@ -1,0 +1,259 @@
+"""The Llama family as transformers defines it: Llama-2 (MHA), Llama-3/3.1 (GQA, llama3 RoPE
+scaling), TinyLlama, CodeLlama; tied or untied embeddings.
+
+Shapes in comments: s = tokens in this forward, d = hidden_size, h/kv = query/key-value heads,
+hd = head_dim, f = intermediate_size, v = vocab_size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import relax, te, target as tvm_target
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+
+from ..errors import ConfigError
+
+ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None  # None, or the llama3 parameters with "rope_type": "llama3"
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    mlp_bias: bool
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "LlamaConfig":
+        """Strict reading of a transformers config dict (v4 `rope_theta`/`rope_scaling` or v5
+        `rope_parameters`). Missing required keys and unsupported values raise ConfigError."""
+
+        def need(key):
+            if key not in hf:
+                raise ConfigError(f"{source}: missing required key {key!r} for a Llama model")
+            return hf[key]
+
+        def check(key, value, allowed):
+            if value not in allowed:
+                raise ConfigError(f"{source}: {key}={value!r} is not supported; expected one of {list(allowed)}")
+
+        if hf.get("quantization_config"):
+            raise ConfigError(f"{source}: pre-quantized checkpoints (quantization_config) are not supported; give the fp16/bf16/fp32 checkpoint")
+        check("hidden_act", hf.get("hidden_act", "silu"), ("silu",))
+        heads = need("num_attention_heads")
+        hidden = need("hidden_size")
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        check("rope_type", rope_type, SUPPORTED_ROPE_TYPES)
+        rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_scaling = None
+        if rope_type == "llama3":
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            missing = [k for k in keys if k not in rope]
+            if missing:
+                raise ConfigError(f"{source}: llama3 rope scaling lacks {missing}")
+            rope_scaling = {"rope_type": "llama3", **{k: rope[k] for k in keys}}
+        cfg = cls(
+            hidden_size=hidden,
+            intermediate_size=need("intermediate_size"),
+            num_hidden_layers=need("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hidden // heads,
+            vocab_size=need("vocab_size"),
+            rms_norm_eps=need("rms_norm_eps"),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            max_position_embeddings=need("max_position_embeddings"),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+        )
+        if heads % cfg.num_key_value_heads:
+            raise ConfigError(f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={cfg.num_key_value_heads}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def hf_weight_map(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Our weight name -> (HF tensors concatenated along axis 0 to make it, quantizable)."""
+    out = {"model.embed_tokens.weight": (("model.embed_tokens.weight",), True)}
+    for i in range(cfg.num_hidden_layers):
+        hf, ours = f"model.layers.{i}", f"model.layers.{i}"
+        qkv = tuple(f"{hf}.self_attn.{p}_proj" for p in "qkv")
+        gate_up = (f"{hf}.mlp.gate_proj", f"{hf}.mlp.up_proj")
+        out[f"{ours}.self_attn.qkv_proj.weight"] = (tuple(n + ".weight" for n in qkv), True)
+        if cfg.attention_bias:
+            out[f"{ours}.self_attn.qkv_proj.bias"] = (tuple(n + ".bias" for n in qkv), False)
+        out[f"{ours}.self_attn.o_proj.weight"] = ((f"{hf}.self_attn.o_proj.weight",), True)
+        if cfg.attention_bias:
+            out[f"{ours}.self_attn.o_proj.bias"] = ((f"{hf}.self_attn.o_proj.bias",), False)
+        out[f"{ours}.mlp.gate_up_proj.weight"] = (tuple(n + ".weight" for n in gate_up), True)
+        out[f"{ours}.mlp.down_proj.weight"] = ((f"{hf}.mlp.down_proj.weight",), True)
+        if cfg.mlp_bias:
+            out[f"{ours}.mlp.gate_up_proj.bias"] = (tuple(n + ".bias" for n in gate_up), False)
+            out[f"{ours}.mlp.down_proj.bias"] = ((f"{hf}.mlp.down_proj.bias",), False)
+        out[f"{ours}.input_layernorm.weight"] = ((f"{hf}.input_layernorm.weight",), False)
+        out[f"{ours}.post_attention_layernorm.weight"] = ((f"{hf}.post_attention_layernorm.weight",), False)
+    out["model.norm.weight"] = (("model.norm.weight",), False)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (("lm_head.weight",), True)
+    return out
+
+
+def hf_ignored(cfg: LlamaConfig) -> set[str]:
+    """Checkpoint tensors that are known to carry nothing we need."""
+    ignored = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(cfg.num_hidden_layers)}
+    if cfg.tie_word_embeddings:
+        ignored.add("lm_head.weight")  # some tied checkpoints still store the copy
+    return ignored
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, quant):
+        self.cfg = cfg
+        qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+        self.qkv_proj = quant.linear(cfg.hidden_size, qkv_out, bias=cfg.attention_bias)
+        self.o_proj = quant.linear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
+        c = self.cfg
+        b, s, _ = x.shape
+        qkv = self.qkv_proj(x).reshape(b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim)
+        # RoPE, the cache append and attention all happen inside the paged KV cache.
+        out = cache.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
+        return self.o_proj(out.reshape(b, s, c.num_attention_heads * c.head_dim))  # [b, s, d]
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig, quant):
+        self.gate_up_proj = quant.linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = quant.linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        gate, up = nn.op.split(self.gate_up_proj(x), 2, axis=-1)  # [b, s, f] each
+        return self.down_proj(nn.op.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, quant):
+        norm = lambda: nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=quant.model_dtype)
+        self.input_layernorm = norm()
+        self.self_attn = LlamaAttention(cfg, quant)
+        self.post_attention_layernorm = norm()
+        self.mlp = LlamaMLP(cfg, quant)
+
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig, quant):
+        self.embed_tokens = quant.embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, quant) for _ in range(cfg.num_hidden_layers)])
+        self.norm = nn.RMSNorm(cfg.hidden_size, -1, cfg.rms_norm_eps, bias=False, dtype=quant.model_dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: LlamaConfig, quant):
+        self.cfg = cfg
+        self.quant = quant
+        self.model = LlamaModel(cfg, quant)
+        self.lm_head = None if cfg.tie_word_embeddings else quant.linear(cfg.hidden_size, cfg.vocab_size, bias=False, out_dtype="float32")
+
+    def _logits(self, x: nn.Tensor) -> nn.Tensor:
+        """Final norm + lm_head on the last token only: [b, s, d] -> [b, 1, v] float32."""
+        last = nn.op.tensor_expr_op(
+            lambda x: te.compute((x.shape[0], 1, x.shape[2]), lambda b, _, j: x[b, x.shape[1] - 1, j], name="last_token"),
+            "last_token",
+            [x],
+        )
+        x = self.model.norm(last)
+        if self.lm_head is None:
+            return self.quant.tied_lm_head(self.model.embed_tokens, x)
+        return self.lm_head(x)
+
+    def _forward(self, x: nn.Tensor, cache: PagedKVCache) -> nn.Tensor:
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cache, i)
+        return self._logits(x)
+
+    # Exported entry points ----------------------------------------------------------------------
+    def embed(self, input_ids: nn.Tensor) -> nn.Tensor:
+        return self.model.embed_tokens(input_ids)  # [s] -> [s, d]
+
+    def prefill(self, input_embed: nn.Tensor, cache: PagedKVCache):
+        return self._forward(input_embed, cache), cache  # [1, s, d] -> [1, 1, v]
+
+    def decode(self, input_embed: nn.Tensor, cache: PagedKVCache):
+        return self._forward(input_embed, cache), cache  # [1, 1, d] -> [1, 1, v]
+
+    def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
+        c = self.cfg
+        return TIRPagedKVCache(
+            attn_kind="mha",
+            max_batch_size=max_batch_size,
+            max_total_seq_len=max_total_seq_len,
+            prefill_chunk_size=prefill_chunk_size,
+            page_size=page_size,
+            support_sliding_window=support_sliding_window,
+            layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]),
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=c.num_key_value_heads,
+            qk_head_dim=c.head_dim,
+            v_head_dim=c.head_dim,
+            mla_original_qk_head_dim=0,
+            mla_original_v_head_dim=0,
+            rope_mode=RopeMode.NORMAL,
+            rope_scale=1,
+            rope_theta=c.rope_theta,
+            rope_scaling=c.rope_scaling or {},
+            rope_ext_factors=relax.prim_value(0),
+            rotary_dim=c.head_dim,
+            enable_disaggregation=False,
+            dtype=self.quant.model_dtype,
+            target=tvm_target.Target.current(),  # the kernels are chosen for the target being built
+        )
+
+    def export_spec(self) -> dict:
+        d, dtype = self.cfg.hidden_size, self.quant.model_dtype
+        packed = {"param_mode": "packed", "effect_mode": "none"}
+        cache = nn.spec.Object(object_type=PagedKVCache)
+        return {
+            "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
+            "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", d], dtype), "cache": cache, "$": packed},
+            "decode": {"input_embed": nn.spec.Tensor([1, 1, d], dtype), "cache": cache, "$": packed},
+            "create_paged_kv_cache": {
+                "max_batch_size": int,
+                "max_total_seq_len": int,
+                "prefill_chunk_size": int,
+                "page_size": int,
+                "support_sliding_window": int,
+                "$": {"param_mode": "none", "effect_mode": "none"},
+            },
+        }
+
+
+# The names every family module provides to the compiler.
+Config = LlamaConfig
+Model = LlamaForCausalLM

@@ -1,0 +1,48 @@
+"""The layout of a built model folder (`dist/<name>/`) and its manifest. No TVM compiler here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ParamsError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "lib.so"
+CHAT_CONFIG = "chat-config.json"
+# Manifest keys filled in after compilation; the library's copy of the manifest lacks them.
+POST_COMPILE_KEYS = ("memory", "conversion", "tokenizer_files")
+
+
+def read_manifest(dist_dir: Path) -> dict:
+    path = Path(dist_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: missing; is {dist_dir} a folder made by `mlcgen build`?") from None
+    except json.JSONDecodeError as e:
+        raise ParamsError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ParamsError(f"{path}: format_version {manifest.get('format_version')!r}, this mlcgen reads {FORMAT_VERSION}; rebuild the model")
+    return manifest
+
+
+def library_manifest(manifest: dict) -> dict:
+    """The part of the manifest that is compiled into the library."""
+    return {k: v for k, v in manifest.items() if k not in POST_COMPILE_KEYS}
+
+
+def params_bytes(manifest: dict) -> int:
+    return sum(int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize for p in manifest["params"])
+
+
+def kv_cache_bytes(manifest: dict) -> int:
+    """K and V for every layer over the whole context window, rounded up to whole pages."""
+    cfg = manifest["model"]["config"]
+    page = manifest["page_size"]
+    tokens = -(-manifest["context_window"] // page) * page
+    per_token = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"]
+    return per_token * tokens * np.dtype(manifest["model_dtype"]).itemsize

@@ -1,0 +1,129 @@
+"""A minimal single-sequence engine over a built model folder: load, prefill, decode.
+
+Needs only the TVM runtime. Before anything runs it checks that the library, the manifest and the
+params agree, and that every shard is intact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.runtime import ShapeTuple
+
+from ..errors import ParamsError
+from . import dist, tensor_cache
+
+DEVICES = {"cpu": tvm.cpu}
+
+
+def _builtin(name: str):
+    return tvm.get_global_func(f"vm.builtin.{name}")
+
+
+class Engine:
+    """One conversation's KV cache on one device.
+
+    >>> engine = Engine("dist/tiny-q4f16_1-cpu")
+    >>> logits = engine.prefill([1, 15043])   # numpy [vocab], float32, for the last token
+    >>> logits = engine.decode(int(logits.argmax()))
+    """
+
+    SEQ_ID = 0
+
+    def __init__(self, dist_dir, device: str = "auto", verify_shards: bool = True):
+        self.dist_dir = Path(dist_dir)
+        self.manifest = dist.read_manifest(self.dist_dir)
+        self.device = self._device(device)
+        lib_path = self.dist_dir / dist.LIBRARY
+        if not lib_path.is_file():
+            raise ParamsError(f"{lib_path}: missing; rebuild with `mlcgen build`")
+        self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+        self._check_library(lib_path)
+        self.params = self._load_params(verify_shards)
+        self.context_window = self.manifest["context_window"]
+        self.prefill_chunk = self.manifest["prefill_chunk"]
+        self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
+        self.cache = self.vm["create_paged_kv_cache"](
+            ShapeTuple([1]), ShapeTuple([self.context_window]), ShapeTuple([self.prefill_chunk]),
+            ShapeTuple([self.manifest["page_size"]]), ShapeTuple([0]),
+        )
+        self.length = 0  # tokens in the KV cache
+        _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
+
+    def _device(self, name: str):
+        want = self.manifest["target"]["device"]
+        name = want if name == "auto" else name
+        if name != want:
+            raise ParamsError(f"{self.dist_dir}: built for target {self.manifest['target']['name']} (device {want!r}), cannot run on device {name!r}")
+        if name not in DEVICES:
+            raise ParamsError(f"device {name!r} is not supported by this runtime; supported: {', '.join(DEVICES)}")
+        return DEVICES[name](0)
+
+    def _check_library(self, lib_path: Path) -> None:
+        in_lib = json.loads(str(self.vm["_metadata"]()))
+        expected = dist.library_manifest(self.manifest)
+        if in_lib != expected:
+            key = next(k for k in sorted(set(in_lib) | set(expected)) if in_lib.get(k) != expected.get(k))
+            raise ParamsError(
+                f"{lib_path} does not belong to the params in {self.dist_dir}: '{key}' differs "
+                f"(library: {_brief(in_lib.get(key))}; {dist.MANIFEST}: {_brief(expected.get(key))})"
+            )
+
+    def _load_params(self, verify: bool) -> list:
+        index = tensor_cache.read_index(self.dist_dir)
+        records = tensor_cache.param_records(index)
+        for p in self.manifest["params"]:
+            r = records.get(p["name"])
+            if r is None:
+                raise ParamsError(f"{self.dist_dir / tensor_cache.INDEX}: param {p['name']} is missing")
+            if r["shape"] != p["shape"] or r["dtype"] != p["dtype"]:
+                raise ParamsError(f"{self.dist_dir / tensor_cache.INDEX}: param {p['name']} is {r['dtype']}{r['shape']}, the manifest says {p['dtype']}{p['shape']}")
+        if verify:
+            tensor_cache.verify_shards(self.dist_dir, index)
+        # The tensor cache is process-global: load, take our arrays out by name, and clear it.
+        _builtin("tensor_cache.load")(str(self.dist_dir), self.device.dlpack_device_type(), self.device.index)
+        try:
+            return _builtin("param_array_from_cache_by_name")([p["name"] for p in self.manifest["params"]])
+        finally:
+            _builtin("tensor_cache.clear")()
+
+    def reset(self) -> None:
+        _builtin("kv_state_clear")(self.cache)
+        _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
+        self.length = 0
+
+    def prefill(self, token_ids) -> np.ndarray:
+        """Append tokens (in chunks of at most prefill_chunk); logits of the last one."""
+        ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("prefill needs at least one token")
+        self._check_room(ids.size)
+        for start in range(0, ids.size, self.prefill_chunk):
+            logits = self._forward("prefill", ids[start : start + self.prefill_chunk])
+        return logits
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token; its logits."""
+        self._check_room(1)
+        return self._forward("decode", np.array([token_id], dtype=np.int32))
+
+    def _check_room(self, n: int) -> None:
+        if self.length + n > self.context_window:
+            raise ValueError(f"context window exceeded: {self.length} tokens in the cache + {n} new > {self.context_window}")
+
+    def _forward(self, entry: str, ids: np.ndarray) -> np.ndarray:
+        embed = self.vm["embed"](tvm.runtime.tensor(ids, self.device), self.params)
+        embed = embed._create_view((1, ids.size, self.hidden_size))
+        _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([ids.size]))
+        logits, _ = self.vm[entry](embed, self.cache, self.params)
+        _builtin("kv_state_end_forward")(self.cache)
+        self.length += ids.size
+        return logits.numpy().reshape(-1)
+
+
+def _brief(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 160 else text[:157] + "..."

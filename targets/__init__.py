@@ -1,0 +1,19 @@
+"""Compilation targets, chosen by name from a dict. A name is `kind` or `kind:preset`."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from . import cpu
+
+TARGETS = {"cpu": cpu}
+
+
+def get_target(name: str):
+    """'cpu' -> (the target module, its preset). Unknown names list the choices."""
+    kind, _, preset = name.partition(":")
+    if kind not in TARGETS:
+        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+    module = TARGETS[kind]
+    if preset and preset not in module.PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} for target {kind!r}; choose one of: {', '.join(module.PRESETS)}")
+    return module, preset or module.DEFAULT_PRESET

@@ -1,0 +1,22 @@
+"""CPU (llvm): the target of tests, CI and the zero-setup default.
+
+Kernels are left unscheduled: TVM's llvm codegen gives correct, portable, single-threaded code,
+which is what tests need; a fast CPU path is not a goal of this target.
+"""
+
+from __future__ import annotations
+
+DEVICE = "cpu"  # the runtime device this target's libraries run on
+DEFAULT_PRESET = "generic"
+# generic x86-64, no -mcpu: a library built here must load on any x86-64 machine (CI included).
+PRESETS = {"generic": {"kind": "llvm"}}
+
+
+def tvm_target(preset: str):
+    from tvm.target import Target
+
+    return Target(PRESETS[preset])
+
+
+def schedule_passes(target) -> list:
+    return []

@@ -1,0 +1,107 @@
+"""Shared helpers: tiny random transformers Llama checkpoints, cached builds, and the HF reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mlcgen.compiler.build import build
+from mlcgen.compiler.quantization import get_quantization
+from mlcgen.runtime import Engine
+
+# Odd sizes on purpose: 3 heads, vocab 131. K dims stay multiples of 32 for the q4 schemes.
+CONFIGS = {
+    "mha_untied": dict(hidden_size=96, intermediate_size=160, num_hidden_layers=2, num_attention_heads=3,
+                       num_key_value_heads=3, vocab_size=131, tie_word_embeddings=False),
+    "gqa_tied": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True),
+    "llama3_rope": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, vocab_size=120, tie_word_embeddings=False, rope_theta=500000.0,
+                        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=32)),
+    "codellama_bias": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=2, vocab_size=97, rope_theta=1e6, attention_bias=True, mlp_bias=True),
+}
+
+
+def make_checkpoint(path: Path, name: str = "gqa_tied", seed: int = 0, dtype=torch.float32, **save_kwargs) -> Path:
+    """A random transformers Llama saved with save_pretrained. Weights are drawn wider than the HF
+    default so that logits are well separated and greedy tokens are not decided by ties."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(max_position_embeddings=256, initializer_range=0.2, architectures=["LlamaForCausalLM"], **CONFIGS[name])
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    model.save_pretrained(path, **save_kwargs)
+    return path
+
+
+def hf_model(model_dir: Path) -> LlamaForCausalLM:
+    return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def dequantized_hf_model(model_dir: Path, quantization: str) -> LlamaForCausalLM:
+    """The transformers model with every weight replaced by what the compiled model computes with."""
+    model = hf_model(model_dir)
+    scheme = get_quantization(quantization)
+    state = model.state_dict()
+    quantized = {k for k, v in state.items() if v.ndim == 2}  # linears and the embedding
+    new = {}
+    for k, v in state.items():
+        w = v.numpy()
+        if k in quantized and hasattr(scheme, "pack"):
+            w = scheme.unpack(*scheme.pack(w))
+        new[k] = torch.tensor(w.astype(scheme.model_dtype).astype(np.float32))
+    model.load_state_dict(new)
+    return model
+
+
+def reference_logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+class Builds:
+    """Builds are the slow part: make each (checkpoint, quantization, options) once per session."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.done: dict = {}
+
+    def checkpoint(self, name: str) -> Path:
+        path = self.root / "hf" / name
+        if not path.exists():
+            make_checkpoint(path, name)
+        return path
+
+    def dist(self, name: str, quantization: str, **options) -> Path:
+        key = (name, quantization, tuple(sorted(options.items())))
+        if key not in self.done:
+            out = self.root / "dist" / f"{name}-{quantization}-{len(self.done)}"
+            self.done[key] = build(self.checkpoint(name), quantization, "cpu", output=out, log=None, **options)
+        return self.done[key]
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory) -> Builds:
+    return Builds(tmp_path_factory.mktemp("builds"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dist(builds) -> Path:
+    return builds.dist("gqa_tied", "q4f16_1")
+
+
+def engine(dist_dir: Path) -> Engine:
+    return Engine(dist_dir)
+
+
+def manifest(dist_dir: Path) -> dict:
+    return json.loads((dist_dir / "manifest.json").read_text())
