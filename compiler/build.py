@@ -130,6 +130,7 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
     model_dir = Path(model_dir)
     log = log or (lambda message: None)
     p = plan(model_dir, quantization, target, context_window, prefill_chunk)
+    convert.open_checkpoint(model_dir, p.manifest)  # fail on a bad checkpoint before compiling
     out = Path(output) if output else default_output(model_dir, quantization, target)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

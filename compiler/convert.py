@@ -41,8 +41,11 @@ class ConversionStats:
         )
 
 
-def check_checkpoint(ckpt: Checkpoint, weights: list[dict], ignored: set[str], model_dir: Path) -> None:
-    """Every HF tensor used exactly once with the right shape, nothing left over; all listed by name."""
+def open_checkpoint(model_dir: Path, manifest: dict) -> Checkpoint:
+    """Open and check: every HF tensor used exactly once with the right shape, nothing left over;
+    problems are listed by name. Reads headers only, so builds call it before compiling."""
+    ckpt = Checkpoint(model_dir)
+    weights, ignored = manifest["weights"], set(manifest["hf_ignored"])
     needed = [src for w in weights for src in w["hf"]]
     present = ckpt.names()
     missing = [n for n in needed if n not in present]
@@ -62,15 +65,15 @@ def check_checkpoint(ckpt: Checkpoint, weights: list[dict], ignored: set[str], m
             problems.append(f"{w['name']}: expected shape {list(w['shape'])}, got {parts}")
     if problems:
         raise CheckpointError(f"{model_dir}: checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    return ckpt
 
 
 def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print) -> ConversionStats:
     """Write params for `manifest` (weights + params lists) from the checkpoint in `model_dir`."""
     start = time.time()
     scheme = get_quantization(manifest["quantization"])
-    ckpt = Checkpoint(model_dir)
+    ckpt = open_checkpoint(model_dir, manifest)
     weights = manifest["weights"]
-    check_checkpoint(ckpt, weights, set(manifest["hf_ignored"]), model_dir)
     expected = {p["name"]: p for p in manifest["params"]}
     written: set[str] = set()
     stats = ConversionStats()

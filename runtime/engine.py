@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 from tvm.runtime import ShapeTuple
+from tvm.runtime.vm import VirtualMachine
 
 from ..errors import ParamsError
 from . import dist, tensor_cache
@@ -40,7 +41,7 @@ class Engine:
         lib_path = self.dist_dir / dist.LIBRARY
         if not lib_path.is_file():
             raise ParamsError(f"{lib_path}: missing; rebuild with `mlcgen build`")
-        self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self._check_library(lib_path)
         self.params = self._load_params(verify_shards)
         self.context_window = self.manifest["context_window"]
@@ -66,7 +67,9 @@ class Engine:
         in_lib = json.loads(str(self.vm["_metadata"]()))
         expected = dist.library_manifest(self.manifest)
         if in_lib != expected:
-            key = next(k for k in sorted(set(in_lib) | set(expected)) if in_lib.get(k) != expected.get(k))
+            first = ["model", "quantization", "target", "params"]  # the most telling differences first
+            keys = first + sorted((set(in_lib) | set(expected)) - set(first))
+            key = next(k for k in keys if in_lib.get(k) != expected.get(k))
             raise ParamsError(
                 f"{lib_path} does not belong to the params in {self.dist_dir}: '{key}' differs "
                 f"(library: {_brief(in_lib.get(key))}; {dist.MANIFEST}: {_brief(expected.get(key))})"

@@ -1,0 +1,134 @@
+"""`mlcgen build` outputs, conversion from every checkpoint format, KV-cache behaviour, runtime-only use."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import engine, make_checkpoint, manifest, reference_logits, hf_model, rel_err
+from mlcgen.compiler import convert
+from mlcgen.compiler.build import plan
+from mlcgen.runtime import tensor_cache
+
+
+def shard_digests(params_dir):
+    index = tensor_cache.read_index(params_dir)
+    return [s["md5sum"] for s in index["records"]], tensor_cache.param_records(index)
+
+
+def test_dist_layout_and_manifest(tiny_dist):
+    files = {p.name for p in tiny_dist.iterdir()}
+    assert {"lib.so", "manifest.json", "tensor-cache.json", "params_shard_0.bin", "generation_config.json"} <= files
+    m = manifest(tiny_dist)
+    assert m["quantization"] == "q4f16_1" and m["target"] == {"name": "cpu:generic", "device": "cpu"}
+    assert m["model"]["architecture"] == "LlamaForCausalLM"
+    mem = m["memory"]
+    assert mem["params_bytes"] == sum(p.stat().st_size for p in tiny_dist.glob("params_shard_*.bin")) - padding(tiny_dist)
+    assert mem["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 256 * 2  # K+V, layers, kv heads, head_dim, context, fp16
+    assert mem["temporary_bytes"] > 0
+    assert mem["total_bytes"] == mem["params_bytes"] + mem["kv_cache_bytes"] + mem["temporary_bytes"]
+    assert 4.0 < m["conversion"]["bits_per_param"] < 5.0
+    assert 0 < m["conversion"]["worst_group_error"] < 0.5
+
+
+def padding(dist):
+    records = tensor_cache.param_records(tensor_cache.read_index(dist))
+    return sum(s["nbytes"] for s in tensor_cache.read_index(dist)["records"]) - sum(r["nbytes"] for r in records.values())
+
+
+def test_no_leftover_temp_folders(tiny_dist):
+    assert not [p for p in tiny_dist.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("fmt", ["sharded_safetensors", "bin", "bf16"])
+def test_every_checkpoint_format_converts_to_the_same_params(tmp_path, builds, fmt):
+    base = builds.checkpoint("gqa_tied")
+    if fmt == "sharded_safetensors":
+        src = make_checkpoint(tmp_path / fmt, max_shard_size="20KB")
+        assert (src / "model.safetensors.index.json").exists()
+    elif fmt == "bin":
+        src = make_checkpoint(tmp_path / fmt)  # transformers 5 writes only safetensors: redo as .bin
+        torch.save(hf_model(src).state_dict(), src / "pytorch_model.bin")
+        (src / "model.safetensors").unlink()
+    else:
+        src = make_checkpoint(tmp_path / fmt, dtype=torch.bfloat16)
+    manifest_ = plan(base, "q0f32", "cpu").manifest
+    ours, theirs = tmp_path / "a", tmp_path / "b"
+    ours.mkdir(), theirs.mkdir()
+    convert.convert(base, manifest_, ours, log=None)
+    convert.convert(src, manifest_, theirs, log=None)
+    a, b = shard_digests(ours), shard_digests(theirs)
+    if fmt == "bf16":  # same weights rounded to bf16: compare values, not bytes
+        ref = hf_model(src).state_dict()["model.embed_tokens.weight"].numpy()
+        got = np.fromfile(theirs / "params_shard_0.bin", np.float32, count=ref.size, offset=b[1]["model.embed_tokens.weight"]["byteOffset"])
+        assert np.array_equal(got.reshape(ref.shape), ref)
+    else:
+        assert a == b
+
+
+def test_kv_cache_prefill_then_decode_equals_one_prefill(builds):
+    eng = engine(builds.dist("gqa_tied", "q0f32"))
+    prompt = [5, 9, 13, 21, 34, 55]
+    whole = eng.prefill(prompt)
+    eng.reset()
+    eng.prefill(prompt[:-1])
+    stepped = eng.decode(prompt[-1])
+    assert rel_err(stepped, whole) < 1e-5
+    assert eng.length == len(prompt)
+
+
+def test_prefill_longer_than_chunk_matches_one_shot(builds):
+    prompt = list(range(3, 23))  # 20 tokens, chunk of 8 -> 3 calls
+    chunked = engine(builds.dist("gqa_tied", "q0f32", prefill_chunk=8))
+    assert manifest(chunked.dist_dir)["prefill_chunk"] == 8
+    one_shot = engine(builds.dist("gqa_tied", "q0f32"))
+    a, b = chunked.prefill(prompt), one_shot.prefill(prompt)
+    assert rel_err(a, b) < 1e-5
+    ref = reference_logits(hf_model(builds.checkpoint("gqa_tied")), prompt)[-1]
+    assert rel_err(a, ref) < 1e-4
+    # and decoding continues from the chunked cache
+    assert rel_err(chunked.decode(7), one_shot.decode(7)) < 1e-5
+
+
+def test_context_window_is_enforced(builds):
+    eng = engine(builds.dist("gqa_tied", "q0f32", context_window=32, prefill_chunk=16))
+    eng.prefill(list(range(30)))
+    eng.decode(1)
+    eng.decode(2)
+    with pytest.raises(ValueError, match="context window exceeded: 32 tokens in the cache \\+ 1 new > 32"):
+        eng.decode(3)
+    eng.reset()
+    with pytest.raises(ValueError, match="context window exceeded"):
+        eng.prefill(list(range(33)))
+
+
+def test_dump_ir_writes_each_phase(tmp_path, builds):
+    out = builds.dist("gqa_tied", "q4f16_1", dump_ir=str(tmp_path / "ir"))
+    names = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert names == ["00-input.py", "01-fuse.py", "02-schedule.py", "03-lower.py"]
+    assert "fused_add_rms_norm" in (tmp_path / "ir" / "01-fuse.py").read_text()
+    assert (out / "lib.so").exists()
+
+
+def test_runtime_only_tvm_converts_and_runs(tmp_path, builds, tiny_dist):
+    """Where only the TVM runtime is installed: convert weights and run the library."""
+    code = f"""
+import sys, json
+from pathlib import Path
+import mlcgen.compiler.convert as convert
+from mlcgen.runtime import Engine
+manifest = json.loads(Path({str(tiny_dist / 'manifest.json')!r}).read_text())
+convert.convert(Path({str(builds.checkpoint('gqa_tied'))!r}), manifest, Path({str(tmp_path)!r}), log=None)
+logits = Engine({str(tiny_dist)!r}).prefill([1, 2, 3])
+assert not [m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir"))]
+print(int(logits.argmax()))
+"""
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == int(engine(tiny_dist).prefill([1, 2, 3]).argmax())
+    assert shard_digests(tmp_path)[0] == shard_digests(tiny_dist)[0]

@@ -1,0 +1,62 @@
+"""q4 packing against a hand-written golden block, and the numpy oracle's own properties."""
+
+import numpy as np
+import pytest
+
+from mlcgen.compiler.quantization import QUANTIZATIONS, get_quantization
+from mlcgen.errors import ConfigError
+
+# One group of 32 weights written out by hand: codes 0..14 (value (code - 7) * 0.5), max |w| = 3.5.
+GOLDEN_CODES = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 7,
+                14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 7]
+# Lowest nibble = lowest k, 8 nibbles per word.
+GOLDEN_WORDS = [0x76543210, 0x7EDCBA98, 0x789ABCDE, 0x70123456]
+
+
+def golden_row(jitter: float = 0.0) -> np.ndarray:
+    w = (np.array(GOLDEN_CODES, np.float32) - 7) * 0.5
+    inner = (np.abs(w) < 3.5)  # the two extremes set the scale; the rest may move within half a step
+    w[inner] += jitter * np.where(np.arange(32) % 2, 1, -1)[inner]
+    return w
+
+
+def test_q4f16_1_packs_golden_block_bit_for_bit():
+    q4 = get_quantization("q4f16_1")
+    w = np.stack([golden_row(), golden_row(jitter=0.2), np.zeros(32, np.float32)])
+    words, scale = q4.pack(w)
+    assert words.dtype == np.uint32 and words.shape == (3, 4)
+    assert scale.dtype == np.float16 and scale.shape == (3, 1)
+    assert [hex(x) for x in words[0]] == [hex(x) for x in GOLDEN_WORDS]
+    assert [hex(x) for x in words[1]] == [hex(x) for x in GOLDEN_WORDS]  # rounding to nearest
+    assert list(words[2]) == [0x77777777] * 4  # an all-zero group: scale 0, code 7
+    assert list(scale[:, 0]) == [0.5, 0.5, 0.0]
+    assert np.array_equal(q4.unpack(words, scale)[0], golden_row())
+
+
+def test_q4_roundtrip_error_is_at_most_half_a_step():
+    q4 = get_quantization("q4f16_1")
+    w = np.random.RandomState(0).standard_normal((48, 96)).astype(np.float32)
+    words, scale = q4.pack(w)
+    err = np.abs(q4.unpack(words, scale) - w).reshape(48, 3, 32)
+    step = scale.astype(np.float32)[:, :, None]
+    assert np.all(err <= step / 2 + 1e-3 * step)
+    codes = (words[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 0xF
+    assert codes.max() <= 14
+
+
+def test_q4f32_1_keeps_float32_scales():
+    q4 = get_quantization("q4f32_1")
+    words, scale = q4.pack(np.random.RandomState(1).standard_normal((4, 64)).astype(np.float32))
+    assert scale.dtype == np.float32 and words.shape == (4, 8)
+
+
+def test_unknown_quantization_lists_choices():
+    with pytest.raises(ConfigError, match="q4f16_1") as e:
+        get_quantization("q3f16_0")
+    assert "q3f16_0" in str(e.value) and all(name in str(e.value) for name in QUANTIZATIONS)
+
+
+def test_k_not_multiple_of_group_is_rejected():
+    with pytest.raises(ConfigError, match="multiple of the group size 32"):
+        get_quantization("q4f16_1").stored_params("x.weight", (8, 40), quantized=True)
+
