@@ -31,6 +31,7 @@ class BuildPlan:
     target_module: object  # the targets/<kind>.py module
     preset: str
     manifest: dict
+    hf_config: dict
 
 
 def read_hf_config(model_dir: Path) -> dict:
@@ -48,14 +49,15 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     from ..models import family_for  # imports the TVM compiler
     from ..targets import get_target
 
+    model_dir = Path(model_dir)
     source = str(model_dir / "config.json")
     hf_config = read_hf_config(model_dir)
     family, arch = family_for(hf_config, source)
     cfg = family.Config.from_hf(hf_config, source)
     scheme = get_quantization(quantization)
     target_module, preset = get_target(target)
-    context_window = context_window or cfg.max_position_embeddings
-    prefill_chunk = min(prefill_chunk or DEFAULT_PREFILL_CHUNK, context_window)
+    context_window = cfg.max_position_embeddings if context_window is None else context_window
+    prefill_chunk = min(DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk, context_window)
     if context_window <= 0 or prefill_chunk <= 0:
         raise ConfigError(f"--context-window and --prefill-chunk must be positive (got {context_window}, {prefill_chunk})")
     # Our (fused, unquantized) weight shapes, read off the same model built without quantization.
@@ -81,7 +83,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "weights": weights,
         "hf_ignored": sorted(family.hf_ignored(cfg)),
     }
-    return BuildPlan(family, cfg, scheme, target_module, preset, manifest)
+    return BuildPlan(family, cfg, scheme, target_module, preset, manifest, hf_config)
 
 
 def export_ir(p: BuildPlan, target):
@@ -144,9 +146,9 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
         memory = _memory_estimate(p.manifest, temporaries)
         log("estimated memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v / 2**20:.1f} MiB" for k, v in memory.items()))
         p.manifest["memory"] = memory
-        p.manifest["conversion"] = {"bits_per_param": stats.bits_per_param, "worst_group_error": stats.worst_group_error,
-                                    "worst_group_weight": stats.worst_group_weight, "peak_rss_mb": stats.peak_rss_mb}
+        p.manifest["conversion"] = stats.to_manifest()
         _copy_tokenizer(model_dir, tmp, p.manifest)
+        (tmp / dist.CHAT_CONFIG).write_text(json.dumps(chat_config(model_dir, p.hf_config), indent=1))
         (tmp / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
         _replace(tmp, out)
     except BaseException:
@@ -166,6 +168,23 @@ def _copy_tokenizer(model_dir: Path, out: Path, manifest: dict) -> None:
     for name in copied:
         shutil.copy2(model_dir / name, out / name)
     manifest["tokenizer_files"] = copied
+
+
+def chat_config(model_dir: Path, hf_config: dict) -> dict:
+    """Defaults for the chat runtime, taken from the checkpoint's own files where it has them."""
+    def read(name):
+        path = model_dir / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    generation, tokenizer = read("generation_config.json"), read("tokenizer_config.json")
+    eos = generation.get("eos_token_id", hf_config.get("eos_token_id"))
+    return {
+        "conversation_template": "tokenizer_config.json" if tokenizer.get("chat_template") else "raw",
+        "bos_token_id": generation.get("bos_token_id", hf_config.get("bos_token_id")),
+        "eos_token_ids": eos if isinstance(eos, list) else [eos] if eos is not None else [],
+        "temperature": generation.get("temperature", 0.7),
+        "top_p": generation.get("top_p", 0.95),
+    }
 
 
 def _replace(tmp: Path, out: Path) -> None:

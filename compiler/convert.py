@@ -7,14 +7,18 @@ Streams one weight at a time: peak memory is about one fused weight, not the mod
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..runtime.tensor_cache import ShardWriter
+from ..runtime import dist
+from ..runtime.tensor_cache import INDEX, ShardWriter
 from ..errors import CheckpointError
 from .checkpoint import Checkpoint
 from .quantization import get_quantization
@@ -32,6 +36,10 @@ class ConversionStats:
     @property
     def bits_per_param(self) -> float:
         return 8 * self.stored_bytes / max(self.num_weights, 1)
+
+    def to_manifest(self) -> dict:
+        return {"bits_per_param": self.bits_per_param, "worst_group_error": self.worst_group_error,
+                "worst_group_weight": self.worst_group_weight, "peak_rss_mb": self.peak_rss_mb}
 
     def summary(self) -> str:
         return (
@@ -98,6 +106,27 @@ def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print) -> Conver
         raise RuntimeError(f"internal: params in the manifest that conversion did not produce: {not_written}")
     stats.seconds = time.time() - start
     stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return stats
+
+
+def replace_params(model_dir: Path, dist_dir: Path, log=print) -> ConversionStats:
+    """Convert weights into an existing build folder, e.g. on a machine with only the TVM runtime
+    where the library was copied but the weights were not. Old params go only once new ones exist."""
+    dist_dir = Path(dist_dir)
+    manifest = dist.read_manifest(dist_dir)
+    tmp = dist_dir / f".params-partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        stats = convert(Path(model_dir), manifest, tmp, log)
+        manifest["conversion"] = stats.to_manifest()
+        (tmp / dist.MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for old in [*dist_dir.glob("params_shard_*.bin"), dist_dir / INDEX]:
+            old.unlink(missing_ok=True)
+        for new in tmp.iterdir():
+            new.rename(dist_dir / new.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
 

@@ -42,3 +42,15 @@ def build(model_dir, quantization, target, output, context_window, prefill_chunk
     from .compiler.build import build as run_build
 
     run_build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir, log=click.echo)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("dist_dir", type=click.Path(exists=True, file_okay=False))
+@_user_errors
+def convert(model_dir, dist_dir):
+    """Convert MODEL_DIR's weights into the built folder DIST_DIR (needs no TVM compiler)."""
+    from .compiler.convert import replace_params
+
+    stats = replace_params(model_dir, dist_dir, log=click.echo)
+    click.echo(f"converted weights into {dist_dir}: {stats.summary()}")

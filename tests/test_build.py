@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -115,20 +116,25 @@ def test_dump_ir_writes_each_phase(tmp_path, builds):
 
 
 def test_runtime_only_tvm_converts_and_runs(tmp_path, builds, tiny_dist):
-    """Where only the TVM runtime is installed: convert weights and run the library."""
+    """Where only the TVM runtime is installed: `mlcgen convert` into a folder holding just the
+    library and manifest, then run it."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("lib.so", "manifest.json"):
+        shutil.copy(tiny_dist / name, shipped / name)
     code = f"""
-import sys, json
-from pathlib import Path
-import mlcgen.compiler.convert as convert
+import sys
+from mlcgen.cli import main
 from mlcgen.runtime import Engine
-manifest = json.loads(Path({str(tiny_dist / 'manifest.json')!r}).read_text())
-convert.convert(Path({str(builds.checkpoint('gqa_tied'))!r}), manifest, Path({str(tmp_path)!r}), log=None)
-logits = Engine({str(tiny_dist)!r}).prefill([1, 2, 3])
+main(["convert", {str(builds.checkpoint('gqa_tied'))!r}, {str(shipped)!r}], standalone_mode=False)
+logits = Engine({str(shipped)!r}).prefill([1, 2, 3])
 assert not [m for m in sys.modules if m.startswith(("tvm.relax", "tvm.s_tir"))]
 print(int(logits.argmax()))
 """
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) == int(engine(tiny_dist).prefill([1, 2, 3]).argmax())
-    assert shard_digests(tmp_path)[0] == shard_digests(tiny_dist)[0]
+    assert int(out.stdout.strip().splitlines()[-1]) == int(engine(tiny_dist).prefill([1, 2, 3]).argmax())
+    assert shard_digests(shipped)[0] == shard_digests(tiny_dist)[0]
+    assert manifest(shipped)["conversion"] == manifest(tiny_dist)["conversion"] | {"peak_rss_mb": manifest(shipped)["conversion"]["peak_rss_mb"]}
+    assert not [p.name for p in shipped.iterdir() if p.name.startswith(".")]
