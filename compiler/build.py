@@ -15,10 +15,12 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..runtime import dist
+from ..runtime.conversation import checkpoint_template
 from . import convert
 from .quantization import get_quantization
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "added_tokens.json", "chat_template.jinja")
 DEFAULT_PREFILL_CHUNK = 2048
 PAGE_SIZE = 16  # tokens per KV-cache page
 
@@ -176,10 +178,10 @@ def chat_config(model_dir: Path, hf_config: dict) -> dict:
         path = model_dir / name
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    generation, tokenizer = read("generation_config.json"), read("tokenizer_config.json")
+    generation = read("generation_config.json")
     eos = generation.get("eos_token_id", hf_config.get("eos_token_id"))
     return {
-        "conversation_template": "tokenizer_config.json" if tokenizer.get("chat_template") else "raw",
+        "conversation_template": checkpoint_template(model_dir) or "raw",
         "bos_token_id": generation.get("bos_token_id", hf_config.get("bos_token_id")),
         "eos_token_ids": eos if isinstance(eos, list) else [eos] if eos is not None else [],
         "temperature": generation.get("temperature", 0.7),

@@ -54,3 +54,47 @@ def convert(model_dir, dist_dir):
 
     stats = replace_params(model_dir, dist_dir, log=click.echo)
     click.echo(f"converted weights into {dist_dir}: {stats.summary()}")
+
+
+DEVICES = ["auto", "cpu", "cuda", "rocm", "vulkan"]
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--template", help="conversation template [default: the model's own, else raw]")
+@click.option("--system", help="system message")
+@_user_errors
+def chat(model, device, template, system):
+    """Chat with a built model folder MODEL."""
+    from . import chat as chat_loop
+    from .runtime.chat_module import ChatConfig, ChatModule
+
+    chat_loop.run(ChatModule(model, device, ChatConfig(conv_template=template, system_message=system)))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt-len", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--gen-len", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--random-weights", is_flag=True, help="generate params of the right shapes instead of loading them")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_user_errors
+def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
+    """Prefill and decode speed as llama-bench measures them (token ids in, no tokenizer)."""
+    import json
+
+    from .runtime.bench import bench_engine
+    from .runtime.engine import Engine
+
+    engine = Engine(model, device, random_weights=random_weights)
+    result = bench_engine(engine, prompt_len, gen_len, repeat)
+    result["random_weights"] = random_weights
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['model']} {result['quantization']} on {result['device']}:")
+        click.echo(f"  pp{prompt_len}: {result['prefill_tok_s']:.1f} ± {result['prefill_tok_s_std']:.1f} tok/s")
+        click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s")

@@ -17,7 +17,7 @@ from tvm.runtime.vm import VirtualMachine
 from ..errors import ParamsError
 from . import dist, tensor_cache
 
-DEVICES = {"cpu": tvm.cpu}
+DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "rocm": tvm.rocm, "vulkan": tvm.vulkan}
 
 
 def _builtin(name: str):
@@ -34,7 +34,9 @@ class Engine:
 
     SEQ_ID = 0
 
-    def __init__(self, dist_dir, device: str = "auto", verify_shards: bool = True):
+    def __init__(self, dist_dir, device: str = "auto", verify_shards: bool = True, random_weights: bool = False):
+        """random_weights: generate params of the right shapes/dtypes instead of loading them, to
+        benchmark a library whose real weights are not here."""
         self.dist_dir = Path(dist_dir)
         self.manifest = dist.read_manifest(self.dist_dir)
         self.device = self._device(device)
@@ -43,7 +45,7 @@ class Engine:
             raise ParamsError(f"{lib_path}: missing; rebuild with `mlcgen build`")
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self._check_library(lib_path)
-        self.params = self._load_params(verify_shards)
+        self.params = self._random_params() if random_weights else self._load_params(verify_shards)
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
@@ -57,11 +59,14 @@ class Engine:
     def _device(self, name: str):
         want = self.manifest["target"]["device"]
         name = want if name == "auto" else name
+        if name not in DEVICES:
+            raise ParamsError(f"unknown device {name!r}; choose one of: auto, {', '.join(DEVICES)}")
         if name != want:
             raise ParamsError(f"{self.dist_dir}: built for target {self.manifest['target']['name']} (device {want!r}), cannot run on device {name!r}")
-        if name not in DEVICES:
-            raise ParamsError(f"device {name!r} is not supported by this runtime; supported: {', '.join(DEVICES)}")
-        return DEVICES[name](0)
+        device = DEVICES[name](0)
+        if not device.exist:
+            raise ParamsError(f"no {name} device is visible to the TVM runtime on this machine")
+        return device
 
     def _check_library(self, lib_path: Path) -> None:
         in_lib = json.loads(str(self.vm["_metadata"]()))
@@ -92,6 +97,28 @@ class Engine:
             return _builtin("param_array_from_cache_by_name")([p["name"] for p in self.manifest["params"]])
         finally:
             _builtin("tensor_cache.clear")()
+
+    def _random_params(self) -> list:
+        rng = np.random.default_rng(0)
+        arrays = []
+        for p in self.manifest["params"]:
+            shape, dtype = p["shape"], np.dtype(p["dtype"])
+            if dtype.kind == "u":  # packed 4-bit codes: any bits are valid
+                a = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype, endpoint=True)
+            elif len(shape) == 1:  # norm weights and biases: keep activations in range
+                a = np.ones(shape, dtype)
+            else:  # weights, and q4 scales: small enough that nothing overflows fp16
+                a = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
+            arrays.append(tvm.runtime.tensor(a, self.device))
+        return arrays
+
+    def pop(self, n: int) -> None:
+        """Forget the last n tokens of the KV cache (to reuse a common prefix)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot pop {n} tokens from a cache holding {self.length}")
+        if n:
+            _builtin("kv_state_popn")(self.cache, self.SEQ_ID, n)
+            self.length -= n
 
     def reset(self) -> None:
         _builtin("kv_state_clear")(self.cache)

@@ -68,6 +68,19 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def make_chat_checkpoint(path: Path, family: str = "llama-2", seed: int = 0) -> Path:
+    """A random Llama with a trained BPE tokenizer and the family's chat template."""
+    from tokenizers_for_tests import bpe_tokenizer
+
+    tok = bpe_tokenizer(family=family, byte_fallback=False)  # random output must decode as text
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(max_position_embeddings=512, initializer_range=0.2, architectures=["LlamaForCausalLM"],
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **{**CONFIGS["gqa_tied"], "vocab_size": len(tok)})
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 class Builds:
     """Builds are the slow part: make each (checkpoint, quantization, options) once per session."""
 
@@ -76,9 +89,13 @@ class Builds:
         self.done: dict = {}
 
     def checkpoint(self, name: str) -> Path:
+        """A name from CONFIGS, or chat-<family> for a model with tokenizer and chat template."""
         path = self.root / "hf" / name
         if not path.exists():
-            make_checkpoint(path, name)
+            if name.startswith("chat-"):
+                make_chat_checkpoint(path, name.removeprefix("chat-"))
+            else:
+                make_checkpoint(path, name)
         return path
 
     def dist(self, name: str, quantization: str, **options) -> Path:

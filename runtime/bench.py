@@ -1,0 +1,44 @@
+"""Prefill/decode throughput measured as llama-bench does: random token ids, no tokenizer, the KV
+cache emptied between repetitions; pp = prompt tokens / prefill time, tg = generated tokens /
+decode time (greedy, one token per decode call)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ConfigError
+from .engine import Engine
+
+
+def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3) -> dict:
+    if prompt_len + gen_len > engine.context_window:
+        raise ConfigError(f"--prompt-len {prompt_len} + --gen-len {gen_len} exceeds the context window {engine.context_window}")
+    vocab = engine.manifest["model"]["config"]["vocab_size"]
+    rng = np.random.default_rng(0)
+    prefill, decode = [], []
+    for _ in range(repeat + 1):  # the first round warms up (allocations, first-call costs)
+        engine.reset()
+        prompt = rng.integers(0, vocab, prompt_len)
+        start = time.perf_counter()
+        token = int(engine.prefill(prompt).argmax())
+        middle = time.perf_counter()
+        for _ in range(gen_len):
+            token = int(engine.decode(token).argmax())
+        end = time.perf_counter()
+        prefill.append(prompt_len / (middle - start))
+        decode.append(gen_len / (end - middle))
+    prefill, decode = prefill[1:], decode[1:]
+    return {
+        "model": engine.manifest["model"]["name"],
+        "quantization": engine.manifest["quantization"],
+        "device": engine.manifest["target"]["device"],
+        "prompt_len": prompt_len,
+        "gen_len": gen_len,
+        "repeat": repeat,
+        "prefill_tok_s": float(np.mean(prefill)),
+        "prefill_tok_s_std": float(np.std(prefill)),
+        "decode_tok_s": float(np.mean(decode)),
+        "decode_tok_s_std": float(np.std(decode)),
+    }

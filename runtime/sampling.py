@@ -1,0 +1,78 @@
+"""Choosing the next token from logits: penalties, temperature, top-k, top-p, seeded.
+
+At batch 1 the logits row is already on the host, so this is plain numpy: exact, seedable, and the
+same on every device. (TVM's sampling builtins pay off once sampling stays on the GPU for batches.)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # CTRL-style: divides positive logits of seen tokens
+    presence_penalty: float = 0.0  # subtracted once from every seen token
+    frequency_penalty: float = 0.0  # subtracted per occurrence
+    max_gen_len: int = 256
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings, besides the template's
+
+    def __post_init__(self):
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("max_gen_len", self.max_gen_len > 0, "> 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"GenerationConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+    def updated(self, **changes) -> "GenerationConfig":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown generation option(s) {unknown}; known: {', '.join(sorted(known))}")
+        return GenerationConfig(**{**self.__dict__, **changes})
+
+
+class Sampler:
+    def __init__(self, config: GenerationConfig):
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.seen: Counter = Counter()  # tokens generated this reply, for the penalties
+
+    def __call__(self, logits: np.ndarray) -> int:
+        c = self.config
+        logits = logits.astype(np.float64, copy=True)
+        if self.seen:
+            ids = np.fromiter(self.seen.keys(), dtype=np.int64)
+            counts = np.fromiter(self.seen.values(), dtype=np.float64)
+            if c.repetition_penalty != 1.0:
+                seen = logits[ids]
+                logits[ids] = np.where(seen > 0, seen / c.repetition_penalty, seen * c.repetition_penalty)
+            logits[ids] -= c.presence_penalty + c.frequency_penalty * counts
+        token = int(np.argmax(logits)) if c.temperature == 0 else self._draw(logits / c.temperature)
+        self.seen[token] += 1
+        return token
+
+    def _draw(self, logits: np.ndarray) -> int:
+        c = self.config
+        order = np.argsort(-logits, kind="stable")
+        if c.top_k:
+            order = order[: c.top_k]
+        probs = np.exp(logits[order] - logits[order[0]])
+        probs /= probs.sum()
+        keep = int(np.searchsorted(np.cumsum(probs), c.top_p)) + 1  # smallest set with mass >= top_p
+        probs = probs[:keep] / probs[:keep].sum()
+        return int(order[self.rng.choice(keep, p=probs)])

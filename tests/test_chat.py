@@ -1,0 +1,192 @@
+"""The chat runtime: tokenizers, streaming, templates, sampling, ChatModule and the context policy."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from conftest import hf_model
+from mlcgen.errors import ConfigError, ParamsError
+from mlcgen.runtime.chat_module import ChatConfig, ChatModule, StopStrings
+from mlcgen.runtime.conversation import BUILTIN, jinja_template
+from mlcgen.runtime.sampling import GenerationConfig, Sampler
+from mlcgen.runtime.tokenizer import StreamingDetokenizer, Tokenizer
+from tokenizers_for_tests import CHAT_TEMPLATES, bpe_tokenizer, sentencepiece_model
+
+GREEDY = GenerationConfig(temperature=0, max_gen_len=24)
+TEXTS = ["Hello there 世界 🎉 naïve café", "🎉🎉 日本語のテキスト, and ASCII again 👩‍👩‍👧"]
+
+
+@pytest.fixture(scope="module")
+def chat_dist(builds):
+    return builds.dist("chat-llama-2", "q0f32")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokenizers")
+    bpe_tokenizer().save_pretrained(root / "bpe")
+    sentencepiece_model(root / "spm")
+    return {"bpe": root / "bpe", "spm": root / "spm"}
+
+
+@pytest.mark.parametrize("backend", ["bpe", "spm"])
+@pytest.mark.parametrize("text", TEXTS)
+def test_streaming_detokenizer_never_breaks_utf8(tokenizer_dirs, backend, text):
+    tok = Tokenizer(tokenizer_dirs[backend])
+    ids = tok.encode(text)
+    assert any(tok.id_to_token(i).startswith("<0x") for i in ids), "the text must exercise byte fallback"
+    stream = StreamingDetokenizer(tok)
+    chunks = [stream.put(i) for i in ids] + [stream.flush()]
+    for chunk in chunks:
+        assert "\ufffd" not in chunk
+        chunk.encode("utf-8")  # valid UTF-8 (no lone surrogates)
+    assert "".join(chunks) == tok.decode(ids)
+    assert tok.decode(ids).strip() == text.strip()
+
+
+def test_bpe_tokenizer_matches_transformers_with_special_tokens(tokenizer_dirs):
+    ours, theirs = Tokenizer(tokenizer_dirs["bpe"]), AutoTokenizer.from_pretrained(tokenizer_dirs["bpe"])
+    text = "<s>[INST] Hello there [/INST] Fine </s>"
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False)
+    assert ours.encode(text)[0] == ours.bos_id
+    assert ours.decode(ours.encode(text)) == theirs.decode(theirs.encode(text, add_special_tokens=False), skip_special_tokens=True)
+
+
+def test_sentencepiece_special_tokens_and_bos(tokenizer_dirs):
+    tok = Tokenizer(tokenizer_dirs["spm"])
+    ids = tok.encode("<s>hello</s>")
+    assert ids[0] == 1 and ids[-1] == 2 and len(ids) > 2
+    assert tok.encode("hello", add_bos=True)[0] == 1
+    assert tok.decode(ids) == "hello"
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there!"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": " Hello. "}, {"role": "user", "content": "How are you?\n"}],
+    [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"},
+     {"role": "assistant", "content": "four"}],
+]
+
+
+@pytest.mark.parametrize("family", list(CHAT_TEMPLATES))
+@pytest.mark.parametrize("turns", range(len(CONVERSATIONS)))
+def test_templates_render_as_transformers(family, turns):
+    messages = CONVERSATIONS[turns]
+    if family == "mistral":
+        messages = [m for m in messages if m["role"] != "system"]
+    tok = bpe_tokenizer(family=family)
+    tokens = {"bos_token": tok.bos_token, "eos_token": tok.eos_token}
+    for add_generation_prompt in (True, False):
+        expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        assert BUILTIN[family].render(messages, add_generation_prompt, tokens) == expected
+        assert jinja_template(CHAT_TEMPLATES[family]).render(messages, add_generation_prompt, tokens) == expected
+
+
+def test_template_errors_are_clear():
+    with pytest.raises(ConfigError, match="roles must alternate"):
+        BUILTIN["llama-2"].render([{"role": "assistant", "content": "x"}], True, {"bos_token": "<s>", "eos_token": "</s>"})
+    with pytest.raises(ConfigError, match="chat template: Conversation roles must alternate"):
+        jinja_template(CHAT_TEMPLATES["mistral"]).render([{"role": "assistant", "content": "x"}], True, {"bos_token": "", "eos_token": ""})
+
+
+def reference_reply(model_dir, messages, max_new_tokens):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    with torch.no_grad():
+        out = hf_model(model_dir).generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_chat_module_greedy_reply_matches_transformers(builds, chat_dist):
+    chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
+    assert chat.conversation.template.name == "chat_template.jinja"  # the checkpoint's own
+    first = chat.generate("Hello there, how are you?")
+    assert len(first) > 10
+    assert first == reference_reply(builds.checkpoint("chat-llama-2"), [{"role": "user", "content": "Hello there, how are you?"}], 24)
+    second = chat.generate("What is your name?")
+    history = [{"role": "user", "content": "Hello there, how are you?"}, {"role": "assistant", "content": first},
+               {"role": "user", "content": "What is your name?"}]
+    assert second == reference_reply(builds.checkpoint("chat-llama-2"), history, 24)
+    stats = chat.stats(verbose=True)
+    assert stats["prefill_tokens"] < len(chat.cached), "the second turn reuses the cached prefix"
+    assert stats["decode_tok_s"] > 0 and "decode:" in chat.stats()
+
+
+def test_streaming_and_callback_give_the_same_text(chat_dist):
+    chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
+    pieces = list(chat.generate("Hello there, how are you?", stream=True))
+    chat.reset_chat()
+    seen = []
+    text = chat.generate("Hello there, how are you?", progress_callback=seen.append)
+    assert "".join(pieces) == text == "".join(seen) and len(pieces) > 1
+
+
+def test_sampling_is_seeded_and_respects_its_options():
+    logits = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+    draw = lambda **kw: [Sampler(GenerationConfig(**kw))(logits) for _ in range(5)]
+    assert draw(temperature=1.0, seed=7) == draw(temperature=1.0, seed=7)
+    assert len({Sampler(GenerationConfig(temperature=5.0, top_p=1.0, seed=s))(logits) for s in range(20)}) > 5
+    assert set(draw(temperature=1.0, top_k=1, seed=1)) == {int(logits.argmax())}
+    assert set(draw(temperature=1.0, top_p=1e-6, seed=1)) == {int(logits.argmax())}
+    top3 = set(np.argsort(-logits)[:3].tolist())
+    assert {Sampler(GenerationConfig(temperature=3.0, top_k=3, seed=s))(logits) for s in range(30)} <= top3
+    sampler = Sampler(GenerationConfig(temperature=0, presence_penalty=100.0))
+    assert len({sampler(logits) for _ in range(4)}) == 4, "presence penalty forbids repeats here"
+    sampler = Sampler(GenerationConfig(temperature=0, repetition_penalty=1e6))
+    assert len({sampler(np.abs(logits)) for _ in range(4)}) == 4
+
+
+@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"max_gen_len": 0}])
+def test_generation_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError, match=f"GenerationConfig.{next(iter(bad))}="):
+        GenerationConfig(**bad)
+
+
+def test_stop_strings_cut_and_hold_back():
+    stops = StopStrings(["STOP", "\nUser:"])
+    assert stops.feed("Hello ST") == ("Hello ", False)
+    assert stops.feed("ART and \nUs") == ("START and ", False)
+    assert stops.feed("er: hi") == ("", True)
+    stops = StopStrings(["STOP"])
+    assert stops.feed("abcSTO") == ("abc", False) and stops.flush() == "STO"
+
+
+def test_stop_string_ends_the_reply(chat_dist):
+    chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
+    full = chat.generate("Hello there, how are you?")
+    cut = full[len(full) // 2 : len(full) // 2 + 3]
+    chat.reset_chat()
+    short = chat.generate("Hello there, how are you?", GREEDY.updated(stop=[cut]))
+    assert short == full[: full.index(cut)] and chat.stats(verbose=True)["finish_reason"] == "stop"
+
+
+def test_conversation_longer_than_the_window_never_crashes(builds):
+    dist = builds.dist("chat-llama-2", "q0f32", context_window=96, prefill_chunk=32)
+    chat = ChatModule(dist, chat_config=ChatConfig(generation=GenerationConfig(temperature=0, max_gen_len=40)))
+    for turn in range(8):
+        reply = chat.generate(f"Turn {turn}: tell me about the lazy dog and the quick brown fox.")
+        assert isinstance(reply, str)
+        assert chat.engine.length <= 96
+    stats = chat.stats(verbose=True)
+    assert stats["dropped_exchanges"] > 0
+    assert chat.conversation.messages[0]["content"].startswith("Turn")  # history still alternates
+    chat.reset_chat()
+    chat.generate("word " * 300)  # one message longer than the window
+    assert chat.stats(verbose=True)["truncated_prompt"] and chat.engine.length <= 96
+
+
+def test_benchmark_generate_ignores_stop_tokens(chat_dist):
+    chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
+    chat.benchmark_generate("Hello", 40)
+    stats = chat.stats(verbose=True)
+    assert stats["decode_tokens"] == 39 and stats["finish_reason"] == "length"
+
+
+def test_device_mismatch_is_clear(chat_dist):
+    with pytest.raises(ParamsError, match="cannot run on device 'vulkan'"):
+        ChatModule(chat_dist, device="vulkan")
+    with pytest.raises(ParamsError, match="unknown device 'tpu'; choose one of: auto, cpu, cuda, rocm, vulkan"):
+        ChatModule(chat_dist, device="tpu")
