@@ -140,9 +140,11 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        log(f"compiling {model_dir.name} for {p.manifest['target']['name']} ...")
         start = time.time()
         temporaries = compile_library(p, tmp / dist.LIBRARY, Path(dump_ir) if dump_ir else None, log)
         log(f"compiled {dist.LIBRARY} for {p.manifest['target']['name']} in {time.time() - start:.1f} s")
+        log(f"converting weights to {p.scheme.name} ...")
         stats = convert.convert(model_dir, p.manifest, tmp, log)
         log(f"converted weights to {p.scheme.name}: {stats.summary()}")
         memory = _memory_estimate(p.manifest, temporaries)

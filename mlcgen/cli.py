@@ -60,13 +60,13 @@ DEVICES = ["auto", "cpu", "cuda", "rocm", "vulkan"]
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("model", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--template", help="conversation template [default: the model's own, else raw]")
 @click.option("--system", help="system message")
 @_user_errors
 def chat(model, device, template, system):
-    """Chat with a built model folder MODEL."""
+    """Chat with a built model folder MODEL (default: the shipped demo model, on the CPU)."""
     from . import chat as chat_loop
     from .runtime.chat_module import ChatConfig, ChatModule
 

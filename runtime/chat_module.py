@@ -46,7 +46,13 @@ class TurnStats:
 
 
 class ChatModule:
-    def __init__(self, model, device: str = "auto", chat_config: ChatConfig | None = None):
+    def __init__(self, model=None, device: str = "auto", chat_config: ChatConfig | None = None):
+        """model: a folder made by `mlcgen build`; None for the shipped demo model (compiled for
+        the CPU on first use)."""
+        if model is None:
+            from ..demo import demo_dist
+
+            model = demo_dist()
         self.dist_dir = Path(model)
         self.engine = Engine(self.dist_dir, device)
         self.tokenizer = Tokenizer(self.dist_dir)

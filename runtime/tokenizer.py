@@ -41,8 +41,11 @@ class Tokenizer:
         self.bos_token = _token_text(self.config.get("bos_token"))
         self.eos_token = _token_text(self.config.get("eos_token"))
         self.add_bos = bool(self.config.get("add_bos_token", self._sp is not None))
-        added = self.config.get("added_tokens_decoder", {})
-        self.special_ids = {int(i) for i, t in added.items() if t.get("special")}
+        if self._hf:
+            self.special_ids = {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
+        else:
+            added = self.config.get("added_tokens_decoder", {})
+            self.special_ids = {int(i) for i, t in added.items() if t.get("special")}
         self.special_ids |= {i for i in (self.token_to_id(self.bos_token), self.token_to_id(self.eos_token)) if i is not None}
         if self._sp is not None:
             names = sorted({self.id_to_token(i) for i in self.special_ids}, key=len, reverse=True)
