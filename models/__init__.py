@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import llama
+from . import llama, mistral, phi3, qwen2
 
-FAMILIES = {arch: family for family in (llama,) for arch in family.ARCHITECTURES}
+FAMILIES = {arch: family for family in (llama, mistral, phi3, qwen2) for arch in family.ARCHITECTURES}
 
 
 def family_for(hf_config: dict, source: str):

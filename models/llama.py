@@ -11,19 +11,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from tvm import relax, te, target as tvm_target
+import numpy as np
+from tvm import relax, te, tirx, target as tvm_target
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from ..errors import ConfigError
 
 ARCHITECTURES = ("LlamaForCausalLM",)
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
 
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
+    """The decoder every family here shares; mistral.py, qwen2.py and phi3.py read their own
+    config.json keys into it (as subclasses with their own from_hf)."""
+
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -33,64 +36,80 @@ class LlamaConfig:
     vocab_size: int
     rms_norm_eps: float
     rope_theta: float
-    rope_scaling: dict | None  # None, or the llama3 parameters with "rope_type": "llama3"
+    rope_scaling: dict | None  # None, TVM's llama3 rope_scaling dict, or longrope (applied by longrope())
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    qkv_bias: bool
+    o_bias: bool
     mlp_bias: bool
+    sliding_window: int | None = None  # every layer attends to at most this many tokens
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "LlamaConfig":
-        """Strict reading of a transformers config dict (v4 `rope_theta`/`rope_scaling` or v5
+        """Strict reading of a transformers LlamaConfig dict (v4 `rope_theta`/`rope_scaling` or v5
         `rope_parameters`). Missing required keys and unsupported values raise ConfigError."""
-
-        def need(key):
-            if key not in hf:
-                raise ConfigError(f"{source}: missing required key {key!r} for a Llama model")
-            return hf[key]
-
-        def check(key, value, allowed):
-            if value not in allowed:
-                raise ConfigError(f"{source}: {key}={value!r} is not supported; expected one of {list(allowed)}")
-
-        if hf.get("quantization_config"):
-            raise ConfigError(f"{source}: pre-quantized checkpoints (quantization_config) are not supported; give the fp16/bf16/fp32 checkpoint")
-        check("hidden_act", hf.get("hidden_act", "silu"), ("silu",))
-        heads = need("num_attention_heads")
-        hidden = need("hidden_size")
-        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
-        check("rope_type", rope_type, SUPPORTED_ROPE_TYPES)
-        rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        reader = HFConfigReader(hf, source, "Llama")
+        rope_type, rope_theta, rope = reader.rope(("default", "llama3"))
         rope_scaling = None
         if rope_type == "llama3":
             keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-            missing = [k for k in keys if k not in rope]
-            if missing:
-                raise ConfigError(f"{source}: llama3 rope scaling lacks {missing}")
-            rope_scaling = {"rope_type": "llama3", **{k: rope[k] for k in keys}}
-        cfg = cls(
-            hidden_size=hidden,
-            intermediate_size=need("intermediate_size"),
-            num_hidden_layers=need("num_hidden_layers"),
-            num_attention_heads=heads,
-            num_key_value_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hidden // heads,
-            vocab_size=need("vocab_size"),
-            rms_norm_eps=need("rms_norm_eps"),
-            rope_theta=float(rope_theta),
-            rope_scaling=rope_scaling,
-            max_position_embeddings=need("max_position_embeddings"),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", False)),
-            mlp_bias=bool(hf.get("mlp_bias", False)),
-        )
-        if heads % cfg.num_key_value_heads:
-            raise ConfigError(f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={cfg.num_key_value_heads}")
-        return cfg
+            rope_scaling = {"rope_type": "llama3", **reader.take(rope, keys, "llama3 rope scaling")}
+        bias = bool(hf.get("attention_bias", False))
+        return cls(**reader.common(), rope_theta=rope_theta, rope_scaling=rope_scaling, qkv_bias=bias, o_bias=bias,
+                   mlp_bias=bool(hf.get("mlp_bias", False)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class HFConfigReader:
+    """Checks shared by the families' from_hf: required keys, allowed values, common fields."""
+
+    def __init__(self, hf: dict[str, Any], source: str, family: str):
+        self.hf, self.source, self.family = hf, source, family
+        if hf.get("quantization_config"):
+            raise ConfigError(f"{source}: pre-quantized checkpoints (quantization_config) are not supported; give the fp16/bf16/fp32 checkpoint")
+        self.check("hidden_act", hf.get("hidden_act", "silu"), ("silu",))
+
+    def need(self, key: str):
+        if key not in self.hf:
+            raise ConfigError(f"{self.source}: missing required key {key!r} for a {self.family} model")
+        return self.hf[key]
+
+    def check(self, key: str, value, allowed) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{self.source}: {key}={value!r} is not supported; expected one of {list(allowed)}")
+
+    def take(self, d: dict, keys, what: str) -> dict:
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise ConfigError(f"{self.source}: {what} lacks {missing}")
+        return {k: d[k] for k in keys}
+
+    def rope(self, supported) -> tuple[str, float, dict]:
+        """(rope type, theta, remaining scaling keys) from v5 rope_parameters or v4 rope_scaling."""
+        rope = dict(self.hf.get("rope_parameters") or self.hf.get("rope_scaling") or {})
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        self.check("rope_type", rope_type, supported)
+        return rope_type, float(rope.pop("rope_theta", self.hf.get("rope_theta", 10000.0))), rope
+
+    def common(self) -> dict:
+        heads, hidden = self.need("num_attention_heads"), self.need("hidden_size")
+        kv_heads = self.hf.get("num_key_value_heads") or heads
+        if heads % kv_heads:
+            raise ConfigError(f"{self.source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+        return dict(
+            hidden_size=hidden,
+            intermediate_size=self.need("intermediate_size"),
+            num_hidden_layers=self.need("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            head_dim=self.hf.get("head_dim") or hidden // heads,
+            vocab_size=self.need("vocab_size"),
+            rms_norm_eps=self.need("rms_norm_eps"),
+            max_position_embeddings=self.need("max_position_embeddings"),
+            tie_word_embeddings=bool(self.hf.get("tie_word_embeddings", False)),
+        )
 
 
 def hf_weight_map(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
@@ -101,10 +120,10 @@ def hf_weight_map(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
         qkv = tuple(f"{hf}.self_attn.{p}_proj" for p in "qkv")
         gate_up = (f"{hf}.mlp.gate_proj", f"{hf}.mlp.up_proj")
         out[f"{ours}.self_attn.qkv_proj.weight"] = (tuple(n + ".weight" for n in qkv), True)
-        if cfg.attention_bias:
+        if cfg.qkv_bias:
             out[f"{ours}.self_attn.qkv_proj.bias"] = (tuple(n + ".bias" for n in qkv), False)
         out[f"{ours}.self_attn.o_proj.weight"] = ((f"{hf}.self_attn.o_proj.weight",), True)
-        if cfg.attention_bias:
+        if cfg.o_bias:
             out[f"{ours}.self_attn.o_proj.bias"] = ((f"{hf}.self_attn.o_proj.bias",), False)
         out[f"{ours}.mlp.gate_up_proj.weight"] = (tuple(n + ".weight" for n in gate_up), True)
         out[f"{ours}.mlp.down_proj.weight"] = ((f"{hf}.mlp.down_proj.weight",), True)
@@ -127,18 +146,50 @@ def hf_ignored(cfg: LlamaConfig) -> set[str]:
     return ignored
 
 
+def _is_longrope(cfg: LlamaConfig) -> bool:
+    return bool(cfg.rope_scaling) and cfg.rope_scaling["rope_type"] == "longrope"
+
+
+def longrope(qkv: nn.Tensor, positions: nn.Tensor, cfg: LlamaConfig) -> nn.Tensor:
+    """RoPE with per-frequency factors (Phi-3 "longrope"), on the q and k heads of fused qkv
+    [b, s, h + 2kv, hd]. Tokens at positions past original_max_position_embeddings use the long
+    factors, as transformers does when it reaches them one at a time. (TVM 0.27's own longrope
+    kernel does not compile.)"""
+    r = cfg.rope_scaling
+    half, rotated_heads = cfg.head_dim // 2, cfg.num_attention_heads + cfg.num_key_value_heads
+    factors = nn.Tensor.from_const(np.array([r["short_factor"], r["long_factor"]], dtype="float32"))
+
+    def compute(qkv, positions, factors):
+        def rope(b, s, h, d):
+            pos = positions[b * qkv.shape[1] + s]
+            i = d % half
+            factor = factors[tirx.Select(pos >= r["original_max_position_embeddings"], 1, 0), i]
+            inv_freq = 1.0 / (factor * tirx.power(tirx.const(cfg.rope_theta, "float32"), (2 * i).astype("float32") / cfg.head_dim))
+            angle = pos.astype("float32") * inv_freq
+            x = qkv[b, s, h, d].astype("float32")
+            partner = tirx.Select(d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half]).astype("float32")
+            out = (x * tirx.cos(angle) + partner * tirx.sin(angle)) * r["attention_factor"]
+            return tirx.Select(h < rotated_heads, out.astype(qkv.dtype), qkv[b, s, h, d])
+
+        return te.compute(qkv.shape, rope, name="longrope")
+
+    return nn.op.tensor_expr_op(compute, "longrope", [qkv, positions, factors])
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, quant):
         self.cfg = cfg
         qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
-        self.qkv_proj = quant.linear(cfg.hidden_size, qkv_out, bias=cfg.attention_bias)
-        self.o_proj = quant.linear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.qkv_proj = quant.linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
+        self.o_proj = quant.linear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
 
     def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
         c = self.cfg
         b, s, _ = x.shape
         qkv = self.qkv_proj(x).reshape(b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim)
-        # RoPE, the cache append and attention all happen inside the paged KV cache.
+        if _is_longrope(c):
+            qkv = longrope(qkv, cache.get_query_positions(b * s), c)
+        # RoPE (unless done above), the cache append and attention happen in the paged KV cache.
         out = cache.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
         return self.o_proj(out.reshape(b, s, c.num_attention_heads * c.head_dim))  # [b, s, d]
 
@@ -224,10 +275,10 @@ class LlamaForCausalLM(nn.Module):
             v_head_dim=c.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=RopeMode.NONE if _is_longrope(c) else RopeMode.NORMAL,
             rope_scale=1,
             rope_theta=c.rope_theta,
-            rope_scaling=c.rope_scaling or {},
+            rope_scaling={} if _is_longrope(c) else c.rope_scaling or {},
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=c.head_dim,
             enable_disaggregation=False,

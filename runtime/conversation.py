@@ -71,6 +71,18 @@ def _mistral(messages, add_generation_prompt, tokens):
     return "".join(out)
 
 
+def _qwen2(messages, add_generation_prompt, tokens):
+    if not messages or messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": "You are a helpful assistant."}] + list(messages)
+    return _chatml(messages, add_generation_prompt, tokens)
+
+
+def _phi3(messages, add_generation_prompt, tokens):
+    out = [f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages if m["role"] in ("system", "user", "assistant")]
+    out.append("<|assistant|>\n" if add_generation_prompt else tokens["eos_token"])
+    return "".join(out)
+
+
 def _raw(messages, add_generation_prompt, tokens):
     return "".join(m["content"] for m in messages)
 
@@ -84,6 +96,10 @@ BUILTIN = {
     "chatml": Template("chatml", _chatml, stop_tokens=("<|im_end|>",)),
     # Mistral-7B-Instruct v0.2: user/assistant only
     "mistral": Template("mistral", _mistral, system_role=False),
+    # Qwen2 instruct: ChatML with a default system message
+    "qwen2": Template("qwen2", _qwen2, stop_tokens=("<|im_end|>",)),
+    # Phi-3 instruct (mini/medium, 4k and 128k)
+    "phi-3": Template("phi-3", _phi3, stop_tokens=("<|end|>",)),
     # plain completion: messages' text concatenated, BOS as the tokenizer config says
     "raw": Template("raw", _raw, bos_from_tokenizer=True),
 }

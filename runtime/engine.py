@@ -49,12 +49,20 @@ class Engine:
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
+        self.sliding_window = self.manifest["model"]["config"].get("sliding_window")
         self.cache = self.vm["create_paged_kv_cache"](
             ShapeTuple([1]), ShapeTuple([self.context_window]), ShapeTuple([self.prefill_chunk]),
-            ShapeTuple([self.manifest["page_size"]]), ShapeTuple([0]),
+            ShapeTuple([self.manifest["page_size"]]), ShapeTuple([int(bool(self.sliding_window))]),
         )
         self.length = 0  # tokens in the KV cache
+        self._add_sequence()
+
+    def _add_sequence(self) -> None:
         _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
+        if self.sliding_window:
+            # transformers' window of W keys includes the query's own; TVM's counts the keys before
+            # it (measured against transformers: W - 1 matches). No attention sink.
+            _builtin("attention_kv_cache_enable_sliding_window_for_seq")(self.cache, self.SEQ_ID, self.sliding_window - 1, 0)
 
     def _device(self, name: str):
         want = self.manifest["target"]["device"]
@@ -122,7 +130,7 @@ class Engine:
 
     def reset(self) -> None:
         _builtin("kv_state_clear")(self.cache)
-        _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
+        self._add_sequence()
         self.length = 0
 
     def prefill(self, token_ids) -> np.ndarray:
@@ -131,9 +139,19 @@ class Engine:
         if ids.size == 0:
             raise ValueError("prefill needs at least one token")
         self._check_room(ids.size)
-        for start in range(0, ids.size, self.prefill_chunk):
-            logits = self._forward("prefill", ids[start : start + self.prefill_chunk])
+        start = 0
+        while start < ids.size:
+            size = self._chunk_size()
+            logits = self._forward("prefill", ids[start : start + size])
+            start += size
         return logits
+
+    def _chunk_size(self) -> int:
+        if not self.sliding_window:
+            return self.prefill_chunk
+        # TVM's prefill windows the cached keys but not the new tokens among themselves: a chunk is
+        # exact while the whole sequence still fits in the window, and past it, one token is.
+        return max(1, min(self.prefill_chunk, self.sliding_window - self.length))
 
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; its logits."""

@@ -29,26 +29,46 @@ CONFIGS = {
 }
 
 
+_SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+_LONGROPE = dict(rope_type="longrope", original_max_position_embeddings=64,
+                 short_factor=[1.0, 1.1, 1.3, 1.2, 1.5, 1.4, 1.8, 1.6], long_factor=[2.0, 2.4, 2.1, 2.9, 2.5, 2.2, 2.7, 2.3])
+# Other families: (architecture, config overrides). Windows of 8 and 12 so that 40 tokens pass them.
+FAMILY_CONFIGS = {
+    "mistral": ("MistralForCausalLM", dict(_SMALL, sliding_window=8)),
+    "qwen2": ("Qwen2ForCausalLM", dict(_SMALL, tie_word_embeddings=True, rope_theta=1e6)),
+    "phi3": ("Phi3ForCausalLM", dict(_SMALL, sliding_window=12, pad_token_id=0)),
+    "phi3_longrope": ("Phi3ForCausalLM", dict(_SMALL, pad_token_id=0, rope_scaling=_LONGROPE, original_max_position_embeddings=64)),
+}
+
+
 def make_checkpoint(path: Path, name: str = "gqa_tied", seed: int = 0, dtype=torch.float32, **save_kwargs) -> Path:
-    """A random transformers Llama saved with save_pretrained. Weights are drawn wider than the HF
-    default so that logits are well separated and greedy tokens are not decided by ties."""
+    """A random transformers model (a Llama from CONFIGS, or a FAMILY_CONFIGS entry) saved with
+    save_pretrained. Weights are drawn wider than the HF default so that logits are well separated
+    and greedy tokens are not decided by ties."""
+    import transformers
+
     torch.manual_seed(seed)
-    cfg = LlamaConfig(max_position_embeddings=256, initializer_range=0.2, architectures=["LlamaForCausalLM"], **CONFIGS[name])
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    arch, overrides = FAMILY_CONFIGS.get(name, ("LlamaForCausalLM", CONFIGS.get(name)))
+    model_class = getattr(transformers, arch)
+    cfg = model_class.config_class(max_position_embeddings=256, initializer_range=0.2, architectures=[arch], **overrides)
+    model = model_class(cfg).to(dtype).eval()
     model.save_pretrained(path, **save_kwargs)
     return path
 
 
-def hf_model(model_dir: Path) -> LlamaForCausalLM:
-    return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+def hf_model(model_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
 def dequantized_hf_model(model_dir: Path, quantization: str) -> LlamaForCausalLM:
-    """The transformers model with every weight replaced by what the compiled model computes with."""
+    """The transformers model with every weight replaced by what the compiled model computes with
+    (linears and embeddings are the 2-D weights in every family here)."""
     model = hf_model(model_dir)
     scheme = get_quantization(quantization)
     state = model.state_dict()
-    quantized = {k for k, v in state.items() if v.ndim == 2}  # linears and the embedding
+    quantized = {k for k, v in state.items() if v.ndim == 2}
     new = {}
     for k, v in state.items():
         w = v.numpy()

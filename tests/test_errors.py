@@ -44,7 +44,7 @@ def no_output(tmp_path):
 
 def test_unknown_architecture_lists_supported(tmp_path, ckpt):
     edit_config(ckpt, architectures=["GPT2LMHeadModel"])
-    with pytest.raises(ConfigError, match=r"config\.json: architectures=\['GPT2LMHeadModel'\] is not supported; supported: LlamaForCausalLM"):
+    with pytest.raises(ConfigError, match=r"config\.json: architectures=\['GPT2LMHeadModel'\] is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM"):
         build(ckpt, "q0f32", output=tmp_path / "out", log=None)
     assert no_output(tmp_path)
 
