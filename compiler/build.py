@@ -57,7 +57,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     family, arch = family_for(hf_config, source)
     cfg = family.Config.from_hf(hf_config, source)
     scheme = get_quantization(quantization)
-    target_module, preset = get_target(target)
+    target_module, preset, why = get_target(target)
     context_window = cfg.max_position_embeddings if context_window is None else context_window
     prefill_chunk = min(DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk, context_window)
     if context_window <= 0 or prefill_chunk <= 0:
@@ -77,7 +77,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "model": {"name": model_dir.resolve().name, "family": family.__name__.rsplit(".", 1)[-1], "architecture": arch, "config": cfg.to_dict()},
         "quantization": scheme.name,
         "model_dtype": scheme.model_dtype,
-        "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE},
+        "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why},
         "context_window": context_window,
         "prefill_chunk": prefill_chunk,
         "page_size": PAGE_SIZE,
@@ -110,8 +110,9 @@ def export_ir(p: BuildPlan, target):
     return bb.finalize()
 
 
-def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> int:
-    """Compile to `lib_path`; returns the planned temporary memory in bytes."""
+def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> tuple[int, list[dict]]:
+    """Compile to `lib_path`; returns the planned temporary memory in bytes and the kernels one
+    decode step calls with their memory traffic (for `mlcgen inspect`'s projection)."""
     from tvm import relax
 
     from . import pipeline
@@ -120,9 +121,12 @@ def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> 
     mod = export_ir(p, target)
     mod = pipeline.run(mod, p.target_module, target, dump_ir)
     temporaries = pipeline.temporary_bytes(mod)
-    executable = relax.build(mod, target, relax_pipeline=None)
+    with p.target_module.device_code() as device_code:  # e.g. the AMD code object, for inspection
+        executable = relax.build(mod, target, relax_pipeline=None)
     executable.export_library(str(lib_path))
-    return temporaries
+    for name, data in device_code.items():
+        (lib_path.parent / name).write_bytes(data)
+    return temporaries, pipeline.entry_kernel_traffic(mod, "decode")
 
 
 def default_output(model_dir: Path, quantization: str, target: str) -> Path:
@@ -140,9 +144,10 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        log(f"compiling {model_dir.name} for {p.manifest['target']['name']} ...")
+        target = p.manifest["target"]
+        log(f"compiling {model_dir.name} for {target['name']} ({target['preset_reason']}) ...")
         start = time.time()
-        temporaries = compile_library(p, tmp / dist.LIBRARY, Path(dump_ir) if dump_ir else None, log)
+        temporaries, decode_kernels = compile_library(p, tmp / dist.LIBRARY, Path(dump_ir) if dump_ir else None, log)
         log(f"compiled {dist.LIBRARY} for {p.manifest['target']['name']} in {time.time() - start:.1f} s")
         log(f"converting weights to {p.scheme.name} ...")
         stats = convert.convert(model_dir, p.manifest, tmp, log)
@@ -150,6 +155,7 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
         memory = _memory_estimate(p.manifest, temporaries)
         log("estimated memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v / 2**20:.1f} MiB" for k, v in memory.items()))
         p.manifest["memory"] = memory
+        p.manifest["decode_kernels"] = decode_kernels
         p.manifest["conversion"] = stats.to_manifest()
         _copy_tokenizer(model_dir, tmp, p.manifest)
         (tmp / dist.CHAT_CONFIG).write_text(json.dumps(chat_config(model_dir, p.hf_config), indent=1))

@@ -98,3 +98,17 @@ def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
         click.echo(f"{result['model']} {result['quantization']} on {result['device']}:")
         click.echo(f"  pp{prompt_len}: {result['prefill_tok_s']:.1f} ± {result['prefill_tok_s_std']:.1f} tok/s")
         click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s")
+
+
+@main.command()
+@click.argument("dist_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_user_errors
+def inspect(dist_dir, as_json):
+    """Per-kernel resources and instruction mix of an AMD (ROCm) build, and a decode projection."""
+    import json
+
+    from .targets.amdgpu_inspect import format_report, inspect as inspect_build
+
+    report = inspect_build(dist_dir)
+    click.echo(json.dumps(report) if as_json else format_report(report))

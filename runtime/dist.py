@@ -14,7 +14,7 @@ MANIFEST = "manifest.json"
 LIBRARY = "lib.so"
 CHAT_CONFIG = "chat-config.json"
 # Manifest keys filled in after compilation; the library's copy of the manifest lacks them.
-POST_COMPILE_KEYS = ("memory", "conversion", "tokenizer_files")
+POST_COMPILE_KEYS = ("memory", "decode_kernels", "conversion", "tokenizer_files")
 
 
 def read_manifest(dist_dir: Path) -> dict:

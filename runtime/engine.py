@@ -71,6 +71,10 @@ class Engine:
             raise ParamsError(f"unknown device {name!r}; choose one of: auto, {', '.join(DEVICES)}")
         if name != want:
             raise ParamsError(f"{self.dist_dir}: built for target {self.manifest['target']['name']} (device {want!r}), cannot run on device {name!r}")
+        if name == "cuda":
+            from . import cuda  # kernels are compiled (once, cached) when the library loads
+
+            cuda.enable()
         device = DEVICES[name](0)
         if not device.exist:
             raise ParamsError(f"no {name} device is visible to the TVM runtime on this machine")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import cpu
+from . import cpu, cuda, rocm
 
-TARGETS = {"cpu": cpu}
+TARGETS = {"cpu": cpu, "cuda": cuda, "rocm": rocm}
 
 
 def get_target(name: str):
-    """'cpu' -> (the target module, its preset). Unknown names list the choices."""
+    """'cpu', 'rocm:gfx90a' -> (the target module, its preset, why that preset). Unknown names
+    list the choices."""
     kind, _, preset = name.partition(":")
     if kind not in TARGETS:
         raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     module = TARGETS[kind]
     if preset and preset not in module.PRESETS:
         raise ConfigError(f"unknown preset {preset!r} for target {kind!r}; choose one of: {', '.join(module.PRESETS)}")
-    return module, preset or module.DEFAULT_PRESET
+    if preset:
+        return module, preset, "asked for"
+    return (module, *module.default_preset())

@@ -6,10 +6,15 @@ which is what tests need; a fast CPU path is not a goal of this target.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 DEVICE = "cpu"  # the runtime device this target's libraries run on
-DEFAULT_PRESET = "generic"
 # generic x86-64, no -mcpu: a library built here must load on any x86-64 machine (CI included).
 PRESETS = {"generic": {"kind": "llvm"}}
+
+
+def default_preset() -> tuple[str, str]:
+    return "generic", "portable x86-64"
 
 
 def tvm_target(preset: str):
@@ -20,3 +25,8 @@ def tvm_target(preset: str):
 
 def schedule_passes(target) -> list:
     return []
+
+
+def device_code():
+    """The library holds all the code: no separate device code objects."""
+    return nullcontext({})

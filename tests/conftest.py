@@ -118,11 +118,11 @@ class Builds:
                 make_checkpoint(path, name)
         return path
 
-    def dist(self, name: str, quantization: str, **options) -> Path:
-        key = (name, quantization, tuple(sorted(options.items())))
+    def dist(self, name: str, quantization: str, target: str = "cpu", **options) -> Path:
+        key = (name, quantization, target, tuple(sorted(options.items())))
         if key not in self.done:
             out = self.root / "dist" / f"{name}-{quantization}-{len(self.done)}"
-            self.done[key] = build(self.checkpoint(name), quantization, "cpu", output=out, log=None, **options)
+            self.done[key] = build(self.checkpoint(name), quantization, target, output=out, log=None, **options)
         return self.done[key]
 
 

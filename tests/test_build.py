@@ -25,7 +25,7 @@ def test_dist_layout_and_manifest(tiny_dist):
     files = {p.name for p in tiny_dist.iterdir()}
     assert {"lib.so", "manifest.json", "tensor-cache.json", "params_shard_0.bin", "generation_config.json"} <= files
     m = manifest(tiny_dist)
-    assert m["quantization"] == "q4f16_1" and m["target"] == {"name": "cpu:generic", "device": "cpu"}
+    assert m["quantization"] == "q4f16_1" and m["target"]["name"] == "cpu:generic" and m["target"]["device"] == "cpu"
     assert m["model"]["architecture"] == "LlamaForCausalLM"
     mem = m["memory"]
     assert mem["params_bytes"] == sum(p.stat().st_size for p in tiny_dist.glob("params_shard_*.bin")) - padding(tiny_dist)

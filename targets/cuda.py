@@ -1,0 +1,47 @@
+"""CUDA (NVIDIA): where this project measures its GPU schedules before retargeting them to AMD.
+
+The library stores CUDA C; kernels are compiled by nvcc when it is loaded (runtime/cuda.py: an
+on-disk cache keyed by source hash and arch makes the second load compile nothing).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from . import gpu
+
+DEVICE = "cuda"
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str
+    max_threads: int = 1024  # per block, all current NVIDIA GPUs
+    shared_bytes: int = 49152  # static shared memory per block without opt-in
+
+
+PRESETS = {
+    "sm_90": Preset("sm_90"),  # H100 / H200 (Hopper): the GPU machine here
+    "sm_80": Preset("sm_80"),  # A100 (Ampere)
+}
+
+
+def default_preset() -> tuple[str, str]:
+    return "sm_90", "the GPU machine here is Hopper (H100/H200)"
+
+
+def tvm_target(preset: str):
+    from tvm.target import Target
+
+    p = PRESETS[preset]
+    return Target({"kind": "cuda", "arch": p.arch, "max_num_threads": p.max_threads, "thread_warp_size": 32,
+                   "max_shared_memory_per_block": p.shared_bytes}, host={"kind": "llvm"})
+
+
+def schedule_passes(target) -> list:
+    return gpu.schedule_passes(target)
+
+
+def device_code():
+    return nullcontext({})

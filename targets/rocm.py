@@ -1,0 +1,129 @@
+"""ROCm: AMD GPUs, cross-compiled. No AMD GPU exists on the machines here: libraries are built and
+inspected, never run (README: status).
+
+Toolchain: the TVM wheel's LLVM emits AMDGPU code; linking needs ld.lld and the ROCm device
+bitcode libraries, which Debian packages (rocm-device-libs, lld-19; scripts/install-system-deps.sh).
+They are found without the user setting ROCM_PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import gpu
+
+DEVICE = "rocm"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Facts and knobs of one card; each value's source is in PRESETS' comments."""
+
+    mcpu: str
+    card: str
+    wave_size: int
+    compute_units: int
+    bandwidth_gbs: float
+    memory_gib: int
+    max_threads: int = 1024  # per workgroup: the hardware limit on both CDNA2 and RDNA3
+    lds_bytes: int = 65536  # LDS per workgroup: 64 KiB on both
+
+
+PRESETS = {
+    # RX 7900 XTX, RDNA3 (Navi 31): 96 CUs, 24 GB GDDR6 at 960 GB/s (AMD spec sheet). RDNA3 runs
+    # wave32 natively and LLVM compiles gfx11 as wave32: TVM's rocm default of 64 would make
+    # warp-level reductions span two hardware waves, so the target must say 32 (checked in the
+    # code object's .wavefront_size by the tests).
+    "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24),
+    # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s (AMD spec sheet); wave64, MFMA.
+    "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64),
+}
+# Without an AMD GPU present, `--target rocm` builds for the RX 7900 XTX: the consumer card the
+# product is for first.
+FALLBACK_PRESET = "gfx1100"
+
+
+def local_gpu_arch() -> str | None:
+    """gfxNNNN of the first AMD GPU the kernel driver lists, if any (no ROCm install needed)."""
+    for props in sorted(Path("/sys/class/kfd/kfd/topology/nodes").glob("*/properties")):
+        for line in props.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "gfx_target_version" and int(value):
+                v = int(value)  # e.g. 110000 -> gfx1100, 90010 -> gfx90a
+                major, minor, step = v // 10000, v // 100 % 100, v % 100
+                return f"gfx{major}{minor:x}{step:x}" if major < 10 else f"gfx{major}{minor}{step:x}"
+    return None
+
+
+def default_preset() -> tuple[str, str]:
+    """(preset, why): the local GPU's arch when one is present and known, else the fallback."""
+    local = local_gpu_arch()
+    if local in PRESETS:
+        return local, f"the local AMD GPU is {local}"
+    if local:
+        return FALLBACK_PRESET, f"the local AMD GPU {local} has no preset; building for {FALLBACK_PRESET} (choose rocm:{'|'.join(PRESETS)})"
+    return FALLBACK_PRESET, f"no AMD GPU here; building for the default {FALLBACK_PRESET} ({PRESETS[FALLBACK_PRESET].card}); rocm:gfx90a builds for the MI210"
+
+
+def ensure_toolchain() -> None:
+    """Point TVM at the device bitcode and ld.lld, or say what to install."""
+    if not os.environ.get("ROCM_PATH"):
+        for root in ("/opt/rocm", "/usr/lib/x86_64-linux-gnu"):
+            if Path(root, "amdgcn", "bitcode").is_dir():
+                os.environ["ROCM_PATH"] = root
+                break
+    if not shutil.which("ld.lld"):
+        for candidate in sorted(Path("/usr/lib").glob("llvm-*/bin/ld.lld"), reverse=True):
+            os.environ["PATH"] = f"{candidate.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            break
+    missing = []
+    if not os.environ.get("ROCM_PATH") or not Path(os.environ["ROCM_PATH"], "amdgcn", "bitcode").is_dir():
+        missing.append("the ROCm device libraries (amdgcn/bitcode)")
+    if not shutil.which("ld.lld"):
+        missing.append("ld.lld")
+    if missing:
+        raise ConfigError(f"building for ROCm needs {' and '.join(missing)}: run scripts/install-system-deps.sh "
+                          "(Debian: apt-get install rocm-device-libs lld-19 llvm-19)")
+
+
+def tvm_target(preset: str):
+    from tvm.target import Target
+
+    ensure_toolchain()
+    p = PRESETS[preset]
+    return Target({"kind": "rocm", "mcpu": p.mcpu, "thread_warp_size": p.wave_size, "max_num_threads": p.max_threads,
+                   "max_threads_per_block": p.max_threads, "max_shared_memory_per_block": p.lds_bytes},
+                  host={"kind": "llvm"})
+
+
+def schedule_passes(target) -> list:
+    return gpu.schedule_passes(target)
+
+
+CODE_OBJECT = "kernels.hsaco"
+
+
+@contextmanager
+def device_code():
+    """Collects the HSA code object the build links, to be kept beside the library (for
+    `mlcgen inspect`): {file name: bytes}."""
+    import tvm_ffi
+    from tvm.support import rocm as tvm_rocm
+
+    objects = {}
+
+    def link(obj):
+        code = tvm_rocm.callback_rocm_link(obj)
+        objects[CODE_OBJECT if not objects else f"kernels-{len(objects)}.hsaco"] = bytes(code)
+        return code
+
+    tvm_ffi.register_global_func("tvm_callback_rocm_link", link, override=True)
+    try:
+        yield objects
+    finally:
+        tvm_ffi.register_global_func("tvm_callback_rocm_link", tvm_rocm.callback_rocm_link, override=True)

@@ -1,0 +1,86 @@
+"""ROCm builds, cross-compiled here (no AMD GPU): the code objects are read and checked.
+
+Occupancy floors: decode is memory-bound, so each SIMD needs several waves in flight to hide DRAM
+latency. For the decode matmuls we ask for at least 4 waves per SIMD, which these small-register
+kernels clear easily (they reach the maximum). The attention decode kernel keeps a 18 KiB tile in
+LDS per 256-thread group, which caps it at 3 waves per SIMD on CDNA2's 64 KiB-per-CU LDS; we ask
+for at least 2 there, so that a larger tile or a register blow-up is caught.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlcgen.errors import ConfigError
+from mlcgen.targets import amdgpu_inspect, rocm
+
+ARCHS = {"gfx1100": 32, "gfx90a": 64}
+ATTENTION_DECODE = "batch_decode_paged_kv_kernel"
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def rocm_build(request, builds):
+    arch = request.param
+    return arch, builds.dist("gqa_tied", "q4f16_1", target=f"rocm:{arch}")
+
+
+def decode_gemv_kernels(dist, kernels):
+    """Device kernels of the decode step's quantized matmuls (PrimFunc name + "_kernel")."""
+    names = {k["name"] for k in json.loads((dist / "manifest.json").read_text())["decode_kernels"] if "q4_matmul" in k["name"]}
+    found = [k for k in kernels if k["kernel"].removesuffix("_kernel") in names]
+    assert len(found) == len(names) >= 4
+    return found
+
+
+def test_code_object_arch_and_wave_size(rocm_build):
+    arch, dist = rocm_build
+    code_arch, kernels = amdgpu_inspect.kernel_resources(dist / rocm.CODE_OBJECT)
+    assert code_arch == arch
+    report = amdgpu_inspect.inspect(dist)
+    assert report["arch"] == arch and len(report["kernels"]) > 10
+    assert {k["wave"] for k in report["kernels"]} == {ARCHS[arch]}
+
+
+def test_no_scratch_and_occupancy_in_decode_kernels(rocm_build):
+    arch, dist = rocm_build
+    kernels = amdgpu_inspect.inspect(dist)["kernels"]
+    attention = [k for k in kernels if k["kernel"] == ATTENTION_DECODE]
+    assert len(attention) == 1
+    for k in decode_gemv_kernels(dist, kernels):
+        assert k["scratch"] == 0, k
+        assert k["waves_per_simd"] >= 4, k
+    assert attention[0]["scratch"] == 0 and attention[0]["waves_per_simd"] >= 2, attention[0]
+
+
+def test_inspect_cli_prints_table_and_labelled_projection(rocm_build):
+    arch, dist = rocm_build
+    out = subprocess.run([sys.executable, "-c", "from mlcgen.cli import main; main()", "inspect", str(dist)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ATTENTION_DECODE in out.stdout and "waves/SIMD" in out.stdout
+    assert "PROJECTED, not measured" in out.stdout and "bandwidth bound" in out.stdout
+    projection = amdgpu_inspect.inspect(dist)["projection"]
+    row = projection["contexts"][128]
+    assert row["projected_tok_s"] == pytest.approx(row["bound_tok_s"] * amdgpu_inspect.GEMV_EFFICIENCY)
+    assert row["bound_tok_s"] == pytest.approx(rocm.PRESETS[arch].bandwidth_gbs * 1e9 / row["bytes_per_token"])
+
+
+def test_plain_rocm_target_says_which_arch(builds):
+    dist = builds.dist("gqa_tied", "q0f16", target="rocm")
+    target = json.loads((dist / "manifest.json").read_text())["target"]
+    local = rocm.local_gpu_arch()
+    expected = local if local in rocm.PRESETS else rocm.FALLBACK_PRESET
+    assert target["name"] == f"rocm:{expected}" and expected in target["preset_reason"]
+
+
+def test_inspect_refuses_a_cpu_build(tiny_dist):
+    with pytest.raises(Exception, match="reads AMD builds"):
+        amdgpu_inspect.inspect(tiny_dist)
+
+
+def test_missing_toolchain_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROCM_PATH", str(tmp_path))  # no amdgcn/bitcode there
+    with pytest.raises(ConfigError, match="needs the ROCm device libraries .* scripts/install-system-deps.sh"):
+        rocm.ensure_toolchain()
