@@ -7,13 +7,17 @@ import tvm_ffi
 from tvm import relax, te, topi
 from tvm.relax.dpl import PatternContext, is_op, rewrite_bindings, wildcard
 
+from ..targets.schedules.add_rms_norm import KERNEL, KERNEL_ATTR
+
 
 def _add_rms_norm_kernel(a: relax.Var, b: relax.Var, weight: relax.Var, epsilon: float) -> tvm.tirx.PrimFunc:
     """One kernel writing both the residual sum and its RMS norm (computed in float32 by topi)."""
     ta, tb, tw = (te.placeholder(list(v.ty.shape.values), v.ty.dtype, n) for v, n in ((a, "a"), (b, "b"), (weight, "w")))
     total = te.compute(ta.shape, lambda *i: ta(*i) + tb(*i), name="residual_sum")
     normed = topi.nn.rms_norm(total, tw, axis=[len(ta.shape) - 1], epsilon=epsilon)
-    return te.create_prim_func([ta, tb, tw, total, normed]).without_attr("global_symbol")
+    func = te.create_prim_func([ta, tb, tw, total, normed]).without_attr("global_symbol")
+    # Opaque to FuseOps (it is fused already), and named for the GPU schedule rule that takes it.
+    return func.with_attr({"op_pattern": 8, KERNEL_ATTR: KERNEL})
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseAddRMSNorm")

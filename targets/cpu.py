@@ -23,6 +23,14 @@ def tvm_target(preset: str):
     return Target(PRESETS[preset])
 
 
+MODEL_DTYPES = ("float32", "float16")  # float32 is the fast one here (no fp16 arithmetic on x86)
+PASS_CONFIG: dict = {}
+
+
+def after_memory_planning_passes(target) -> list:
+    return []
+
+
 def schedule_passes(target) -> list:
     return []
 

@@ -101,6 +101,15 @@ def tvm_target(preset: str):
                   host={"kind": "llvm"})
 
 
+# fp16 activations only: the GPU kernels are TVM's, whose float32 path crashed on CUDA (targets/cuda.py).
+MODEL_DTYPES = ("float16",)
+PASS_CONFIG: dict = {}
+
+
+def after_memory_planning_passes(target) -> list:
+    return []
+
+
 def schedule_passes(target) -> list:
     return gpu.schedule_passes(target)
 

@@ -84,3 +84,11 @@ def test_missing_toolchain_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("ROCM_PATH", str(tmp_path))  # no amdgcn/bitcode there
     with pytest.raises(ConfigError, match="needs the ROCm device libraries .* scripts/install-system-deps.sh"):
         rocm.ensure_toolchain()
+
+
+def test_fused_add_rms_norm_is_one_kernel(rocm_build):
+    """Our schedule rule puts the add, the reduction and the norm in one kernel (the fallback
+    schedule made three)."""
+    _, dist = rocm_build
+    names = [k["kernel"] for k in amdgpu_inspect.inspect(dist)["kernels"] if k["kernel"].startswith("fused_add_rms_norm")]
+    assert names and all(n.endswith("_kernel") for n in names), names

@@ -1,0 +1,68 @@
+"""Where a decode step's time goes, on the GPU machine (random weights, TVM runtime only).
+
+    python benchmarks/decode_profile.py DIST [--steps 64]
+
+Prints: engine.decode tok/s (what `mlcgen bench` measures), the VM decode call alone without the
+logits copy to the host, and TVM's per-kernel profile of one decode call, largest first.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def main(dist: str, steps: int = 64) -> None:
+    import tvm
+    import tvm_ffi
+    from tvm.runtime import ShapeTuple
+
+    from mlcgen.runtime.engine import Engine, _builtin
+
+    engine = Engine(dist, random_weights=True)
+    engine.prefill(np.arange(16) % 1000)
+    token = 1
+    engine.decode(token)
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = int(engine.decode(token).argmax())
+    full = steps / (time.perf_counter() - start)
+
+    ids = tvm.runtime.tensor(np.array([token], np.int32), engine.device)
+    embed = engine.vm["embed"](ids, engine.params)._create_view((1, 1, engine.hidden_size))
+    start = time.perf_counter()
+    for _ in range(steps):
+        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
+        engine.vm["decode"](embed, engine.cache, engine.params)
+        _builtin("kv_state_end_forward")(engine.cache)
+    engine.device.sync()
+    vm_only = steps / (time.perf_counter() - start)
+    print(f"engine.decode: {full:.1f} tok/s; VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
+
+    # Per-call times: synchronize around every VM call (adds sync cost to each; relative sizes hold).
+    times, counts, started = {}, {}, [0.0]
+
+    def instrument(func, name, before_run, ret_value, *args):
+        engine.device.sync()
+        if before_run:
+            started[0] = time.perf_counter()
+        else:
+            times[name] = times.get(name, 0.0) + time.perf_counter() - started[0]
+            counts[name] = counts.get(name, 0) + 1
+        return 0
+
+    engine.vm.set_instrument(tvm_ffi.convert(instrument))
+    for _ in range(4):
+        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
+        engine.vm["decode"](embed, engine.cache, engine.params)
+        _builtin("kv_state_end_forward")(engine.cache)
+    total = sum(times.values())
+    print(f"{'call':48} {'calls':>6} {'us/step':>9} {'share':>6}")
+    for name in sorted(times, key=times.get, reverse=True)[:25]:
+        print(f"{name[:48]:48} {counts[name] // 4:6d} {times[name] / 4 * 1e6:9.1f} {times[name] / total:6.1%}")
+    print(f"{'total (synchronized)':48} {sum(counts.values()) // 4:6d} {total / 4 * 1e6:9.1f}")
+
+if __name__ == "__main__":
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
