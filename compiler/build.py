@@ -141,19 +141,19 @@ def build(model_dir, quantization: str, target: str = "cpu", output=None, contex
     model_dir = Path(model_dir)
     log = log or (lambda message: None)
     p = plan(model_dir, quantization, target, context_window, prefill_chunk)
-    convert.open_checkpoint(model_dir, p.manifest)  # fail on a bad checkpoint before compiling
+    checkpoint = convert.open_checkpoint(model_dir, p.manifest)  # fail on a bad checkpoint before compiling
     out = Path(output) if output else default_output(model_dir, quantization, target)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        target = p.manifest["target"]
-        log(f"compiling {model_dir.name} for {target['name']} ({target['preset_reason']}) ...")
+        built_for = p.manifest["target"]
+        log(f"compiling {model_dir.name} for {built_for['name']} ({built_for['preset_reason']}) ...")
         start = time.time()
         temporaries, decode_kernels = compile_library(p, tmp / dist.LIBRARY, Path(dump_ir) if dump_ir else None, log)
-        log(f"compiled {dist.LIBRARY} for {p.manifest['target']['name']} in {time.time() - start:.1f} s")
+        log(f"compiled {dist.LIBRARY} for {built_for['name']} in {time.time() - start:.1f} s")
         log(f"converting weights to {p.scheme.name} ...")
-        stats = convert.convert(model_dir, p.manifest, tmp, log)
+        stats = convert.convert(model_dir, p.manifest, tmp, log, checkpoint)
         log(f"converted weights to {p.scheme.name}: {stats.summary()}")
         memory = _memory_estimate(p.manifest, temporaries)
         log("estimated memory: " + ", ".join(f"{k.removesuffix('_bytes')} {v / 2**20:.1f} MiB" for k, v in memory.items()))

@@ -76,11 +76,12 @@ def open_checkpoint(model_dir: Path, manifest: dict) -> Checkpoint:
     return ckpt
 
 
-def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print) -> ConversionStats:
-    """Write params for `manifest` (weights + params lists) from the checkpoint in `model_dir`."""
+def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print, checkpoint: Checkpoint | None = None) -> ConversionStats:
+    """Write params for `manifest` (weights + params lists) from the checkpoint in `model_dir`;
+    `checkpoint`: the one open_checkpoint already opened and checked, if any."""
     start = time.time()
     scheme = get_quantization(manifest["quantization"])
-    ckpt = open_checkpoint(model_dir, manifest)
+    ckpt = checkpoint or open_checkpoint(model_dir, manifest)
     weights = manifest["weights"]
     expected = {p["name"]: p for p in manifest["params"]}
     written: set[str] = set()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ParamsError
-from .rocm import CODE_OBJECT, PRESETS
+from .rocm import CODE_OBJECT, PRESETS, llvm_tool
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,7 @@ GEMV_EFFICIENCY = 0.49
 
 
 def _llvm_tool(name: str) -> str:
-    """The newest Debian LLVM's copy first: an older default one may not know gfx1100."""
-    versioned = sorted(Path("/usr/lib").glob(f"llvm-*/bin/{name}"), key=lambda p: int(p.parts[3].split("-")[1]), reverse=True)
-    found = str(versioned[0]) if versioned else shutil.which(name)
+    found = llvm_tool(name)
     if not found:
         raise ConfigError(f"`mlcgen inspect` needs LLVM's {name}: run scripts/install-system-deps.sh (apt-get install llvm-19)")
     return found

@@ -70,6 +70,13 @@ def default_preset() -> tuple[str, str]:
     return FALLBACK_PRESET, f"no AMD GPU here; building for the default {FALLBACK_PRESET} ({PRESETS[FALLBACK_PRESET].card}); rocm:gfx90a builds for the MI210"
 
 
+def llvm_tool(name: str) -> str | None:
+    """The newest Debian LLVM's copy of a tool (an older default one may not know gfx1100), else
+    the one on PATH, else None."""
+    versioned = sorted(Path("/usr/lib").glob(f"llvm-*/bin/{name}"), key=lambda p: int(p.parts[3].split("-")[1]), reverse=True)
+    return str(versioned[0]) if versioned else shutil.which(name)
+
+
 def ensure_toolchain() -> None:
     """Point TVM at the device bitcode and ld.lld, or say what to install."""
     if not os.environ.get("ROCM_PATH"):
@@ -77,10 +84,8 @@ def ensure_toolchain() -> None:
             if Path(root, "amdgcn", "bitcode").is_dir():
                 os.environ["ROCM_PATH"] = root
                 break
-    if not shutil.which("ld.lld"):
-        for candidate in sorted(Path("/usr/lib").glob("llvm-*/bin/ld.lld"), reverse=True):
-            os.environ["PATH"] = f"{candidate.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-            break
+    if not shutil.which("ld.lld") and llvm_tool("ld.lld"):
+        os.environ["PATH"] = f"{Path(llvm_tool('ld.lld')).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     missing = []
     if not os.environ.get("ROCM_PATH") or not Path(os.environ["ROCM_PATH"], "amdgcn", "bitcode").is_dir():
         missing.append("the ROCm device libraries (amdgcn/bitcode)")

@@ -112,8 +112,8 @@ def test_cli_rejects_unknown_names(tmp_path, ckpt, args, message):
 def test_interrupted_build_leaves_nothing(tmp_path, ckpt, monkeypatch):
     real_convert = build_module.convert.convert
 
-    def convert_then_interrupt(model_dir, manifest, out_dir, log=print):
-        real_convert(model_dir, manifest, out_dir, log)
+    def convert_then_interrupt(model_dir, manifest, out_dir, log=print, checkpoint=None):
+        real_convert(model_dir, manifest, out_dir, log, checkpoint)
         assert (out_dir / "lib.so").exists()  # midway: library and params already written
         raise KeyboardInterrupt
 
