@@ -1,10 +1,17 @@
-"""Decode GEMV efficiency of the schedules the GPU targets use, measured on the GPU machine.
+"""Decode GEMV efficiency of the GPU schedules, measured on the GPU machine.
 
-The q4f16_1 matmul kernel (dequantize inside the reduction) at Llama-2-7B decode shapes, scheduled
-by TVM's dlight GEMV rule twice: under the gfx1100 preset (wave32, as the ROCm build schedules it)
-and under a CUDA target. Both are compiled to CUDA (the same scheduled TIR: the closest runnable
-variant of the AMD kernel here), checked against numpy, and timed; efficiency = achieved GB/s
-over a device copy's GB/s measured in the same run.
+The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes, scheduled by:
+- `dlight-f16`: TVM's dlight GEMV rule on the earlier dequantize expression (fp16 arithmetic with an
+  int->float conversion per weight): the baseline;
+- `dlight`: dlight's GEMV rule on the float32 expression the product now uses;
+- `cuda/...`: our rule (targets/schedules/dequant_gemv.py) with a sweep of knobs; the cuda preset's
+  knobs are marked `*`;
+- `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs, scheduled under the ROCm target and
+  compiled to CUDA: the closest runnable variant of the AMD kernels here (the wave64 variant's
+  64-lane row sum becomes two warps and a shared-memory step on CUDA).
+Each is checked against numpy and timed on weights rotated through more copies than the L2 cache
+holds (kernel durations from CUPTI via torch.profiler); efficiency = achieved GB/s over a device
+copy's GB/s measured in the same run.
 
     python benchmarks/gemv_efficiency.py build .bench/gemv            # here: compile (needs the TVM compiler)
     python benchmarks/gemv_efficiency.py run .bench/gemv              # GPU machine: TVM runtime + nvcc
@@ -13,41 +20,109 @@ over a device copy's GB/s measured in the same run.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
-SCHEDULES = ("gfx1100", "cuda")
+SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
+          "lm_head": (32000, 4096)}
+LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency figure
+SWEEP = [(32, 4, 4, 2, 1), (32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 2, 4, 2, 4), (32, 4, 4, 1, 4), (16, 4, 4, 2, 2),
+         (16, 4, 4, 1, 4), (8, 8, 4, 2, 2), (8, 4, 4, 1, 4), (32, 4, 2, 2, 2)]
+# (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
+L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
+
+
+def gemv_func(n: int, k: int, dequant_dtype: str):
+    """The decode matmul as compiler/layers.py writes it (a dequantize block, then the matmul);
+    with dequant_dtype float16, the earlier form: one block, fp16 dequantize arithmetic."""
+    from tvm import te
+
+    from mlcgen.compiler.layers import DEQUANTIZE
+    from mlcgen.compiler.quantization import get_quantization
+
+    q4 = get_quantization("q4f16_1")
+    x = te.placeholder((1, 1, k), "float16", "x")
+    w = te.placeholder((n, k // 8), "uint32", "w")
+    s = te.placeholder((n, k // 32), "float16", "s")
+    r = te.reduce_axis((0, k), "r")
+    if dequant_dtype == "float16":
+        weight = lambda j, r: q4.dequantize(w, s, j, r, "float16").astype("float32")  # noqa: E731
+    else:
+        deq = te.compute((n, k), lambda j, kk: q4.dequantize(w, s, j, kk, "float32"), name=DEQUANTIZE)
+        weight = lambda j, r: deq[j, r]  # noqa: E731
+    acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * weight(j, r), axis=r), name="matmul")
+    if n == SHAPES["lm_head"][0]:
+        return te.create_prim_func([x, w, s, acc])  # the lm_head keeps float32 logits
+    y = te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")
+    return te.create_prim_func([x, w, s, y])
 
 
 def build(out: Path) -> None:
     import tvm
-    from tvm import te
     from tvm.s_tir import dlight as dl
 
-    from mlcgen.compiler.quantization import get_quantization
-    from mlcgen.targets import gpu, rocm
+    from mlcgen.compiler.passes import inline_dequantize
+    from mlcgen.targets import cuda, rocm
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV, GemvKnobs
 
-    q4 = get_quantization("q4f16_1")
-    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90", "max_num_threads": 1024, "thread_warp_size": 32,
-                              "max_shared_memory_per_block": 49152}, host={"kind": "llvm"})
-    schedule_targets = {"gfx1100": rocm.tvm_target("gfx1100"), "cuda": cuda}
+    cuda_target = cuda.tvm_target("sm_90")
+    preset = cuda.PRESETS["sm_90"].gemv
+    schedules = {"dlight-f16": (cuda_target, None, "float16"), "dlight": (cuda_target, None, "float32")}
+    for knobs in SWEEP:
+        g = GemvKnobs(*knobs)
+        mark = "*" if g == preset else ""
+        schedules[f"cuda/{'-'.join(map(str, knobs))}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
+    for arch in ("gfx1100", "gfx90a"):
+        schedules[arch] = (rocm.tvm_target(arch), DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
     out.mkdir(parents=True, exist_ok=True)
-    for name, (n, k) in SHAPES.items():
-        x = te.placeholder((1, 1, k), "float16", "x")
-        w = te.placeholder((n, k // 8), "uint32", "w")
-        s = te.placeholder((n, k // 32), "float16", "s")
-        r = te.reduce_axis((0, k), "r")
-        acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * q4.dequantize(w, s, j, r).astype("float32"), axis=r), name="matmul")
-        y = te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")
-        func = te.create_prim_func([x, w, s, y])
-        for schedule in SCHEDULES:
-            with schedule_targets[schedule]:
-                mod = gpu.schedule_passes(schedule_targets[schedule])[0](tvm.IRModule({"main": func}))
-            tvm.compile(mod, cuda).export_library(str(out / f"{name}-{schedule}.so"))
-    print(f"built {len(SHAPES) * len(SCHEDULES)} libraries into {out}")
+    names = {}
+    for shape, (n, k) in SHAPES.items():
+        for i, (schedule, (target, rule, dequant_dtype)) in enumerate(schedules.items()):
+            with target:
+                mod = tvm.IRModule({"main": gemv_func(n, k, dequant_dtype)})
+                if rule:
+                    mod = dl.ApplyDefaultSchedule(rule)(mod)
+                    assert mod["main"].attrs.get("tirx.is_scheduled"), f"{schedule} did not apply to {shape}"
+                else:  # dlight's GEMV takes the dequantize inlined, as in the product's second round
+                    mod = dl.ApplyDefaultSchedule(dl.gpu.GEMV())(inline_dequantize(mod))
+            file = f"{shape}-{i}.so"
+            tvm.compile(mod, cuda_target).export_library(str(out / file))
+            names[file] = {"shape": shape, "schedule": schedule}
+    (out / "index.json").write_text(json.dumps(names, indent=1))
+    print(f"built {len(names)} libraries into {out}")
+
+
+def copy_bandwidth() -> float:
+    import torch
+
+    big = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    copy = big.clone()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    copy.copy_(big)
+    start.record()
+    for _ in range(20):
+        copy.copy_(big)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * big.numel() * 20 / (start.elapsed_time(end) / 1e3) / 1e9
+
+
+def kernel_seconds(call, reps: int) -> float:
+    """Median device duration of the kernels `call` launches (CUPTI, through torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call(0)  # warm up (module load, first launch)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(reps):
+            call(i)
+        import torch
+
+        torch.cuda.synchronize()
+    times = [e.device_time for e in prof.events() if e.device_type.name == "CUDA" and "kernel" in e.name]
+    return float(np.median(times)) / 1e6
 
 
 def run(out: Path) -> None:
@@ -60,39 +135,41 @@ def run(out: Path) -> None:
     cuda_runtime.enable()
     dev = tvm.cuda(0)
     q4 = get_quantization("q4f16_1")
-    big = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    copy = big.clone()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        copy.copy_(big)
-    end.record()
-    torch.cuda.synchronize()
-    copy_gbs = 2 * big.numel() * 20 / (start.elapsed_time(end) / 1e3) / 1e9
+    copy_gbs = copy_bandwidth()
+    index = json.loads((out / "index.json").read_text())
     rng = np.random.default_rng(0)
     rows = []
-    for name, (n, k) in SHAPES.items():
-        w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+    for shape, (n, k) in SHAPES.items():
+        w = rng.standard_normal((n, k), dtype=np.float32) * 0.02
         qw, qs = q4.pack(w)
         x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
         ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
-        args = [tvm.runtime.tensor(a, dev) for a in (x, qw, qs)]
-        nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * 2
-        for schedule in SCHEDULES:
-            lib = tvm.runtime.load_module(str(out / f"{name}-{schedule}.so"))
-            y = tvm.runtime.tensor(np.full((1, 1, n), np.nan, np.float16), dev)
-            lib["main"](*args, y)
+        nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * (4 if shape == "lm_head" else 2)
+        copies = max(1, math.ceil(3 * L2_BYTES / nbytes))
+        weights = [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(copies)]
+        x_dev = tvm.runtime.tensor(x, dev)
+        for file, meta in index.items():
+            if meta["shape"] != shape:
+                continue
+            lib = tvm.runtime.load_module(str(out / file))
+            y = tvm.runtime.empty((1, 1, n), "float32" if shape == "lm_head" else "float16", dev)
+            lib["main"](x_dev, *weights[0], y)
             err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))
-            seconds = lib.time_evaluator("main", dev, number=200, repeat=5)(*args, y).median
-            rows.append({"shape": name, "n": n, "k": k, "schedule": schedule, "rel_err": err, "us": seconds * 1e6,
-                         "gbs": nbytes / seconds / 1e9, "efficiency": nbytes / seconds / 1e9 / copy_gbs})
+            seconds = kernel_seconds(lambda i: lib["main"](x_dev, *weights[i % copies], y), 200)
+            rows.append({"shape": shape, "n": n, "k": k, "schedule": meta["schedule"], "rel_err": err, "us": seconds * 1e6,
+                         "bytes": nbytes, "gbs": nbytes / seconds / 1e9, "efficiency": nbytes / seconds / 1e9 / copy_gbs})
+        del weights
     result = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}
-    print(json.dumps(result, indent=1))
-    print(f"copy: {copy_gbs:.0f} GB/s")
-    print(f"{'shape':8} {'schedule':8} {'us':>8} {'GB/s':>7} {'eff':>5} {'rel_err':>8}")
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(f"{result['device']}: copy {copy_gbs:.0f} GB/s")
+    print(f"{'shape':8} {'schedule':16} {'us':>8} {'GB/s':>7} {'eff':>5} {'rel_err':>8}")
     for r in rows:
-        print(f"{r['shape']:8} {r['schedule']:8} {r['us']:8.1f} {r['gbs']:7.0f} {r['efficiency']:5.2f} {r['rel_err']:8.1e}")
+        print(f"{r['shape']:8} {r['schedule']:16} {r['us']:8.1f} {r['gbs']:7.0f} {r['efficiency']:5.2f} {r['rel_err']:8.1e}")
+    print(f"\nper-layer matmuls together ({'+'.join(LAYER)}):")
+    for schedule in dict.fromkeys(r["schedule"] for r in rows):
+        mine = [r for r in rows if r["schedule"] == schedule and r["shape"] in LAYER]
+        nbytes, seconds = sum(r["bytes"] for r in mine), sum(r["us"] for r in mine) / 1e6
+        print(f"  {schedule:16} {seconds * 1e6:7.1f} us  {nbytes / seconds / 1e9:6.0f} GB/s  efficiency {nbytes / seconds / 1e9 / copy_gbs:.2f}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,26 @@ def fuse_add_rms_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if isinstance(func, relax.Function):
             bb.update_func(gvar, rewrite_bindings(ctx, rewrite, func))
     return bb.finalize()
+
+
+@tvm.transform.module_pass(opt_level=0, name="InlineDequantize")
+def inline_dequantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Inline the q4 layers' dequantize block into the matmul that reads it (compiler/layers.py), in
+    every PrimFunc no schedule has taken yet: unscheduled, it would materialize the float weight."""
+    from tvm import s_tir
+
+    from .layers import DEQUANTIZE
+
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch = s_tir.Schedule(func)
+        blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith(DEQUANTIZE)]
+        for block in blocks:
+            sch.compute_inline(block)
+        if blocks:
+            updates[gvar] = sch.mod["main"]
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod

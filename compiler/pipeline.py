@@ -77,21 +77,29 @@ def temporary_bytes(mod: tvm.IRModule) -> int:
 
 
 def entry_kernel_traffic(mod: tvm.IRModule, entry: str) -> list[dict]:
-    """The PrimFuncs an entry point calls directly, with how often and how many bytes their
+    """The PrimFuncs an entry point calls (itself or through the Relax functions it hands on), with how often and how many bytes their
     statically shaped arguments (weights, activations, outputs) hold per call: a lower bound on
     the memory traffic of one call of the entry. Attention runs inside the KV cache's builtin and
     is not listed (its traffic is the KV cache's)."""
     calls: dict[str, dict] = {}
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar) and isinstance(mod[expr.op], tvm.tirx.PrimFunc):
-            nbytes = 0
-            for arg in expr.args:
-                ty = arg.ty
-                if isinstance(ty, relax.TensorType) and ty.shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
-                    nbytes += int(np.prod([int(d) for d in ty.shape.values])) * np.dtype(str(ty.dtype)).itemsize
-            record = calls.setdefault(expr.op.name_hint, {"name": expr.op.name_hint, "calls": 0, "bytes_per_call": nbytes})
-            record["calls"] += 1
+        if not isinstance(expr, tvm.ir.GlobalVar):
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar) and isinstance(mod[expr.op], tvm.tirx.PrimFunc):
+                count(expr)
+            return
+        # A Relax function the entry hands on (a CUDA-graph region): its kernels run at each hand-over.
+        if isinstance(mod[expr], relax.Function):
+            relax.analysis.post_order_visit(mod[expr], visit)
+
+    def count(expr):
+        nbytes = 0
+        for arg in expr.args:
+            ty = arg.ty
+            if isinstance(ty, relax.TensorType) and ty.shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
+                nbytes += int(np.prod([int(d) for d in ty.shape.values])) * np.dtype(str(ty.dtype)).itemsize
+        record = calls.setdefault(expr.op.name_hint, {"name": expr.op.name_hint, "calls": 0, "bytes_per_call": nbytes})
+        record["calls"] += 1
 
     relax.analysis.post_order_visit(mod[entry], visit)
     return sorted(calls.values(), key=lambda r: -r["calls"] * r["bytes_per_call"])

@@ -32,7 +32,9 @@ def after_memory_planning_passes(target) -> list:
 
 
 def schedule_passes(target) -> list:
-    return []
+    from ..compiler.passes import inline_dequantize
+
+    return [inline_dequantize]  # no schedules: the q4 dequantize goes inside the matmul loops
 
 
 def device_code():

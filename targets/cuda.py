@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from . import gpu
+from .schedules.dequant_gemv import GemvKnobs
 
 DEVICE = "cuda"
 
@@ -19,6 +20,11 @@ class Preset:
     arch: str
     max_threads: int = 1024  # per block, all current NVIDIA GPUs
     shared_bytes: int = 49152  # static shared memory per block without opt-in
+    # Decode GEMV: a warp (32 lanes) per weight row, so the row's sum is a pure shuffle reduction;
+    # 4 packed words = one 128-bit load per lane per step; 2 rows per lane share its activation
+    # loads. The best of the sweep in benchmarks/gemv_efficiency.py (docs/benchmarks.md): fewer
+    # lanes per row, 8-word loads and 4 rows per lane were all slower.
+    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2)
 
 
 PRESETS = {
@@ -54,7 +60,7 @@ def after_memory_planning_passes(target) -> list:
 
 
 def schedule_passes(target) -> list:
-    return gpu.schedule_passes(target)
+    return gpu.schedule_passes(target, PRESETS[str(target.attrs["arch"])].gemv)
 
 
 def device_code():

@@ -1,18 +1,29 @@
-"""Schedules shared by the GPU targets: TVM's dlight rules, tried in order on every PrimFunc.
+"""Schedules shared by the GPU targets, applied to every PrimFunc in two rounds.
 
-AddRMSNorm (ours) takes the fused residual-add + RMSNorm; GEMV the decode matmuls (batch 1,
-dequantize inside the reduction); Reduction and GeneralReduction the plain norms; Fallback gives
-everything else a thread binding.
-The paged-attention kernels arrive scheduled from TVM's KV cache.
+First ours: AddRMSNorm takes the fused residual-add + RMSNorm, DequantGEMV the decode matmuls
+(batch 1, q4 dequantize inside the reduction) with the target preset's knobs, DequantMatmul the
+prefill matmuls (dlight's Matmul, dequantizing into shared memory). Then the dequantize of any q4
+matmul left over is inlined, and TVM's dlight rules take the rest: GEMV for matrix-vector kernels
+on float weights, LowBatchGEMV, Reduction and GeneralReduction for the plain norms, Fallback
+gives everything else a thread binding. The paged-attention kernels arrive scheduled from TVM's KV cache.
 """
 
 from __future__ import annotations
 
+from .schedules.dequant_gemv import GemvKnobs
 
-def schedule_passes(target) -> list:
+
+def schedule_passes(target, gemv: GemvKnobs) -> list:
     from tvm.s_tir import dlight as dl
 
+    from ..compiler.passes import inline_dequantize
     from .schedules.add_rms_norm import AddRMSNorm
+    from .schedules.dequant_gemv import DequantGEMV
+    from .schedules.dequant_matmul import DequantMatmul
 
-    return [dl.ApplyDefaultSchedule(AddRMSNorm(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(),
-                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+    return [
+        dl.ApplyDefaultSchedule(AddRMSNorm(), DequantGEMV(gemv), DequantMatmul()),
+        inline_dequantize,
+        dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                                dl.gpu.Fallback()),
+    ]

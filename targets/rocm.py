@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import gpu
+from .schedules.dequant_gemv import GemvKnobs
 
 DEVICE = "rocm"
 
@@ -32,6 +33,7 @@ class Preset:
     memory_gib: int
     max_threads: int = 1024  # per workgroup: the hardware limit on both CDNA2 and RDNA3
     lds_bytes: int = 65536  # LDS per workgroup: 64 KiB on both
+    gemv: GemvKnobs = GemvKnobs()  # decode GEMV knobs: set per card in PRESETS
 
 
 PRESETS = {
@@ -39,9 +41,17 @@ PRESETS = {
     # wave32 natively and LLVM compiles gfx11 as wave32: TVM's rocm default of 64 would make
     # warp-level reductions span two hardware waves, so the target must say 32 (checked in the
     # code object's .wavefront_size by the tests).
-    "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24),
+    # Decode GEMV: one wave32 per weight row (the row's sum stays in one wave: DPP, no LDS); 4
+    # packed words per lane = global_load_b128, the widest load; 4 rows = 128 threads per block;
+    # 2 rows per lane share its activation loads (+13% on the H100 for the same wave32 kernel:
+    # docs/benchmarks.md; not measured on RDNA3).
+    "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24,
+                      gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2)),
     # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s (AMD spec sheet); wave64, MFMA.
-    "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64),
+    # Decode GEMV: one wave64 per row (as above, for CDNA's 64 lanes), global_load_dwordx4; 4 rows
+    # = 256 threads = one wave per SIMD of a CU; 2 rows per lane as on gfx1100.
+    "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64,
+                     gemv=GemvKnobs(threads_per_row=64, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2)),
 }
 # Without an AMD GPU present, `--target rocm` builds for the RX 7900 XTX: the consumer card the
 # product is for first.
@@ -116,7 +126,7 @@ def after_memory_planning_passes(target) -> list:
 
 
 def schedule_passes(target) -> list:
-    return gpu.schedule_passes(target)
+    return gpu.schedule_passes(target, PRESETS[str(target.attrs["mcpu"])].gemv)
 
 
 CODE_OBJECT = "kernels.hsaco"

@@ -1,0 +1,296 @@
+"""Decode and prefill speed on the GPU machine, against the bandwidth bound and PyTorch, in one run.
+
+    python benchmarks/cuda_speed.py build .bench/speed        # here: compile the libraries (TVM compiler)
+    python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
+
+Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
+decode tok/s at contexts 128, 1024 and 4096 (64 timed steps ending at that context, logits copied
+to the host each step as a chat does), prefill tok/s for 512 tokens, GPU memory in use against
+params + KV cache, and a per-kernel breakdown of one decode step (CUPTI kernel durations through
+torch.profiler; bytes each kernel must move, from the build's manifest; attention's bytes are the
+KV cache it reads). The bound is (weight + KV bytes read per token) / copy bandwidth measured in
+the same run. Baselines in the same run: HF transformers eager fp16, and an int4 weight-only
+model (PyTorch's tinygemm `_weight_int4pack_mm`, group 32, bf16 activations) on the same module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {
+    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 32, "vocab_size": 32000, "rope_theta": 10000.0},
+    "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0},
+}
+CONTEXTS = (128, 1024, 4096)
+CONTEXT_WINDOW = 4096
+PREFILL = 512
+STEPS = 64
+
+
+def hf_config(name: str) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5, "hidden_act": "silu",
+            "max_position_embeddings": CONTEXT_WINDOW, "tie_word_embeddings": False, "torch_dtype": "float16",
+            "bos_token_id": 1, "eos_token_id": 2, **MODELS[name]}
+
+
+def build(out: Path) -> None:
+    from mlcgen.compiler.build import _memory_estimate, compile_library, plan
+    from mlcgen.runtime import dist
+
+    for name in MODELS:
+        with tempfile.TemporaryDirectory() as config_dir:
+            (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(name)))
+            p = plan(Path(config_dir), "q4f16_1", "cuda:sm_90", CONTEXT_WINDOW, PREFILL)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        temporaries, kernels = compile_library(p, out / name / dist.LIBRARY, None, None)
+        p.manifest["memory"] = _memory_estimate(p.manifest, temporaries)
+        p.manifest["decode_kernels"] = kernels
+        (out / name / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
+        print(f"{name}: compiled in {time.time() - start:.1f} s")
+
+
+# ---------------------------------------------------------------- GPU machine
+
+
+def copy_gbs() -> float:
+    import torch
+
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = a.clone()
+    b.copy_(a)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 20 / (time.perf_counter() - start) / 1e9
+
+
+def kv_bytes_per_token(cfg: dict, context: int) -> int:
+    """KV cache bytes one decode step reads at `context` (fp16 K and V, all layers)."""
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * context
+
+
+def timed_decode(step, steps: int) -> float:
+    import torch
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return steps / (time.perf_counter() - start)
+
+
+def kernel_profile(step, steps: int) -> dict[str, float]:
+    """Device seconds per step, by kernel name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA" and not e.name.startswith(("Memcpy", "Memset", "cuda")):
+            totals[e.name] = totals.get(e.name, 0.0) + e.device_time / 1e6 / steps
+    return totals
+
+
+def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
+    import torch
+
+    from mlcgen.runtime import dist
+    from mlcgen.runtime.engine import Engine
+
+    free_before = torch.cuda.mem_get_info()[0]
+    engine = Engine(out / name, random_weights=True)
+    manifest = engine.manifest
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, manifest["model"]["config"]["vocab_size"], size=CONTEXT_WINDOW)
+    token = [1]
+
+    def step():
+        token[0] = int(engine.decode(token[0]).argmax())
+
+    weights = dist.params_bytes(manifest)
+    result = {"decode": {}, "bound": {}}
+    for context in CONTEXTS:
+        engine.reset()
+        engine.prefill(ids[: context - STEPS - 8])
+        for _ in range(8):
+            step()
+        result["decode"][context] = timed_decode(step, STEPS)
+        result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
+    torch.cuda.synchronize()
+    used = free_before - torch.cuda.mem_get_info()[0]
+    result["memory"] = {"used": used, "params": weights, "kv_cache": dist.kv_cache_bytes(manifest)}
+
+    prefill = []
+    for _ in range(3):
+        engine.reset()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        engine.prefill(ids[:PREFILL])
+        prefill.append(PREFILL / (time.perf_counter() - start))
+    result["prefill"] = max(prefill)
+
+    engine.reset()
+    engine.prefill(ids[: 128 - 16])
+    step()
+    per_kernel = kernel_profile(step, 16)
+    traffic = {k["name"]: k["bytes_per_call"] * k["calls"] for k in manifest["decode_kernels"]}
+    cfg = manifest["model"]["config"]
+    rows = []
+    for kernel, seconds in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
+        func = kernel.removesuffix("_kernel")
+        nbytes = traffic.get(func)
+        if nbytes is None and "decode" in kernel and "paged_kv" in kernel:
+            nbytes = kv_bytes_per_token(cfg, 128)
+        rows.append({"kernel": kernel, "us": seconds * 1e6, "bytes": nbytes, "gbs": nbytes / seconds / 1e9 if nbytes else None})
+    result["kernels"] = rows
+    result["kernel_us"] = sum(r["us"] for r in rows)
+    del engine
+    return result
+
+
+def pytorch_models(name: str) -> dict:
+    """HF transformers eager fp16, then the same module with int4 weight-only linears."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**{k: v for k, v in hf_config(name).items() if k != "architectures"})
+    torch.set_default_dtype(torch.float16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    ids = torch.randint(3, config.vocab_size, (1, CONTEXT_WINDOW), device="cuda")
+    with torch.inference_mode():
+        results = {"fp16": measure_hf(model, ids)}
+        try:
+            to_int4(model)
+            results["int4"] = measure_hf(model, ids)
+        except Exception as e:  # noqa: BLE001 - reported in the table, not hidden
+            results["int4"] = {"error": f"{type(e).__name__}: {e}"}
+    del model
+    torch.cuda.empty_cache()
+    return results
+
+
+def measure_hf(model, ids) -> dict:
+    import torch
+
+    prefill = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(ids[:, :PREFILL])
+        torch.cuda.synchronize()
+        prefill.append(PREFILL / (time.perf_counter() - start))
+    out = model(ids[:, : 128 - STEPS], use_cache=True)
+    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def step():
+        nonlocal past, token
+        o = model(token, past_key_values=past, use_cache=True)
+        past, token = o.past_key_values, o.logits[:, -1:].argmax(-1)
+
+    for _ in range(4):
+        step()
+    return {"prefill": max(prefill), "decode128": timed_decode(step, STEPS - 4)}
+
+
+def to_int4(model, group: int = 32) -> None:
+    """Every decoder nn.Linear -> tinygemm int4 (asymmetric, group 32); the module then runs bf16."""
+    import torch
+
+    class Int4Linear(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            w = linear.weight.detach().float()
+            n, k = w.shape
+            g = w.reshape(n, k // group, group)
+            lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+            scale = ((hi - lo) / 15).clamp(min=1e-6)
+            codes = ((g - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+            packed = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+            self.weight = torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+            zero = lo + 8 * scale  # tinygemm dequantizes (code - 8) * scale + zero
+            self.scales_and_zeros = torch.stack([scale, zero], -1).reshape(n, k // group, 2).transpose(0, 1).contiguous().bfloat16()
+            self.out_features = n
+
+        def forward(self, x):
+            y = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, x.shape[-1]).bfloat16(), self.weight, group, self.scales_and_zeros)
+            return y.reshape(*x.shape[:-1], self.out_features)
+
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for child, module in list(parent.named_children()):
+                if isinstance(module, torch.nn.Linear):
+                    setattr(parent, child, Int4Linear(module))
+    model.bfloat16()
+    torch.cuda.empty_cache()
+
+
+def run(out: Path) -> None:
+    import torch
+
+    from mlcgen.runtime import cuda as cuda_runtime
+
+    cuda_runtime.enable()
+    torch.cuda.init()
+    bandwidth = copy_gbs()
+    results = {"device": torch.cuda.get_device_name(), "copy_gbs": bandwidth, "models": {}}
+    for name in MODELS:
+        results["models"][name] = {"mlcgen": mlcgen_model(out, name, bandwidth)}
+        torch.cuda.empty_cache()
+    for name in MODELS:
+        results["models"][name]["pytorch"] = pytorch_models(name)
+    (out / "result.json").write_text(json.dumps(results, indent=1))
+    report(results)
+
+
+def report(r: dict) -> None:
+    print(f"{r['device']}: copy {r['copy_gbs']:.0f} GB/s\n")
+    print("| model | system | prefill 512 tok/s | decode ctx 128 | decode ctx 1024 | decode ctx 4096 |")
+    print("|---|---|---|---|---|---|")
+    for name, m in r["models"].items():
+        me = m["mlcgen"]
+        cells = [f"{me['decode'][c]:.1f} ({me['decode'][c] / me['bound'][c]:.0%} of {me['bound'][c]:.0f})" for c in CONTEXTS]
+        print(f"| {name} | mlcgen q4f16_1 | {me['prefill']:.0f} | {' | '.join(cells)} |")
+        for system, p in m["pytorch"].items():
+            if "error" in p:
+                print(f"| {name} | PyTorch {system} | failed: {p['error'][:80]} | | | |")
+            else:
+                print(f"| {name} | PyTorch {system} eager | {p['prefill']:.0f} | {p['decode128']:.1f} | | |")
+    for name, m in r["models"].items():
+        mem = m["mlcgen"]["memory"]
+        limit = (mem["params"] + mem["kv_cache"]) * 1.1
+        print(f"\n{name} GPU memory in use: {mem['used'] / 2**20:.0f} MiB; params {mem['params'] / 2**20:.0f} + KV cache "
+              f"{mem['kv_cache'] / 2**20:.0f} MiB (+10%: {limit / 2**20:.0f} MiB): {'within' if mem['used'] <= limit else 'OVER'}")
+    for name, m in r["models"].items():
+        me = m["mlcgen"]
+        step_us = 1e6 / me["decode"][128]
+        print(f"\n{name} decode step at ctx 128: {step_us:.0f} us wall, {me['kernel_us']:.0f} us in kernels")
+        print("| kernel | us/step | MB/step | GB/s |")
+        print("|---|---|---|---|")
+        for k in me["kernels"][:16]:
+            mb = f"{k['bytes'] / 1e6:.1f}" if k["bytes"] else "-"
+            gbs = f"{k['gbs']:.0f}" if k["gbs"] else "-"
+            print(f"| {k['kernel']} | {k['us']:.1f} | {mb} | {gbs} |")
+
+
+if __name__ == "__main__":
+    {"build": build, "run": run}[sys.argv[1]](Path(sys.argv[2]))

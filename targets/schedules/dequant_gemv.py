@@ -1,0 +1,115 @@
+"""GPU schedule for the decode matmul: y[1, 1, N] = x[1, 1, K] @ dequantize(q_weight, q_scale).T.
+
+At batch 1 every weight byte is read once per token, so the kernel is a memory stream and the
+schedule's job is to keep enough wide loads in flight:
+- a row of the weight is split across `threads_per_row` lanes, each taking `vector_words` packed
+  words per step (4 x uint32 = one 128-bit load = 32 weights = one scale group), `unroll` steps
+  at once so that several loads are in flight per lane;
+- the lanes' partial sums (float32) meet in one cross-lane reduction; with threads_per_row equal
+  to the wave size that is a pure shuffle/DPP reduction, no shared memory;
+- `rows_per_block` rows share a thread block, so one block is a few waves; each lane may work on
+  `rows_per_thread` rows at once, loading its slice of the activation once for all of them.
+The knobs come from the target preset (targets/cuda.py, targets/rocm.py), where each value says
+where it comes from. dlight's GEMV rule reached 0.49 of copy bandwidth on the H100 on these
+kernels (docs/benchmarks.md); this rule exists to do better and to follow the AMD wave size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+from ...compiler.layers import DEQUANTIZE
+
+REDUCE = 2  # IterVar.iter_type of a reduction axis
+
+
+@dataclass(frozen=True)
+class GemvKnobs:
+    threads_per_row: int = 32
+    rows_per_block: int = 4
+    vector_words: int = 4  # packed uint32 words per load: 4 -> 128-bit loads
+    unroll: int = 2  # steps per lane unrolled together, so their loads are in flight at once
+    rows_per_thread: int = 1  # rows a lane works on at once, sharing its activation loads
+
+
+class DequantGEMV(ScheduleRule):
+    def __init__(self, knobs: GemvKnobs):
+        self.knobs = knobs
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if not any(sch.get(b).name_hint.startswith(DEQUANTIZE) for b in blocks):
+            return None
+        for block in blocks:
+            if sch.get(block).name_hint.startswith(DEQUANTIZE):
+                sch.compute_inline(block)  # dequantize where the weight word is loaded
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        reductions = [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
+        if len(reductions) != 1 or not self._is_q4_gemv(sch, reductions[0]):
+            return None
+        (matmul,) = reductions
+        epilogues = blocks[blocks.index(matmul) + 1:]
+        if blocks.index(matmul) != 0:
+            return None  # producers before the matmul (none in the q4 layers) are not handled
+        return self._schedule(sch, matmul, epilogues)
+
+    @staticmethod
+    def _is_q4_gemv(sch, block) -> bool:
+        """One output row per weight row, batch 1: every spatial axis but the last has extent 1,
+        and the block reads a 2-D uint32 buffer (the packed weight)."""
+        stmt = sch.get(block)
+        spatial = [iv for iv in stmt.iter_vars if iv.iter_type != REDUCE]
+        if len(stmt.iter_vars) - len(spatial) != 1 or not spatial:
+            return False
+        if any(not isinstance(iv.dom.extent, tirx.IntImm) or int(iv.dom.extent) != 1 for iv in spatial[:-1]):
+            return False
+        return any(r.source.dtype == "uint32" and len(r.source.shape) == 2 for r in stmt.reads)
+
+    def _schedule(self, sch, matmul, epilogues):
+        k = self.knobs
+        words = k.vector_words
+        *spatial, reduce = sch.get_loops(matmul)
+        row = sch.fuse(*spatial)
+        block_rows, thread_row, own_row = sch.split(row, [None, k.rows_per_block, k.rows_per_thread])
+        # reduce = ((step * unroll + u) * lanes + lane) * 8 * words + element
+        step, u, lane, element = sch.split(reduce, [None, k.unroll, k.threads_per_row, 8 * words])
+        sch.reorder(step, lane, u, element)
+        partial = sch.rfactor(lane, factor_axis=0)  # per-lane float32 sums, then one cross-lane sum
+
+        block_rows, thread_row, own_row, step, lane, u, element = sch.get_loops(partial)
+        # A lane's activation slice is loaded once per step for all of its rows.
+        sch.reorder(block_rows, thread_row, lane, step, u, own_row, element)
+        sch.bind(block_rows, "blockIdx.x")
+        sch.bind(thread_row, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        for index, buffer in enumerate(sch.get(partial).reads):
+            if buffer.source.dtype == "uint32" or len(buffer.source.shape) == 3:  # packed weight, activation
+                cache = sch.cache_read(partial, index, "local")
+                sch.compute_at(cache, u, preserve_unit_loops=True)
+                inner = sch.get_loops(cache)[-1]
+                lanes = words if buffer.source.dtype == "uint32" else 8  # 8 x fp16 = 128 bits
+                sch.vectorize(sch.split(inner, [None, lanes])[-1])
+        sch.unroll(u)
+        sch.unroll(own_row)
+        sch.unroll(element)
+        sch.set_scope(partial, 0, "local")
+        sch.decompose_reduction(partial, step)
+
+        sch.reverse_compute_at(matmul, thread_row, preserve_unit_loops=True)
+        lane_sum, *units = sch.get_loops(matmul)[2:]  # the cross-lane sum and unit spatial loops
+        sch.reorder(*units, lane_sum)  # TVM lowers a cross-thread reduction only as the innermost loop
+        sch.bind(lane_sum, "threadIdx.x")
+        if epilogues:
+            sch.set_scope(matmul, 0, "local")
+        for block in epilogues:  # cast, residual add, ...: intermediates inline into the output block
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
+        return sch
