@@ -58,9 +58,9 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     cfg = family.Config.from_hf(hf_config, source)
     scheme = get_quantization(quantization)
     target_module, preset, why = get_target(target)
-    if scheme.model_dtype not in target_module.MODEL_DTYPES:
-        raise ConfigError(f"--quantization {quantization} computes in {scheme.model_dtype}, which target {target} does not support; "
-                          f"choose a scheme computing in {' or '.join(target_module.MODEL_DTYPES)} (e.g. q4f16_1)")
+    if scheme.name not in target_module.QUANTIZATIONS:
+        raise ConfigError(f"--quantization {quantization} is not supported on target {target} ({target_module.QUANTIZATION_NOTE}); "
+                          f"choose one of: {', '.join(target_module.QUANTIZATIONS)}")
     context_window = cfg.max_position_embeddings if context_window is None else context_window
     prefill_chunk = min(DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk, context_window)
     if context_window <= 0 or prefill_chunk <= 0:

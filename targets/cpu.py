@@ -23,7 +23,8 @@ def tvm_target(preset: str):
     return Target(PRESETS[preset])
 
 
-MODEL_DTYPES = ("float32", "float16")  # float32 is the fast one here (no fp16 arithmetic on x86)
+QUANTIZATIONS = ("q0f32", "q0f16", "q4f16_1", "q4f32_1")  # float32 activations are the fast ones on x86
+QUANTIZATION_NOTE = ""
 PASS_CONFIG: dict = {}
 
 

@@ -1,6 +1,8 @@
 """CUDA builds, compiled here (no GPU in CI): the library holds CUDA source for nvcc at load time.
 Running them is measured on the GPU machine (docs/benchmarks.md)."""
 
+import re
+
 import pytest
 
 from mlcgen.compiler import pipeline
@@ -18,6 +20,24 @@ def test_cuda_build_uses_cuda_graphs_and_our_norm_schedule(builds):
     assert (dist / "lib.so").stat().st_size > 0
 
 
-def test_gpu_targets_refuse_float32_activations(builds):
-    with pytest.raises(ConfigError, match="q0f32 computes in float32, which target cuda does not support"):
-        plan(builds.checkpoint("gqa_tied"), "q0f32", "cuda")
+@pytest.mark.parametrize("quantization", ["q0f32", "q0f16", "q4f32_1"])
+@pytest.mark.parametrize("target", ["cuda", "rocm"])
+def test_gpu_targets_refuse_schemes_that_crashed(builds, quantization, target):
+    with pytest.raises(ConfigError, match=f"--quantization {quantization} is not supported on target {target} .*choose one of: q4f16_1"):
+        plan(builds.checkpoint("gqa_tied"), quantization, target)
+
+
+def test_q4_matmuls_take_our_decode_gemv_and_a_tiled_prefill(builds):
+    """Decode matmuls (batch 1): our GEMV rule (rows on threadIdx.y, 128-bit weight loads into
+    registers); prefill matmuls: a shared-memory tiling with the dequantize in the weight-tile load.
+    No q4 matmul is left with a float weight buffer in global memory."""
+    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda")
+    target = p.target_module.tvm_target(p.preset)
+    mod = pipeline.run(export_ir(p, target), p.target_module, target)
+    kernels = {gv.name_hint: f.script() for gv, f in mod.functions_items() if "q4_matmul" in gv.name_hint}
+    gemv = {n for n, s in kernels.items() if 'thread="threadIdx.y"' in s and re.search(r"T.vectorized\((T.int64\()?4\)", s)}
+    tiled = {n for n, s in kernels.items() if 'scope="shared"' in s}
+    assert gemv and tiled and gemv.isdisjoint(tiled) and gemv | tiled == set(kernels), (gemv, tiled, set(kernels))
+    assert all('"uint32", scope="local"' in kernels[n] for n in gemv)  # the packed words, loaded to registers
+    for name, script in kernels.items():
+        assert not re.search(r'dequantize\w* = T.sblock_alloc_buffer\(\([^)]*\), "float32"\)', script), name

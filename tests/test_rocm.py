@@ -68,7 +68,7 @@ def test_inspect_cli_prints_table_and_labelled_projection(rocm_build):
 
 
 def test_plain_rocm_target_says_which_arch(builds):
-    dist = builds.dist("gqa_tied", "q0f16", target="rocm")
+    dist = builds.dist("gqa_tied", "q4f16_1", target="rocm")
     target = json.loads((dist / "manifest.json").read_text())["target"]
     local = rocm.local_gpu_arch()
     expected = local if local in rocm.PRESETS else rocm.FALLBACK_PRESET
