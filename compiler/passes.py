@@ -56,14 +56,14 @@ def inline_dequantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     every PrimFunc no schedule has taken yet: unscheduled, it would materialize the float weight."""
     from tvm import s_tir
 
-    from .layers import DEQUANTIZE
+    from ..targets.schedules import dequantize_blocks
 
     updates = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and func.attrs.get("tirx.is_scheduled")):
             continue
         sch = s_tir.Schedule(func)
-        blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith(DEQUANTIZE)]
+        blocks = dequantize_blocks(sch)
         for block in blocks:
             sch.compute_inline(block)
         if blocks:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from ...compiler.layers import DEQUANTIZE
+from . import dequantize_blocks
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
 
@@ -43,12 +43,11 @@ class DequantGEMV(ScheduleRule):
         if not isinstance(func, tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        if not any(sch.get(b).name_hint.startswith(DEQUANTIZE) for b in blocks):
+        dequantize = dequantize_blocks(sch)
+        if not dequantize:
             return None
-        for block in blocks:
-            if sch.get(block).name_hint.startswith(DEQUANTIZE):
-                sch.compute_inline(block)  # dequantize where the weight word is loaded
+        for block in dequantize:
+            sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         reductions = [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
         if len(reductions) != 1 or not self._is_q4_gemv(sch, reductions[0]):

@@ -12,7 +12,7 @@ from tvm import tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from ...compiler.layers import DEQUANTIZE
+from . import dequantize_blocks
 
 
 class DequantMatmul(ScheduleRule):
@@ -22,8 +22,7 @@ class DequantMatmul(ScheduleRule):
 
         if not isinstance(func, tirx.PrimFunc):
             return None
-        sch = s_tir.Schedule(func)
-        if not any(sch.get(b).name_hint.startswith(DEQUANTIZE) for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        if not dequantize_blocks(s_tir.Schedule(func)):
             return None
         return Matmul().apply(func, simt_target(target), tunable)
 
