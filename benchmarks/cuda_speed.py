@@ -41,21 +41,27 @@ def hf_config(name: str) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, **MODELS[name]}
 
 
-def build(out: Path) -> None:
+def compile_from_config(model: str, quantization: str, target: str, out: Path, context_window: int, prefill_chunk: int) -> None:
+    """lib.so + manifest.json for a MODELS shape, from its config alone (no weights: the engine
+    generates random ones, or the weights are converted later)."""
     from mlcgen.compiler.build import _memory_estimate, compile_library, plan
     from mlcgen.runtime import dist
 
+    with tempfile.TemporaryDirectory() as config_dir:
+        (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(model)))
+        p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    temporaries, kernels = compile_library(p, out / dist.LIBRARY, None, None)
+    p.manifest["memory"] = _memory_estimate(p.manifest, temporaries)
+    p.manifest["decode_kernels"] = kernels
+    (out / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
+    print(f"{out}: compiled for {target} in {time.time() - start:.1f} s")
+
+
+def build(out: Path) -> None:
     for name in MODELS:
-        with tempfile.TemporaryDirectory() as config_dir:
-            (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(name)))
-            p = plan(Path(config_dir), "q4f16_1", "cuda:sm_90", CONTEXT_WINDOW, PREFILL)
-        (out / name).mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        temporaries, kernels = compile_library(p, out / name / dist.LIBRARY, None, None)
-        p.manifest["memory"] = _memory_estimate(p.manifest, temporaries)
-        p.manifest["decode_kernels"] = kernels
-        (out / name / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
-        print(f"{name}: compiled in {time.time() - start:.1f} s")
+        compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL)
 
 
 # ---------------------------------------------------------------- GPU machine

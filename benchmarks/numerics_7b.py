@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cuda_speed import CONTEXT_WINDOW, hf_config
+from cuda_speed import CONTEXT_WINDOW, compile_from_config, hf_config
 
 QUANTS = ("q4f16_1", "q0f16")
 POSITIONS = 256
@@ -30,17 +30,8 @@ PREFILLS = (32, 128, 256)
 
 
 def build(out: Path) -> None:
-    from mlcgen.compiler.build import compile_library, plan
-    from mlcgen.runtime import dist
-
     for quant in QUANTS:
-        with tempfile.TemporaryDirectory() as config_dir:
-            (Path(config_dir) / "config.json").write_text(json.dumps(hf_config("llama2-7b")))
-            p = plan(Path(config_dir), quant, "cuda:sm_90", CONTEXT_WINDOW, POSITIONS)
-        (out / quant).mkdir(parents=True, exist_ok=True)
-        compile_library(p, out / quant / dist.LIBRARY, None, None)
-        (out / quant / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
-        print(f"built {quant}")
+        compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS)
 
 
 def dequantized(w, group: int = 32, max_code: int = 7):
