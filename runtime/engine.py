@@ -17,7 +17,9 @@ from tvm.runtime.vm import VirtualMachine
 from ..errors import ParamsError
 from . import dist, tensor_cache
 
-DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "rocm": tvm.rocm, "vulkan": tvm.vulkan}
+# "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
+# their device as webgpu.
+DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "rocm": tvm.rocm, "vulkan": lambda i: tvm.device("webgpu", i)}
 
 
 def _builtin(name: str):
@@ -75,6 +77,10 @@ class Engine:
             from . import cuda  # kernels are compiled (once, cached) when the library loads
 
             cuda.enable()
+        if name == "vulkan":
+            from . import vulkan  # builds (once, cached) and loads the wgpu device plugin
+
+            vulkan.check_device(self.manifest, self.dist_dir)
         device = DEVICES[name](0)
         if not device.exist:
             raise ParamsError(f"no {name} device is visible to the TVM runtime on this machine")

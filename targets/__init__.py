@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import cpu, cuda, rocm
+from . import cpu, cuda, rocm, vulkan
 
-TARGETS = {"cpu": cpu, "cuda": cuda, "rocm": rocm}
+TARGETS = {"cpu": cpu, "cuda": cuda, "rocm": rocm, "vulkan": vulkan}
 
 
 def get_target(name: str):

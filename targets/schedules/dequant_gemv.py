@@ -33,6 +33,7 @@ class GemvKnobs:
     vector_words: int = 4  # packed uint32 words per load: 4 -> 128-bit loads
     unroll: int = 2  # steps per lane unrolled together, so their loads are in flight at once
     rows_per_thread: int = 1  # rows a lane works on at once, sharing its activation loads
+    activation_lanes: int = 8  # fp16 activations per load: 8 -> 128 bits (WGSL vectors stop at 4)
 
 
 class DequantGEMV(ScheduleRule):
@@ -92,7 +93,7 @@ class DequantGEMV(ScheduleRule):
                 cache = sch.cache_read(partial, index, "local")
                 sch.compute_at(cache, u, preserve_unit_loops=True)
                 inner = sch.get_loops(cache)[-1]
-                lanes = words if buffer.source.dtype == "uint32" else 8  # 8 x fp16 = 128 bits
+                lanes = words if buffer.source.dtype == "uint32" else k.activation_lanes
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
         sch.unroll(u)
         sch.unroll(own_row)

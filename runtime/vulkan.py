@@ -1,0 +1,148 @@
+"""Running Vulkan-target libraries: WGSL kernels through wgpu's Vulkan backend.
+
+The TVM wheel has neither a Vulkan runtime nor a WebGPU one outside the browser, so this project
+ships its own device plugin (runtime/wgpu/plugin.cc). It is compiled from source with the system
+C++ compiler against the headers the tvm, tvm-ffi and wgpu wheels ship, once per (source, wheel
+versions), into a cache; loading it registers the runtime's `webgpu` device and module loader.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from ..errors import ParamsError
+
+SOURCE = Path(__file__).parent / "wgpu" / "plugin.cc"
+CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", Path.home() / ".cache" / "mlcgen" / "plugins"))
+
+
+def _package_dir(name: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise ParamsError(f"the Vulkan runtime needs the Python package {name!r}; pip install mlcgen's dependencies")
+    return Path(spec.origin).parent
+
+
+def wgpu_library() -> Path:
+    """wgpu-native, as shipped inside the `wgpu` wheel."""
+    return _package_dir("wgpu") / "resources" / "libwgpu_native-release.so"
+
+
+def plugin_path() -> Path:
+    """Where the plugin for this source and these wheels lives (built or not)."""
+    versions = "\n".join(md.version(p) for p in ("apache-tvm", "apache-tvm-ffi", "wgpu"))
+    key = hashlib.sha256(SOURCE.read_bytes() + versions.encode()).hexdigest()[:16]
+    return CACHE / f"libmlcgen_wgpu-{key}.so"
+
+
+def build_plugin() -> Path:
+    """Compile the plugin if this source/wheel combination has not been compiled yet (~30 s)."""
+    out = plugin_path()
+    if out.is_file():
+        return out
+    tvm_dir, ffi_dir, wgpu_dir = _package_dir("tvm"), _package_dir("tvm_ffi"), wgpu_library().parent
+    if not (tvm_dir / "include" / "tvm" / "runtime" / "device_api.h").is_file():
+        raise ParamsError(f"{tvm_dir}: no TVM headers (a runtime-only install?); build the Vulkan plugin where the "
+                          f"apache-tvm wheel is installed and point MLCGEN_PLUGIN_CACHE at it")
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise ParamsError("building the Vulkan plugin needs a C++17 compiler (Debian: apt-get install g++)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        tmp_out = Path(tmp) / out.name
+        # wgpu-native's symbols stay undefined here: load() puts the wheel's copy in the global scope
+        # first, so the plugin works wherever the wgpu package is installed.
+        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-o", str(tmp_out), str(SOURCE),
+               f"-I{tvm_dir / 'include'}", f"-I{ffi_dir / 'include'}", f"-I{wgpu_dir}",
+               f"-L{tvm_dir / 'lib'}", f"-L{ffi_dir / 'lib'}", "-ltvm_runtime", "-ltvm_ffi", "-ldl"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode:
+            raise ParamsError(f"compiling the Vulkan plugin failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
+        tmp_out.rename(out)  # atomic: a concurrent loader never sees half a file
+    return out
+
+
+@cache
+def load() -> None:
+    """Register the `webgpu` device and module loader with the TVM runtime (once per process)."""
+    import tvm  # noqa: F401  (loads libtvm_runtime / libtvm_ffi, which the plugin links against)
+
+    ctypes.CDLL(str(wgpu_library()), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(build_plugin()), mode=ctypes.RTLD_GLOBAL)
+
+
+def adapter() -> dict:
+    """Facts about the Vulkan adapter wgpu picks: name, features, limits, memory heaps. Raises
+    ParamsError with what to install when there is no Vulkan driver."""
+    import tvm_ffi
+
+    load()
+    facts = {k: (v if not isinstance(v, str) else str(v)) for k, v in tvm_ffi.get_global_func("mlcgen.wgpu.adapter")().items()}
+    if facts["error"]:
+        raise ParamsError(facts["error"])
+    return facts
+
+
+def counters() -> dict:
+    """Bytes allocated (now, peak), kernels dispatched and submissions made so far."""
+    import tvm_ffi
+
+    load()
+    return dict(tvm_ffi.get_global_func("mlcgen.wgpu.counters")().items())
+
+
+GIB = 2**30
+
+
+def usable_memory(facts: dict) -> int:
+    """Bytes the adapter can hold: its device-local heaps on a discrete GPU; every heap on an
+    integrated GPU or CPU adapter, whose "device" memory is the system's (the Steam Deck's 16 GB)."""
+    unified = facts["adapter_type"] in ("integrated", "cpu")
+    return facts["all_heaps_bytes"] if unified else facts["device_local_heap_bytes"]
+
+
+def fit_report(manifest: dict, available: int) -> str | None:
+    """None when weights + KV cache + temporaries fit in `available` bytes, else what does fit."""
+    from . import dist
+
+    mem = manifest["memory"]
+    if mem["total_bytes"] <= available:
+        return None
+    fixed = mem["params_bytes"] + mem["temporary_bytes"]
+    need = (f"{mem['total_bytes'] / GIB:.2f} GiB (weights {mem['params_bytes'] / GIB:.2f} + KV cache "
+            f"{mem['kv_cache_bytes'] / GIB:.2f} for {manifest['context_window']} tokens + temporaries "
+            f"{mem['temporary_bytes'] / GIB:.2f}), the adapter offers {available / GIB:.2f} GiB")
+    if fixed >= available:
+        return f"the model needs {need}: its weights alone do not fit; use a smaller model"
+    per_token = dist.kv_cache_bytes(manifest) / -(-manifest["context_window"] // manifest["page_size"] * manifest["page_size"])
+    fits = int((available - fixed) / per_token) // manifest["page_size"] * manifest["page_size"]
+    return f"the model needs {need}: rebuild with --context-window {fits} or less (the largest that fits)"
+
+
+def check_device(manifest: dict, dist_dir) -> dict:
+    """Load the plugin and check, before any weight is loaded, that the adapter can run this
+    library: subgroups of the width it was compiled for, and memory for the model."""
+    facts = adapter()
+    preset = manifest["target"]["name"].partition(":")[2]
+    from ..targets.vulkan import PRESETS
+
+    width = PRESETS[preset].subgroup_size if preset in PRESETS else 0
+    sizes = (facts["subgroup_min_size"], facts["subgroup_max_size"])
+    if width and (not facts["subgroups"] or (sizes != (0, 0) and sizes != (width, width))):
+        raise ParamsError(f"{dist_dir}: built for {manifest['target']['name']} (subgroups of {width}); {facts['name']} "
+                          f"has {'subgroups of ' + '-'.join(map(str, sizes)) if facts['subgroups'] else 'no subgroups'}: "
+                          f"rebuild with --target vulkan")
+    report = fit_report(manifest, usable_memory(facts))
+    if report:
+        raise ParamsError(f"{dist_dir}: does not fit on {facts['name']}: {report}")
+    return facts

@@ -1,0 +1,735 @@
+// A TVM runtime device plugin that runs the WGSL kernels of TVM's webgpu codegen natively, through
+// wgpu-native (the library inside the `wgpu` Python wheel) on its Vulkan backend.
+//
+// It registers what the runtime looks up for device type kDLWebGPU:
+//   device_api.webgpu                    alloc/free/copy/sync on wgpu buffers
+//   ffi.Module.load_from_bytes.webgpu    the library's WGSL module -> one packed function per kernel
+// and mlcgen.wgpu.* helpers (adapter facts, memory heaps, counters) for the Python side.
+//
+// The kernel calling convention is TVM's (tvm/web/src/webgpu.ts): buffer arguments are bindings
+// 0..n-1 of group 0 (read-only unless the paramWriteAccess tag says otherwise), the POD arguments
+// and packGridDimX follow as 32-bit words in one uniform buffer at binding n, and a grid wider than
+// 65535 is folded into blockIdx.z. Unlike the JavaScript runtime we bind the uniform with a dynamic
+// offset into one arena per submission, so a kernel's bind group depends only on its buffers and is
+// cached: decode replays the same kernels on the same buffers every token.
+#include <dlfcn.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
+#include <tvm/runtime/device_api.h>
+#include <webgpu.h>
+#include <wgpu.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace mlcgen {
+namespace wgpu_plugin {
+
+using tvm::runtime::DeviceAPI;
+using tvm::runtime::DeviceAttrKind;
+namespace ffi = tvm::ffi;
+
+constexpr uint32_t kMaxGridDim = 65535;     // WebGPU's default maxComputeWorkgroupsPerDimension
+constexpr size_t kUniformSlot = 256;        // minUniformBufferOffsetAlignment on every adapter we met
+constexpr size_t kArenaSlots = 4096;        // dispatches per submission before a forced flush
+
+std::string View(WGPUStringView s) {
+  if (!s.data) return "";
+  return s.length == WGPU_STRLEN ? std::string(s.data) : std::string(s.data, s.length);
+}
+WGPUStringView View(const std::string& s) { return WGPUStringView{s.data(), s.size()}; }
+
+// ---------------------------------------------------------------------------------------------
+// The one adapter/device/queue of the process, and the command batch being recorded.
+class Context {
+ public:
+  static Context* Global() {
+    static Context* inst = new Context();  // never destroyed: kernels may outlive Python's exit
+    return inst;
+  }
+
+  WGPUDevice device = nullptr;
+  WGPUQueue queue = nullptr;
+  WGPULimits limits = {};
+  std::string adapter_name, backend, adapter_type;
+  bool has_f16 = false, has_subgroups = false;
+  uint32_t subgroup_min = 0, subgroup_max = 0;
+  size_t allocated_bytes = 0, peak_bytes = 0;
+  uint64_t dispatches = 0, submissions = 0;
+
+  bool Ready() { Init(); return device != nullptr; }
+  const std::string& InitError() { Init(); return init_error_; }
+
+  void Require() {
+    if (!Ready()) TVM_FFI_THROW(RuntimeError) << "mlcgen wgpu plugin: " << init_error_;
+  }
+
+  void CheckError(const char* what) {
+    if (!pending_error_.empty()) {
+      std::string e;
+      std::swap(e, pending_error_);
+      TVM_FFI_THROW(RuntimeError) << "wgpu: " << what << ": " << e;
+    }
+  }
+
+  // --- buffers ---
+  WGPUBuffer Alloc(size_t nbytes) {
+    Require();
+    size_t size = std::max<size_t>(4, (nbytes + 3) / 4 * 4);  // copies move whole words
+    if (size > limits.maxBufferSize) {
+      TVM_FFI_THROW(RuntimeError) << "wgpu: a buffer of " << size << " bytes exceeds the adapter's maxBufferSize ("
+                                  << limits.maxBufferSize << ") on " << adapter_name;
+    }
+    WGPUBufferDescriptor desc = {};
+    desc.usage = WGPUBufferUsage_Storage | WGPUBufferUsage_CopySrc | WGPUBufferUsage_CopyDst;
+    desc.size = size;
+    WGPUBuffer buf = wgpuDeviceCreateBuffer(device, &desc);
+    CheckError("allocating a buffer");
+    if (!buf) TVM_FFI_THROW(RuntimeError) << "wgpu: out of device memory allocating " << size << " bytes";
+    sizes_[buf] = size;
+    allocated_bytes += size;
+    peak_bytes = std::max(peak_bytes, allocated_bytes);
+    return buf;
+  }
+
+  void Free(WGPUBuffer buf) {
+    auto it = sizes_.find(buf);
+    TVM_FFI_ICHECK(it != sizes_.end()) << "wgpu: freeing an unknown buffer";
+    Flush();  // recorded work may still use it
+    DropBindGroupsOf(buf);
+    allocated_bytes -= it->second;
+    sizes_.erase(it);
+    wgpuBufferDestroy(buf);
+    wgpuBufferRelease(buf);
+  }
+
+  size_t SizeOf(WGPUBuffer buf) {
+    auto it = sizes_.find(buf);
+    if (it == sizes_.end()) {
+      TVM_FFI_THROW(RuntimeError) << "wgpu: a kernel argument is not a buffer of this device (a tensor view with "
+                                     "a byte offset? WebGPU cannot bind at an offset here)";
+    }
+    return it->second;
+  }
+
+  // --- copies ---
+  void Upload(const void* src, WGPUBuffer dst, size_t offset, size_t nbytes) {
+    if (nbytes == 0) return;
+    CheckAligned(offset, "destination offset");
+    Flush();  // queue writes land before the next submission: recorded kernels must go first
+    size_t whole = nbytes / 4 * 4;
+    if (whole) wgpuQueueWriteBuffer(queue, dst, offset, src, whole);
+    if (whole != nbytes) {  // a partial last word: merge it with the bytes already there
+      uint32_t word = 0;
+      Download(dst, offset + whole, &word, 4);
+      std::memcpy(&word, static_cast<const char*>(src) + whole, nbytes - whole);
+      wgpuQueueWriteBuffer(queue, dst, offset + whole, &word, 4);
+    }
+  }
+
+  void Download(WGPUBuffer src, size_t offset, void* dst, size_t nbytes) {
+    if (nbytes == 0) return;
+    CheckAligned(offset, "source offset");
+    size_t words = (nbytes + 3) / 4 * 4;
+    WGPUBuffer staging = Staging(words);
+    EndPass();
+    wgpuCommandEncoderCopyBufferToBuffer(Encoder(), src, offset, staging, 0, words);
+    Flush();
+    bool done = false;
+    WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Error;
+    WGPUBufferMapCallbackInfo cb = {};
+    cb.mode = WGPUCallbackMode_AllowProcessEvents;
+    cb.callback = [](WGPUMapAsyncStatus s, WGPUStringView, void* d, void* st) {
+      *static_cast<bool*>(d) = true;
+      *static_cast<WGPUMapAsyncStatus*>(st) = s;
+    };
+    cb.userdata1 = &done;
+    cb.userdata2 = &status;
+    wgpuBufferMapAsync(staging, WGPUMapMode_Read, 0, words, cb);
+    while (!done) {
+      wgpuDevicePoll(device, true, nullptr);
+      wgpuInstanceProcessEvents(instance_);
+    }
+    CheckError("reading back");
+    TVM_FFI_ICHECK(status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
+    std::memcpy(dst, wgpuBufferGetConstMappedRange(staging, 0, words), nbytes);
+    wgpuBufferUnmap(staging);
+  }
+
+  void CopyWithin(WGPUBuffer src, size_t src_offset, WGPUBuffer dst, size_t dst_offset, size_t nbytes) {
+    if (nbytes == 0) return;
+    CheckAligned(src_offset, "source offset");
+    CheckAligned(dst_offset, "destination offset");
+    if (nbytes % 4) TVM_FFI_THROW(RuntimeError) << "wgpu: device copies move whole 4-byte words, not " << nbytes << " bytes";
+    EndPass();
+    wgpuCommandEncoderCopyBufferToBuffer(Encoder(), src, src_offset, dst, dst_offset, nbytes);
+  }
+
+  // --- dispatch ---
+  // One compute pass holds consecutive dispatches (each dispatch is its own synchronization scope
+  // in WebGPU); copies end it.
+  void Dispatch(WGPUComputePipeline pipeline, WGPUBindGroup group, const uint32_t* pod, size_t pod_words,
+                const uint32_t grid[3]) {
+    if ((arena_used_ + 1) * kUniformSlot > arena_bytes_) Flush();
+    if (!pass_) pass_ = wgpuCommandEncoderBeginComputePass(Encoder(), nullptr);
+    uint32_t offset = static_cast<uint32_t>(arena_used_ * kUniformSlot);
+    std::memcpy(arena_host_.data() + offset, pod, pod_words * 4);
+    ++arena_used_;
+    wgpuComputePassEncoderSetPipeline(pass_, pipeline);
+    wgpuComputePassEncoderSetBindGroup(pass_, 0, group, 1, &offset);
+    wgpuComputePassEncoderDispatchWorkgroups(pass_, grid[0], grid[1], grid[2]);
+    ++dispatches;
+  }
+
+  // Submit what is recorded (uniforms first: one write for the whole batch).
+  void Flush() {
+    if (!encoder_) return;
+    EndPass();
+    if (arena_used_) wgpuQueueWriteBuffer(queue, arena_, 0, arena_host_.data(), arena_used_ * kUniformSlot);
+    WGPUCommandBuffer cmd = wgpuCommandEncoderFinish(encoder_, nullptr);
+    wgpuCommandEncoderRelease(encoder_);
+    encoder_ = nullptr;
+    arena_used_ = 0;
+    wgpuQueueSubmit(queue, 1, &cmd);
+    wgpuCommandBufferRelease(cmd);
+    ++submissions;
+    CheckError("submitting kernels");
+  }
+
+  void Sync() {
+    if (!device) return;
+    Flush();
+    wgpuDevicePoll(device, true, nullptr);
+    CheckError("running kernels");
+  }
+
+  WGPUBuffer arena() const { return arena_; }
+
+  // Bind groups keyed by (layout, buffers); dropped when one of their buffers is freed.
+  WGPUBindGroup BindGroup(WGPUBindGroupLayout layout, const std::vector<WGPUBuffer>& buffers, size_t pod_bytes) {
+    std::vector<void*> key{layout};
+    key.insert(key.end(), buffers.begin(), buffers.end());
+    auto it = bind_groups_.find(key);
+    if (it != bind_groups_.end()) return it->second;
+    std::vector<WGPUBindGroupEntry> entries(buffers.size() + 1);
+    for (size_t i = 0; i < buffers.size(); ++i) {
+      entries[i].binding = static_cast<uint32_t>(i);
+      entries[i].buffer = buffers[i];
+      entries[i].size = SizeOf(buffers[i]);
+      if (entries[i].size > limits.maxStorageBufferBindingSize) {
+        TVM_FFI_THROW(RuntimeError) << "wgpu: a kernel binds a buffer of " << entries[i].size
+                                    << " bytes; the adapter binds at most " << limits.maxStorageBufferBindingSize
+                                    << " (maxStorageBufferBindingSize on " << adapter_name << ")";
+      }
+    }
+    entries.back().binding = static_cast<uint32_t>(buffers.size());
+    entries.back().buffer = arena_;
+    entries.back().size = (pod_bytes + 15) / 16 * 16;
+    WGPUBindGroupDescriptor desc = {};
+    desc.layout = layout;
+    desc.entryCount = entries.size();
+    desc.entries = entries.data();
+    WGPUBindGroup group = wgpuDeviceCreateBindGroup(device, &desc);
+    CheckError("creating a bind group");
+    bind_groups_.emplace(std::move(key), group);
+    return group;
+  }
+
+  std::string Shorthand() const {
+    std::ostringstream os;
+    os << adapter_name << " (" << backend << ")";
+    return os.str();
+  }
+
+ private:
+  Context() = default;
+
+  void Init() {
+    std::call_once(init_once_, [this] { init_error_ = CreateDevice(); });
+  }
+
+  std::string CreateDevice() {
+    WGPUInstanceExtras extras = {};
+    extras.chain.sType = static_cast<WGPUSType>(WGPUSType_InstanceExtras);
+    extras.backends = WGPUInstanceBackend_Vulkan;
+    WGPUInstanceDescriptor idesc = {};
+    idesc.nextInChain = &extras.chain;
+    instance_ = wgpuCreateInstance(&idesc);
+    if (!instance_) return "wgpu could not create an instance";
+
+    struct AdapterResult { WGPUAdapter adapter = nullptr; std::string message; bool done = false; } ar;
+    WGPURequestAdapterOptions opts = {};
+    opts.powerPreference = WGPUPowerPreference_HighPerformance;
+    WGPURequestAdapterCallbackInfo acb = {};
+    acb.mode = WGPUCallbackMode_AllowProcessEvents;
+    acb.callback = [](WGPURequestAdapterStatus s, WGPUAdapter a, WGPUStringView m, void* u, void*) {
+      auto* r = static_cast<AdapterResult*>(u);
+      if (s == WGPURequestAdapterStatus_Success) r->adapter = a;
+      r->message = View(m);
+      r->done = true;
+    };
+    acb.userdata1 = &ar;
+    wgpuInstanceRequestAdapter(instance_, &opts, acb);
+    while (!ar.done) wgpuInstanceProcessEvents(instance_);
+    if (!ar.adapter) {
+      return "no Vulkan adapter found (" + ar.message +
+             "). Install a Vulkan driver: Debian `apt-get install mesa-vulkan-drivers libvulkan1` "
+             "(lavapipe on the CPU, RADV on AMD GPUs), or the GPU vendor's driver";
+    }
+    adapter_ = ar.adapter;
+    WGPUAdapterInfo info = {};
+    wgpuAdapterGetInfo(adapter_, &info);
+    adapter_name = View(info.device);
+    backend = info.backendType == WGPUBackendType_Vulkan ? "Vulkan" : "not Vulkan";
+    adapter_type = info.adapterType == WGPUAdapterType_DiscreteGPU     ? "discrete"
+                   : info.adapterType == WGPUAdapterType_IntegratedGPU ? "integrated"
+                   : info.adapterType == WGPUAdapterType_CPU           ? "cpu"
+                                                                       : "unknown";
+    subgroup_min = info.subgroupMinSize;
+    subgroup_max = info.subgroupMaxSize;
+    wgpuAdapterInfoFreeMembers(info);
+    wgpuAdapterGetLimits(adapter_, &limits);
+
+    std::vector<WGPUFeatureName> features;
+    has_f16 = wgpuAdapterHasFeature(adapter_, WGPUFeatureName_ShaderF16);
+    if (has_f16) features.push_back(WGPUFeatureName_ShaderF16);
+    // WGSL's `enable subgroups;`: the standard feature, or wgpu-native's name for it.
+    for (auto f : {WGPUFeatureName_Subgroups, static_cast<WGPUFeatureName>(WGPUNativeFeature_Subgroup)}) {
+      if (!has_subgroups && wgpuAdapterHasFeature(adapter_, f)) {
+        has_subgroups = true;
+        features.push_back(f);
+      }
+    }
+
+    struct DeviceResult { WGPUDevice device = nullptr; std::string message; bool done = false; } dr;
+    WGPUDeviceDescriptor ddesc = {};
+    ddesc.requiredFeatureCount = features.size();
+    ddesc.requiredFeatures = features.data();
+    ddesc.requiredLimits = &limits;  // everything the adapter offers (big bindings, big workgroups)
+    ddesc.uncapturedErrorCallbackInfo.callback = [](WGPUDevice const*, WGPUErrorType, WGPUStringView m, void* u, void*) {
+      auto* pending = static_cast<std::string*>(u);
+      if (pending->empty()) *pending = View(m);
+    };
+    ddesc.uncapturedErrorCallbackInfo.userdata1 = &pending_error_;
+    WGPURequestDeviceCallbackInfo dcb = {};
+    dcb.mode = WGPUCallbackMode_AllowProcessEvents;
+    dcb.callback = [](WGPURequestDeviceStatus s, WGPUDevice d, WGPUStringView m, void* u, void*) {
+      auto* r = static_cast<DeviceResult*>(u);
+      if (s == WGPURequestDeviceStatus_Success) r->device = d;
+      r->message = View(m);
+      r->done = true;
+    };
+    dcb.userdata1 = &dr;
+    wgpuAdapterRequestDevice(adapter_, &ddesc, dcb);
+    while (!dr.done) wgpuInstanceProcessEvents(instance_);
+    if (!dr.device) return "the Vulkan adapter " + adapter_name + " refused a device: " + dr.message;
+    device = dr.device;
+    queue = wgpuDeviceGetQueue(device);
+
+    arena_bytes_ = kArenaSlots * kUniformSlot;
+    arena_host_.assign(arena_bytes_, 0);
+    WGPUBufferDescriptor adesc = {};
+    adesc.usage = WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst;
+    adesc.size = arena_bytes_;
+    arena_ = wgpuDeviceCreateBuffer(device, &adesc);
+    return "";
+  }
+
+  static void CheckAligned(size_t offset, const char* what) {
+    if (offset % 4) TVM_FFI_THROW(RuntimeError) << "wgpu: copies need 4-byte aligned offsets; got " << what << " " << offset;
+  }
+
+  WGPUCommandEncoder Encoder() {
+    if (!encoder_) encoder_ = wgpuDeviceCreateCommandEncoder(device, nullptr);
+    return encoder_;
+  }
+
+  void EndPass() {
+    if (!pass_) return;
+    wgpuComputePassEncoderEnd(pass_);
+    wgpuComputePassEncoderRelease(pass_);
+    pass_ = nullptr;
+  }
+
+  WGPUBuffer Staging(size_t nbytes) {
+    if (staging_size_ < nbytes) {
+      if (staging_) { wgpuBufferDestroy(staging_); wgpuBufferRelease(staging_); }
+      WGPUBufferDescriptor desc = {};
+      desc.usage = WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst;
+      desc.size = nbytes;
+      staging_ = wgpuDeviceCreateBuffer(device, &desc);
+      staging_size_ = nbytes;
+    }
+    return staging_;
+  }
+
+  void DropBindGroupsOf(WGPUBuffer buf) {
+    for (auto it = bind_groups_.begin(); it != bind_groups_.end();) {
+      if (std::find(it->first.begin() + 1, it->first.end(), static_cast<void*>(buf)) != it->first.end()) {
+        wgpuBindGroupRelease(it->second);
+        it = bind_groups_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::once_flag init_once_;
+  std::string init_error_;
+  std::string pending_error_;
+  WGPUInstance instance_ = nullptr;
+  WGPUAdapter adapter_ = nullptr;
+  WGPUCommandEncoder encoder_ = nullptr;
+  WGPUComputePassEncoder pass_ = nullptr;
+  WGPUBuffer arena_ = nullptr, staging_ = nullptr;
+  size_t arena_bytes_ = 0, arena_used_ = 0, staging_size_ = 0;
+  std::vector<uint8_t> arena_host_;
+  std::unordered_map<WGPUBuffer, size_t> sizes_;
+  std::map<std::vector<void*>, WGPUBindGroup> bind_groups_;
+};
+
+// ---------------------------------------------------------------------------------------------
+class WgpuDeviceAPI final : public DeviceAPI {
+ public:
+  static WgpuDeviceAPI* Global() {
+    static WgpuDeviceAPI* inst = new WgpuDeviceAPI();
+    return inst;
+  }
+
+  void SetDevice(DLDevice) final {}
+
+  void GetAttr(DLDevice dev, DeviceAttrKind kind, ffi::Any* rv) final {
+    Context* c = Context::Global();
+    if (kind == tvm::runtime::kExist) {
+      *rv = static_cast<int>(dev.device_id == 0 && c->Ready());
+      return;
+    }
+    if (!c->Ready()) return;
+    switch (kind) {
+      case tvm::runtime::kMaxThreadsPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeInvocationsPerWorkgroup); break;
+      case tvm::runtime::kWarpSize: *rv = static_cast<int64_t>(c->has_subgroups && c->subgroup_min ? c->subgroup_min : 1); break;
+      case tvm::runtime::kMaxSharedMemoryPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize); break;
+      case tvm::runtime::kDeviceName: *rv = ffi::String(c->adapter_name); break;
+      case tvm::runtime::kApiVersion: *rv = ffi::String(c->backend); break;
+      default: break;  // not known through WebGPU: the caller sees None
+    }
+  }
+
+  void* AllocDataSpace(DLDevice, size_t nbytes, size_t, DLDataType) final { return Context::Global()->Alloc(nbytes); }
+  void FreeDataSpace(DLDevice, void* ptr) final { Context::Global()->Free(static_cast<WGPUBuffer>(ptr)); }
+  // One queue: streams are all the default one, and it runs in submission order.
+  TVMStreamHandle CreateStream(DLDevice) final { return nullptr; }
+  void FreeStream(DLDevice, TVMStreamHandle) final {}
+  void SetStream(DLDevice, TVMStreamHandle) final {}
+  void SyncStreamFromTo(DLDevice, TVMStreamHandle, TVMStreamHandle) final {}
+  void StreamSync(DLDevice, TVMStreamHandle) final { Context::Global()->Sync(); }
+
+ protected:
+  void CopyDataFromTo(const void* from, size_t from_offset, void* to, size_t to_offset, size_t size,
+                      DLDevice dev_from, DLDevice dev_to, DLDataType, TVMStreamHandle) final {
+    Context* c = Context::Global();
+    bool from_gpu = dev_from.device_type == kDLWebGPU, to_gpu = dev_to.device_type == kDLWebGPU;
+    auto buf = [](const void* p) { return static_cast<WGPUBuffer>(const_cast<void*>(p)); };
+    if (from_gpu && to_gpu) {
+      c->CopyWithin(buf(from), from_offset, buf(to), to_offset, size);
+    } else if (from_gpu && dev_to.device_type == kDLCPU) {
+      c->Download(buf(from), from_offset, static_cast<char*>(to) + to_offset, size);
+    } else if (dev_from.device_type == kDLCPU && to_gpu) {
+      c->Upload(static_cast<const char*>(from) + from_offset, buf(to), to_offset, size);
+    } else {
+      TVM_FFI_THROW(RuntimeError) << "wgpu: copies go between the CPU and the webgpu device only";
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// One WGSL kernel: its pipeline (built on first call) and how its arguments map to bindings.
+class Kernel {
+ public:
+  Kernel(std::string name, std::string wgsl, std::vector<DLDataType> arg_types, std::vector<std::string> tags)
+      : name_(std::move(name)), wgsl_(std::move(wgsl)) {
+    std::vector<int> write_access;
+    for (const std::string& tag : tags) {
+      if (tag.rfind("blockIdx.", 0) == 0) {
+        launch_dims_.push_back(tag.back() - 'x');
+      } else if (tag.rfind("threadIdx.", 0) == 0) {
+        launch_dims_.push_back(3 + tag.back() - 'x');  // fixed in the WGSL's @workgroup_size
+      } else if (tag.rfind("paramWriteAccess:", 0) == 0) {
+        for (char ch : tag.substr(17)) if (ch == '0' || ch == '1') write_access.push_back(ch - '0');
+      } else {
+        TVM_FFI_THROW(RuntimeError) << "wgpu: kernel " << name_ << " has a launch parameter this runtime cannot handle: " << tag;
+      }
+    }
+    for (size_t i = 0; i < arg_types.size(); ++i) {
+      const DLDataType& t = arg_types[i];
+      if (t.code == kDLOpaqueHandle) {
+        buffer_args_.push_back(i);
+      } else if (t.code == kDLInt || t.code == kDLUInt || t.code == kDLFloat) {
+        pod_args_.emplace_back(i, t.code);
+      } else {
+        TVM_FFI_THROW(RuntimeError) << "wgpu: kernel " << name_ << " takes an argument of unsupported type code " << int(t.code);
+      }
+    }
+    TVM_FFI_ICHECK_EQ(write_access.size(), buffer_args_.size()) << "wgpu: kernel " << name_ << ": paramWriteAccess mismatch";
+    write_access_ = write_access;
+  }
+
+  void operator()(ffi::PackedArgs args) {
+    Context* c = Context::Global();
+    if (!pipeline_) Build(c);
+    size_t n_fixed = buffer_args_.size() + pod_args_.size();
+    TVM_FFI_ICHECK_EQ(static_cast<size_t>(args.size()), n_fixed + launch_dims_.size()) << "wgpu: kernel " << name_;
+    uint32_t work[6] = {1, 1, 1, 1, 1, 1};
+    for (size_t i = 0; i < launch_dims_.size(); ++i) work[launch_dims_[i]] = static_cast<uint32_t>(args[n_fixed + i].cast<int64_t>());
+    TVM_FFI_ICHECK_EQ(work[2], 1u) << "wgpu: blockIdx.z is reserved for folding wide grids";
+    uint32_t grid[3] = {work[0], work[1], 1};
+    uint32_t blocks = work[0];
+    if (blocks > kMaxGridDim) {  // fold x into z; the kernel skips blocks past packGridDimX
+      grid[2] = (blocks + kMaxGridDim - 1) / kMaxGridDim;
+      grid[0] = (blocks + grid[2] - 1) / grid[2];
+    }
+    buffers_.clear();
+    for (size_t i : buffer_args_) buffers_.push_back(static_cast<WGPUBuffer>(args[i].cast<void*>()));
+    pod_.clear();
+    for (auto [i, code] : pod_args_) {
+      uint32_t word;
+      if (code == kDLFloat) {
+        float f = static_cast<float>(args[i].cast<double>());
+        std::memcpy(&word, &f, 4);
+      } else {
+        word = static_cast<uint32_t>(args[i].cast<int64_t>());  // WGSL has 32-bit integers only
+      }
+      pod_.push_back(word);
+    }
+    // The generated guard reads `if (block > packGridDimX) return;`: passing blocks - 1 makes the
+    // padding blocks of a folded grid return too (the JavaScript runtime passes blocks and lets one
+    // extra block run).
+    pod_.push_back(blocks - 1);
+    WGPUBindGroup group = c->BindGroup(layout_, buffers_, pod_.size() * 4);
+    c->Dispatch(pipeline_, group, pod_.data(), pod_.size(), grid);
+  }
+
+ private:
+  void Build(Context* c) {
+    c->Require();
+    std::vector<WGPUBindGroupLayoutEntry> entries(buffer_args_.size() + 1);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      entries[i].binding = static_cast<uint32_t>(i);
+      entries[i].visibility = WGPUShaderStage_Compute;
+      if (i < buffer_args_.size()) {
+        entries[i].buffer.type = write_access_[i] ? WGPUBufferBindingType_Storage : WGPUBufferBindingType_ReadOnlyStorage;
+      } else {
+        entries[i].buffer.type = WGPUBufferBindingType_Uniform;
+        entries[i].buffer.hasDynamicOffset = true;
+      }
+    }
+    WGPUBindGroupLayoutDescriptor ldesc = {};
+    ldesc.entryCount = entries.size();
+    ldesc.entries = entries.data();
+    layout_ = wgpuDeviceCreateBindGroupLayout(c->device, &ldesc);
+    WGPUPipelineLayoutDescriptor pdesc = {};
+    pdesc.bindGroupLayoutCount = 1;
+    pdesc.bindGroupLayouts = &layout_;
+    WGPUPipelineLayout playout = wgpuDeviceCreatePipelineLayout(c->device, &pdesc);
+
+    // Naga (wgpu's WGSL compiler) rejects the `enable subgroups;` directive TVM emits but compiles
+    // the subgroup built-ins once the device has the feature: drop the directive.
+    std::string code = wgsl_;
+    size_t at = code.find("enable subgroups;");
+    if (at != std::string::npos) {
+      if (!c->has_subgroups) {
+        TVM_FFI_THROW(RuntimeError) << "wgpu: kernel " << name_ << " uses subgroups, which " << c->adapter_name
+                                    << " lacks; build for a vulkan target without subgroups";
+      }
+      code.erase(at, std::strlen("enable subgroups;"));
+    }
+    WGPUShaderSourceWGSL src = {};
+    src.chain.sType = WGPUSType_ShaderSourceWGSL;
+    src.code = View(code);
+    WGPUShaderModuleDescriptor sdesc = {};
+    sdesc.nextInChain = &src.chain;
+    WGPUShaderModule shader = wgpuDeviceCreateShaderModule(c->device, &sdesc);
+    c->CheckError(("compiling the WGSL of kernel " + name_).c_str());
+    WGPUComputePipelineDescriptor cdesc = {};
+    cdesc.layout = playout;
+    cdesc.compute.module = shader;
+    cdesc.compute.entryPoint = View(name_);
+    pipeline_ = wgpuDeviceCreateComputePipeline(c->device, &cdesc);
+    wgpuShaderModuleRelease(shader);
+    wgpuPipelineLayoutRelease(playout);
+    c->CheckError(("creating the pipeline of kernel " + name_).c_str());
+  }
+
+  std::string name_, wgsl_;
+  std::vector<int> launch_dims_;  // per launch argument: 0-2 blockIdx.xyz, 3-5 threadIdx.xyz
+  std::vector<size_t> buffer_args_;
+  std::vector<std::pair<size_t, uint8_t>> pod_args_;
+  std::vector<int> write_access_;
+  WGPUBindGroupLayout layout_ = nullptr;
+  WGPUComputePipeline pipeline_ = nullptr;
+  std::vector<WGPUBuffer> buffers_;  // scratch, reused per call
+  std::vector<uint32_t> pod_;
+};
+
+class WgpuModule final : public ffi::ModuleObj {
+ public:
+  explicit WgpuModule(std::unordered_map<std::string, std::shared_ptr<Kernel>> kernels, std::string source)
+      : kernels_(std::move(kernels)), source_(std::move(source)) {}
+  const char* kind() const final { return "webgpu"; }
+  ffi::Optional<ffi::Function> GetFunction(const ffi::String& name) final {
+    auto it = kernels_.find(std::string(name));
+    if (it == kernels_.end()) return std::nullopt;
+    std::shared_ptr<Kernel> k = it->second;
+    return ffi::Function([k](ffi::PackedArgs args, ffi::Any*) { (*k)(args); });
+  }
+  ffi::String InspectSource(const ffi::String&) const final { return source_; }
+
+ private:
+  std::unordered_map<std::string, std::shared_ptr<Kernel>> kernels_;
+  std::string source_;
+};
+
+// The bytes TVM's webgpu codegen saves: a map name -> FunctionInfo{name, arg_types, launch tags,
+// extra tags}, then a map name -> WGSL; counts and string lengths are little-endian uint64.
+class Reader {
+ public:
+  explicit Reader(const ffi::Bytes& b) : p_(b.data()), end_(b.data() + b.size()) {}
+  uint64_t U64() { uint64_t v; Take(&v, 8); return v; }
+  std::string Str() { std::string s(U64(), '\0'); Take(s.data(), s.size()); return s; }
+  void Take(void* dst, size_t n) {
+    if (static_cast<size_t>(end_ - p_) < n) TVM_FFI_THROW(RuntimeError) << "wgpu: the library's WGSL module is truncated";
+    std::memcpy(dst, p_, n);
+    p_ += n;
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+};
+
+ffi::Module LoadFromBytes(const ffi::Bytes& bytes) {
+  Reader r(bytes);
+  struct Info { std::vector<DLDataType> types; std::vector<std::string> tags; };
+  std::unordered_map<std::string, Info> infos;
+  for (uint64_t n = r.U64(); n--;) {
+    std::string key = r.Str();
+    Info info;
+    r.Str();  // the FunctionInfo's own name (same as the key)
+    info.types.resize(r.U64());
+    for (DLDataType& t : info.types) r.Take(&t, sizeof(DLDataType));
+    info.tags.resize(r.U64());
+    for (std::string& t : info.tags) t = r.Str();
+    for (uint64_t extra = r.U64(); extra--;) { int32_t tag; r.Take(&tag, 4); }
+    infos.emplace(std::move(key), std::move(info));
+  }
+  std::unordered_map<std::string, std::shared_ptr<Kernel>> kernels;
+  std::string source;
+  for (uint64_t n = r.U64(); n--;) {
+    std::string name = r.Str(), wgsl = r.Str();
+    auto it = infos.find(name);
+    TVM_FFI_ICHECK(it != infos.end()) << "wgpu: kernel " << name << " has no function info";
+    source += wgsl;
+    kernels.emplace(name, std::make_shared<Kernel>(name, std::move(wgsl), it->second.types, it->second.tags));
+  }
+  return ffi::Module(ffi::make_object<WgpuModule>(std::move(kernels), std::move(source)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vulkan memory heaps (WebGPU does not report memory sizes): the sizes of the device-local heaps of
+// the first physical device whose name matches the wgpu adapter, read through the Vulkan loader.
+// Minimal declarations of the few Vulkan entry points used, to need no Vulkan headers.
+struct VkHeaps {
+  uint64_t device_local = 0, total = 0;
+};
+
+VkHeaps QueryVulkanHeaps(const std::string& adapter_name) {
+  struct MemoryHeap { uint64_t size; uint32_t flags; };
+  struct MemoryProperties { uint32_t type_count; struct { uint32_t flags, heap; } types[32]; uint32_t heap_count; MemoryHeap heaps[16]; };
+  struct InstanceCreateInfo { int32_t sType; const void* next; uint32_t flags; const void* app; uint32_t layers; const char* const* layer_names; uint32_t exts; const char* const* ext_names; };
+  // VkPhysicalDeviceProperties up to deviceName: apiVersion, driverVersion, vendorID, deviceID, deviceType.
+  struct DeviceProperties { uint32_t api, driver, vendor, device, type; char name[256]; uint8_t rest[1024]; };
+  using CreateInstance = int32_t (*)(const InstanceCreateInfo*, const void*, void**);
+  using Enumerate = int32_t (*)(void*, uint32_t*, void**);
+  using GetProps = void (*)(void*, DeviceProperties*);
+  using GetMem = void (*)(void*, MemoryProperties*);
+  using Destroy = void (*)(void*, const void*);
+  VkHeaps out;
+  void* lib = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return out;
+  auto create = reinterpret_cast<CreateInstance>(dlsym(lib, "vkCreateInstance"));
+  auto enumerate = reinterpret_cast<Enumerate>(dlsym(lib, "vkEnumeratePhysicalDevices"));
+  auto props = reinterpret_cast<GetProps>(dlsym(lib, "vkGetPhysicalDeviceProperties"));
+  auto mem = reinterpret_cast<GetMem>(dlsym(lib, "vkGetPhysicalDeviceMemoryProperties"));
+  auto destroy = reinterpret_cast<Destroy>(dlsym(lib, "vkDestroyInstance"));
+  InstanceCreateInfo ci = {1 /* VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO */, nullptr, 0, nullptr, 0, nullptr, 0, nullptr};
+  void* inst = nullptr;
+  if (create && enumerate && props && mem && destroy && create(&ci, nullptr, &inst) == 0) {
+    uint32_t n = 0;
+    enumerate(inst, &n, nullptr);
+    std::vector<void*> devs(n);
+    enumerate(inst, &n, devs.data());
+    for (void* d : devs) {
+      DeviceProperties p = {};
+      props(d, &p);
+      if (!adapter_name.empty() && adapter_name != p.name) continue;
+      MemoryProperties m = {};
+      mem(d, &m);
+      for (uint32_t h = 0; h < m.heap_count; ++h) {
+        out.total += m.heaps[h].size;
+        if (m.heaps[h].flags & 1 /* VK_MEMORY_HEAP_DEVICE_LOCAL_BIT */) out.device_local += m.heaps[h].size;
+      }
+      break;
+    }
+    destroy(inst, nullptr);
+  }
+  dlclose(lib);
+  return out;
+}
+
+TVM_FFI_STATIC_INIT_BLOCK() {
+  namespace refl = tvm::ffi::reflection;
+  refl::GlobalDef()
+      .def("ffi.Module.load_from_bytes.webgpu", LoadFromBytes)
+      .def_packed("device_api.webgpu",
+                  [](ffi::PackedArgs, ffi::Any* rv) { *rv = static_cast<void*>(WgpuDeviceAPI::Global()); })
+      .def("mlcgen.wgpu.adapter", []() -> ffi::Map<ffi::String, ffi::Any> {
+        Context* c = Context::Global();
+        ffi::Map<ffi::String, ffi::Any> m;
+        m.Set("error", ffi::String(c->InitError()));
+        if (!c->Ready()) return m;
+        VkHeaps heaps = QueryVulkanHeaps(c->adapter_name);
+        m.Set("name", ffi::String(c->adapter_name));
+        m.Set("backend", ffi::String(c->backend));
+        m.Set("adapter_type", ffi::String(c->adapter_type));
+        m.Set("shader_f16", c->has_f16);
+        m.Set("subgroups", c->has_subgroups);
+        m.Set("subgroup_min_size", static_cast<int64_t>(c->subgroup_min));
+        m.Set("subgroup_max_size", static_cast<int64_t>(c->subgroup_max));
+        m.Set("max_storage_buffer_binding_size", static_cast<int64_t>(c->limits.maxStorageBufferBindingSize));
+        m.Set("max_buffer_size", static_cast<int64_t>(c->limits.maxBufferSize));
+        m.Set("max_workgroup_storage_size", static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize));
+        m.Set("max_invocations_per_workgroup", static_cast<int64_t>(c->limits.maxComputeInvocationsPerWorkgroup));
+        m.Set("device_local_heap_bytes", static_cast<int64_t>(heaps.device_local));
+        m.Set("all_heaps_bytes", static_cast<int64_t>(heaps.total));
+        return m;
+      })
+      .def("mlcgen.wgpu.counters", []() -> ffi::Map<ffi::String, int64_t> {
+        Context* c = Context::Global();
+        ffi::Map<ffi::String, int64_t> m;
+        m.Set("allocated_bytes", static_cast<int64_t>(c->allocated_bytes));
+        m.Set("peak_bytes", static_cast<int64_t>(c->peak_bytes));
+        m.Set("dispatches", static_cast<int64_t>(c->dispatches));
+        m.Set("submissions", static_cast<int64_t>(c->submissions));
+        return m;
+      });
+}
+
+}  // namespace wgpu_plugin
+}  // namespace mlcgen

@@ -1,0 +1,96 @@
+"""Vulkan: WGSL kernels (TVM's webgpu codegen) run by wgpu's Vulkan backend.
+
+The TVM wheel has no SPIR-V codegen and no Vulkan runtime; it does emit WGSL, and wgpu-native
+(in the `wgpu` wheel) compiles WGSL for Vulkan: Mesa's lavapipe on a CPU, RADV on AMD GPUs (the
+Steam Deck), NVIDIA's driver on the GPU machine here. runtime/wgpu/plugin.cc is the device plugin
+that runs such libraries; runtime/vulkan.py builds and loads it.
+
+Subgroups: TVM lowers a cross-thread reduction to subgroup shuffles when the target says the
+device has them, assuming subgroups of exactly `thread_warp_size` lanes. WebGPU cannot pin the
+subgroup width of a pipeline (RADV picks wave32 or wave64 per shader, lavapipe's width follows its
+SIMD width), so presets that run on such drivers reduce through workgroup memory instead; the
+`nvidia` preset, whose subgroups are always 32 wide, uses them (the runtime checks the adapter's
+subgroup width before running such a library).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from . import gpu
+from .schedules.dequant_gemv import GemvKnobs
+
+DEVICE = "vulkan"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Facts and knobs of one device class; each value's source is in PRESETS' comments."""
+
+    description: str
+    subgroup_size: int  # 0: reductions through workgroup memory, no subgroup operations
+    max_threads: int
+    workgroup_bytes: int
+    gemv: GemvKnobs
+    memory_gib: float = 0  # memory the device shares with the model, when known (unified memory)
+    bandwidth_gbs: float = 0
+
+
+PRESETS = {
+    # Any Vulkan device, lavapipe (CI) included: WebGPU's default limits, which every adapter
+    # offers (256 invocations and 16 KiB of workgroup memory per workgroup), no subgroups.
+    # GEMV: 32 lanes per row reduce through workgroup memory; 4 words = one 128-bit load per lane;
+    # activations 4 x fp16 per load (WGSL vectors have at most 4 lanes), in all presets.
+    "generic": Preset("any Vulkan device (WebGPU default limits)", 0, 256, 16384,
+                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
+    # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
+    # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
+    # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
+    # way a full CU's SIMDs) and 32 KiB so two workgroups fit a CU. No subgroups (module note).
+    "steamdeck": Preset("Steam Deck APU (RDNA2, RADV)", 0, 256, 32768,
+                        GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
+                        memory_gib=16, bandwidth_gbs=88.0),
+    # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide;
+    # the GEMV knobs are the CUDA target's (targets/cuda.py), whose sweep they come from.
+    "nvidia": Preset("NVIDIA GPU (Vulkan driver, subgroups of 32)", 32, 1024, 49152,
+                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
+}
+
+
+def default_preset() -> tuple[str, str]:
+    return "generic", "runs on any Vulkan device; vulkan:steamdeck and vulkan:nvidia are tuned presets"
+
+
+def tvm_target(preset: str):
+    from tvm.target import Target
+
+    p = PRESETS[preset]
+    return Target({"kind": "webgpu", "supports_subgroups": p.subgroup_size > 0, "thread_warp_size": max(p.subgroup_size, 1),
+                   "max_num_threads": p.max_threads, "max_shared_memory_per_block": p.workgroup_bytes},
+                  host={"kind": "llvm"})
+
+
+# As on CUDA and ROCm (targets/cuda.py): the GPU path is verified for q4f16_1 only.
+QUANTIZATIONS = ("q4f16_1",)
+QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
+PASS_CONFIG: dict = {}
+
+
+def after_memory_planning_passes(target) -> list:
+    return []
+
+
+def preset_of(target) -> str:
+    attrs = target.attrs
+    return next(name for name, p in PRESETS.items()
+                if (max(p.subgroup_size, 1), p.max_threads, p.workgroup_bytes)
+                == (int(attrs["thread_warp_size"]), int(attrs["max_num_threads"]), int(attrs["max_shared_memory_per_block"])))
+
+
+def schedule_passes(target) -> list:
+    return gpu.schedule_passes(target, PRESETS[preset_of(target)].gemv)
+
+
+def device_code():
+    return nullcontext({})
