@@ -80,7 +80,9 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "model": {"name": model_dir.resolve().name, "family": family.__name__.rsplit(".", 1)[-1], "architecture": arch, "config": cfg.to_dict()},
         "quantization": scheme.name,
         "model_dtype": scheme.model_dtype,
-        "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why},
+        # runtime_facts: what the runtime must check on the device (the Vulkan subgroup width)
+        "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why,
+                   **getattr(target_module, "runtime_facts", lambda _: {})(preset)},
         "context_window": context_window,
         "prefill_chunk": prefill_chunk,
         "page_size": PAGE_SIZE,

@@ -40,7 +40,11 @@ def wgpu_library() -> Path:
 
 def plugin_path() -> Path:
     """Where the plugin for this source and these wheels lives (built or not)."""
-    versions = "\n".join(md.version(p) for p in ("apache-tvm", "apache-tvm-ffi", "wgpu"))
+    import tvm
+    import tvm_ffi
+
+    # tvm's own version string: runtime-only installs (the GPU machine) carry no package metadata
+    versions = f"{tvm.__version__}\n{tvm_ffi.__version__}\n{md.version('wgpu')}"
     key = hashlib.sha256(SOURCE.read_bytes() + versions.encode()).hexdigest()[:16]
     return CACHE / f"libmlcgen_wgpu-{key}.so"
 
@@ -129,19 +133,42 @@ def fit_report(manifest: dict, available: int) -> str | None:
     return f"the model needs {need}: rebuild with --context-window {fits} or less (the largest that fits)"
 
 
+def subgroups_are(facts: dict, width: int) -> bool:
+    """Whether every subgroup is `width` lanes: the default width, and the driver may not pick
+    another (size control, when reported, spans only that width)."""
+    control = (facts["subgroup_min_size"], facts["subgroup_max_size"])
+    return facts["subgroups"] and facts["subgroup_size"] == width and control in ((0, 0), (width, width))
+
+
+def describe_subgroups(facts: dict) -> str:
+    if not facts["subgroups"]:
+        return "no subgroups"
+    return f"subgroups of {facts['subgroup_size']} (the driver may choose {facts['subgroup_min_size']}-{facts['subgroup_max_size']})"
+
+
+def check_bindings(manifest: dict, facts: dict, dist_dir) -> None:
+    """A kernel sees each tensor through one storage-buffer binding, so no param may be larger
+    than the adapter's binding limit (128 MiB on lavapipe; 2 GiB on NVIDIA)."""
+    import numpy as np
+
+    limit = facts["max_storage_buffer_binding_size"]
+    for p in manifest["params"]:
+        nbytes = int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize
+        if nbytes > limit:
+            raise ParamsError(f"{dist_dir}: param {p['name']} is {nbytes / 2**20:.0f} MiB; {facts['name']} binds at most "
+                              f"{limit / 2**20:.0f} MiB per buffer (maxStorageBufferBindingSize). Splitting such tensors "
+                              "across bindings is not implemented: run this model on an adapter with a larger limit")
+
+
 def check_device(manifest: dict, dist_dir) -> dict:
     """Load the plugin and check, before any weight is loaded, that the adapter can run this
     library: subgroups of the width it was compiled for, and memory for the model."""
     facts = adapter()
-    preset = manifest["target"]["name"].partition(":")[2]
-    from ..targets.vulkan import PRESETS
-
-    width = PRESETS[preset].subgroup_size if preset in PRESETS else 0
-    sizes = (facts["subgroup_min_size"], facts["subgroup_max_size"])
-    if width and (not facts["subgroups"] or (sizes != (0, 0) and sizes != (width, width))):
-        raise ParamsError(f"{dist_dir}: built for {manifest['target']['name']} (subgroups of {width}); {facts['name']} "
-                          f"has {'subgroups of ' + '-'.join(map(str, sizes)) if facts['subgroups'] else 'no subgroups'}: "
-                          f"rebuild with --target vulkan")
+    width = manifest["target"].get("subgroup_size", 0)
+    if width and not subgroups_are(facts, width):
+        raise ParamsError(f"{dist_dir}: built for {manifest['target']['name']}, whose kernels assume subgroups of exactly "
+                          f"{width} lanes; {facts['name']} has {describe_subgroups(facts)}: rebuild with --target vulkan")
+    check_bindings(manifest, facts, dist_dir)
     report = fit_report(manifest, usable_memory(facts))
     if report:
         raise ParamsError(f"{dist_dir}: does not fit on {facts['name']}: {report}")

@@ -60,7 +60,6 @@ class Context {
   WGPULimits limits = {};
   std::string adapter_name, backend, adapter_type;
   bool has_f16 = false, has_subgroups = false;
-  uint32_t subgroup_min = 0, subgroup_max = 0;
   size_t allocated_bytes = 0, peak_bytes = 0;
   uint64_t dispatches = 0, submissions = 0;
 
@@ -292,8 +291,6 @@ class Context {
                    : info.adapterType == WGPUAdapterType_IntegratedGPU ? "integrated"
                    : info.adapterType == WGPUAdapterType_CPU           ? "cpu"
                                                                        : "unknown";
-    subgroup_min = info.subgroupMinSize;
-    subgroup_max = info.subgroupMaxSize;
     wgpuAdapterInfoFreeMembers(info);
     wgpuAdapterGetLimits(adapter_, &limits);
 
@@ -414,8 +411,7 @@ class WgpuDeviceAPI final : public DeviceAPI {
     if (!c->Ready()) return;
     switch (kind) {
       case tvm::runtime::kMaxThreadsPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeInvocationsPerWorkgroup); break;
-      case tvm::runtime::kWarpSize: *rv = static_cast<int64_t>(c->has_subgroups && c->subgroup_min ? c->subgroup_min : 1); break;
-      case tvm::runtime::kMaxSharedMemoryPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize); break;
+            case tvm::runtime::kMaxSharedMemoryPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize); break;
       case tvm::runtime::kDeviceName: *rv = ffi::String(c->adapter_name); break;
       case tvm::runtime::kApiVersion: *rv = ffi::String(c->backend); break;
       default: break;  // not known through WebGPU: the caller sees None
@@ -642,33 +638,40 @@ ffi::Module LoadFromBytes(const ffi::Bytes& bytes) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Vulkan memory heaps (WebGPU does not report memory sizes): the sizes of the device-local heaps of
-// the first physical device whose name matches the wgpu adapter, read through the Vulkan loader.
-// Minimal declarations of the few Vulkan entry points used, to need no Vulkan headers.
-struct VkHeaps {
+// Facts WebGPU does not report, read from Vulkan itself for the physical device whose name matches
+// the wgpu adapter: memory heap sizes, and the subgroup width (kernels compiled for subgroups of 32
+// must only run where every subgroup is 32 wide). Declares the few Vulkan structs it reads, so
+// that no Vulkan headers are needed.
+struct VulkanFacts {
   uint64_t device_local = 0, total = 0;
+  uint32_t subgroup_size = 0, subgroup_min = 0, subgroup_max = 0;
 };
 
-VkHeaps QueryVulkanHeaps(const std::string& adapter_name) {
+VulkanFacts QueryVulkan(const std::string& adapter_name) {
   struct MemoryHeap { uint64_t size; uint32_t flags; };
   struct MemoryProperties { uint32_t type_count; struct { uint32_t flags, heap; } types[32]; uint32_t heap_count; MemoryHeap heaps[16]; };
-  struct InstanceCreateInfo { int32_t sType; const void* next; uint32_t flags; const void* app; uint32_t layers; const char* const* layer_names; uint32_t exts; const char* const* ext_names; };
-  // VkPhysicalDeviceProperties up to deviceName: apiVersion, driverVersion, vendorID, deviceID, deviceType.
-  struct DeviceProperties { uint32_t api, driver, vendor, device, type; char name[256]; uint8_t rest[1024]; };
+  struct AppInfo { int32_t sType; const void* next; const char* app; uint32_t app_version; const char* engine; uint32_t engine_version; uint32_t api; };
+  struct InstanceCreateInfo { int32_t sType; const void* next; uint32_t flags; const AppInfo* app; uint32_t layers; const char* const* layer_names; uint32_t exts; const char* const* ext_names; };
+  struct SubgroupProperties { int32_t sType; void* next; uint32_t size, stages, operations, quad; };
+  struct SizeControlProperties { int32_t sType; void* next; uint32_t min, max, max_workgroup_subgroups, stages; };
+  // VkPhysicalDeviceProperties2: sType, pNext, then VkPhysicalDeviceProperties (whose deviceName
+  // follows five uint32s); the rest of it is left to the driver to fill.
+  struct Properties2 { int32_t sType; void* next; uint32_t api, driver, vendor, device, type; char name[256]; uint8_t rest[4096]; };
   using CreateInstance = int32_t (*)(const InstanceCreateInfo*, const void*, void**);
   using Enumerate = int32_t (*)(void*, uint32_t*, void**);
-  using GetProps = void (*)(void*, DeviceProperties*);
+  using GetProps2 = void (*)(void*, Properties2*);
   using GetMem = void (*)(void*, MemoryProperties*);
   using Destroy = void (*)(void*, const void*);
-  VkHeaps out;
+  VulkanFacts out;
   void* lib = dlopen("libvulkan.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!lib) return out;
   auto create = reinterpret_cast<CreateInstance>(dlsym(lib, "vkCreateInstance"));
   auto enumerate = reinterpret_cast<Enumerate>(dlsym(lib, "vkEnumeratePhysicalDevices"));
-  auto props = reinterpret_cast<GetProps>(dlsym(lib, "vkGetPhysicalDeviceProperties"));
+  auto props = reinterpret_cast<GetProps2>(dlsym(lib, "vkGetPhysicalDeviceProperties2"));
   auto mem = reinterpret_cast<GetMem>(dlsym(lib, "vkGetPhysicalDeviceMemoryProperties"));
   auto destroy = reinterpret_cast<Destroy>(dlsym(lib, "vkDestroyInstance"));
-  InstanceCreateInfo ci = {1 /* VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO */, nullptr, 0, nullptr, 0, nullptr, 0, nullptr};
+  AppInfo app = {0 /* APPLICATION_INFO */, nullptr, "mlcgen", 0, "mlcgen", 0, (1u << 22) | (1u << 12) /* 1.1 */};
+  InstanceCreateInfo ci = {1 /* INSTANCE_CREATE_INFO */, nullptr, 0, &app, 0, nullptr, 0, nullptr};
   void* inst = nullptr;
   if (create && enumerate && props && mem && destroy && create(&ci, nullptr, &inst) == 0) {
     uint32_t n = 0;
@@ -676,14 +679,21 @@ VkHeaps QueryVulkanHeaps(const std::string& adapter_name) {
     std::vector<void*> devs(n);
     enumerate(inst, &n, devs.data());
     for (void* d : devs) {
-      DeviceProperties p = {};
-      props(d, &p);
-      if (!adapter_name.empty() && adapter_name != p.name) continue;
+      auto p = std::make_unique<Properties2>();
+      SizeControlProperties size_control = {1000225000 /* SUBGROUP_SIZE_CONTROL_PROPERTIES */, nullptr, 0, 0, 0, 0};
+      SubgroupProperties subgroup = {1000094000 /* SUBGROUP_PROPERTIES */, &size_control, 0, 0, 0, 0};
+      p->sType = 1000059001;  // PHYSICAL_DEVICE_PROPERTIES_2
+      p->next = &subgroup;
+      props(d, p.get());
+      if (!adapter_name.empty() && adapter_name != p->name) continue;
+      out.subgroup_size = subgroup.size;
+      out.subgroup_min = size_control.min;
+      out.subgroup_max = size_control.max;
       MemoryProperties m = {};
       mem(d, &m);
       for (uint32_t h = 0; h < m.heap_count; ++h) {
         out.total += m.heaps[h].size;
-        if (m.heaps[h].flags & 1 /* VK_MEMORY_HEAP_DEVICE_LOCAL_BIT */) out.device_local += m.heaps[h].size;
+        if (m.heaps[h].flags & 1 /* HEAP_DEVICE_LOCAL */) out.device_local += m.heaps[h].size;
       }
       break;
     }
@@ -704,20 +714,21 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         ffi::Map<ffi::String, ffi::Any> m;
         m.Set("error", ffi::String(c->InitError()));
         if (!c->Ready()) return m;
-        VkHeaps heaps = QueryVulkanHeaps(c->adapter_name);
+        VulkanFacts vk = QueryVulkan(c->adapter_name);
         m.Set("name", ffi::String(c->adapter_name));
         m.Set("backend", ffi::String(c->backend));
         m.Set("adapter_type", ffi::String(c->adapter_type));
         m.Set("shader_f16", c->has_f16);
         m.Set("subgroups", c->has_subgroups);
-        m.Set("subgroup_min_size", static_cast<int64_t>(c->subgroup_min));
-        m.Set("subgroup_max_size", static_cast<int64_t>(c->subgroup_max));
+        m.Set("subgroup_size", static_cast<int64_t>(vk.subgroup_size));
+        m.Set("subgroup_min_size", static_cast<int64_t>(vk.subgroup_min));
+        m.Set("subgroup_max_size", static_cast<int64_t>(vk.subgroup_max));
         m.Set("max_storage_buffer_binding_size", static_cast<int64_t>(c->limits.maxStorageBufferBindingSize));
         m.Set("max_buffer_size", static_cast<int64_t>(c->limits.maxBufferSize));
         m.Set("max_workgroup_storage_size", static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize));
         m.Set("max_invocations_per_workgroup", static_cast<int64_t>(c->limits.maxComputeInvocationsPerWorkgroup));
-        m.Set("device_local_heap_bytes", static_cast<int64_t>(heaps.device_local));
-        m.Set("all_heaps_bytes", static_cast<int64_t>(heaps.total));
+        m.Set("device_local_heap_bytes", static_cast<int64_t>(vk.device_local));
+        m.Set("all_heaps_bytes", static_cast<int64_t>(vk.total));
         return m;
       })
       .def("mlcgen.wgpu.counters", []() -> ffi::Map<ffi::String, int64_t> {

@@ -1,0 +1,138 @@
+"""The Vulkan target on this machine: WGSL kernels through our wgpu plugin on Mesa's lavapipe (a
+Vulkan driver running on the CPU), against the CPU build and numpy."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tvm
+
+from mlcgen.compiler.build import _memory_estimate, plan
+from mlcgen.compiler.quantization import get_quantization
+from mlcgen.errors import ParamsError
+from mlcgen.runtime import vulkan
+from mlcgen.runtime.engine import Engine
+from mlcgen.targets import vulkan as vulkan_target
+
+from conftest import rel_err
+
+MLCGEN = [sys.executable, "-c", "from mlcgen.cli import main; main()"]
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def lavapipe():
+    facts = vulkan.adapter()
+    assert facts["backend"] == "Vulkan" and facts["shader_f16"], facts
+    return facts
+
+
+def greedy(engine, prompt, steps):
+    logits, tokens, all_logits = engine.prefill(prompt), [], []
+    for _ in range(steps):
+        tokens.append(int(logits.argmax()))
+        all_logits.append(logits)
+        logits = engine.decode(tokens[-1])
+    return tokens, all_logits
+
+
+def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe):
+    cpu = Engine(builds.dist("gqa_tied", "q4f16_1"))
+    gpu = Engine(builds.dist("gqa_tied", "q4f16_1", target="vulkan"), device="vulkan")
+    assert gpu.device.dlpack_device_type() == 15  # kDLWebGPU: run by our plugin
+    prompt = [1, 7, 99, 250, 13, 42, 5, 77]
+    cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
+    gpu_tokens, gpu_logits = greedy(gpu, prompt, 32)
+    assert gpu_tokens == cpu_tokens
+    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
+    counters = vulkan.counters()
+    assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
+
+
+def test_chat_cli_on_vulkan(builds, lavapipe):
+    script = "/set temperature=0\n/set max_gen_len=12\nHello there, how are you?\n/exit\n"
+    replies = {}
+    for target, device in (("cpu", "cpu"), ("vulkan", "vulkan")):
+        dist = builds.dist("chat-llama-2", "q4f16_1", target=target)
+        out = subprocess.run([*MLCGEN, "chat", str(dist), "--device", device], input=script, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        reply = out.stdout.split(">>> Hello there, how are you?", 1)[1].split(">>>", 1)[0].strip()
+        assert reply and "Traceback" not in out.stderr
+        replies[device] = reply
+    assert replies["vulkan"] == replies["cpu"]
+
+
+def gemv_func(n, k):
+    """The decode matmul as compiler/layers.py writes it: a float32 dequantize block, the matmul, a cast."""
+    from tvm import te
+
+    from mlcgen.compiler.layers import DEQUANTIZE
+
+    q4 = get_quantization("q4f16_1")
+    x = te.placeholder((1, 1, k), "float16", "x")
+    w = te.placeholder((n, k // 8), "uint32", "w")
+    s = te.placeholder((n, k // 32), "float16", "s")
+    r = te.reduce_axis((0, k), "r")
+    deq = te.compute((n, k), lambda j, kk: q4.dequantize(w, s, j, kk, "float32"), name=DEQUANTIZE)
+    acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * deq[j, r], axis=r), name="matmul")
+    return te.create_prim_func([x, w, s, te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")])
+
+
+@pytest.mark.parametrize("preset", ["generic", "steamdeck"])
+def test_preset_gemv_schedule_on_lavapipe_vs_numpy(preset, lavapipe, tmp_path):
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    n, k = 256, 1024
+    target = vulkan_target.tvm_target(preset)
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(vulkan_target.PRESETS[preset].gemv))(tvm.IRModule({"main": gemv_func(n, k)}))
+    assert mod["main"].attrs.get("tirx.is_scheduled")
+    tvm.compile(mod, target).export_library(str(tmp_path / "gemv.so"))
+    lib = tvm.runtime.load_module(str(tmp_path / "gemv.so"))
+    q4 = get_quantization("q4f16_1")
+    rng = np.random.default_rng(0)
+    qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+    x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
+    dev = tvm.device("webgpu", 0)
+    y = tvm.runtime.empty((1, 1, n), "float16", dev)
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
+    ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
+    assert rel_err(y.numpy().astype(np.float32)[0, 0], ref) <= 1e-3
+
+
+def test_subgroup_library_refused_where_subgroups_are_not_32_wide(lavapipe):
+    assert not vulkan.subgroups_are(lavapipe, 32)  # lavapipe's subgroups follow its SIMD width
+    with pytest.raises(ParamsError, match="subgroups of exactly 32 lanes.*rebuild with --target vulkan"):
+        vulkan.check_device({"target": {"name": "vulkan:nvidia", "subgroup_size": 32}}, "dist/x")
+
+
+def test_buffer_too_large_for_a_binding_is_a_clear_error(lavapipe):
+    limit = lavapipe["max_storage_buffer_binding_size"]
+    with pytest.raises(ParamsError, match="model.embed_tokens.q_weight.*binds at most"):
+        vulkan.check_bindings({"params": [{"name": "model.embed_tokens.q_weight", "shape": [limit // 4 + 1], "dtype": "uint32"}]},
+                              lavapipe, "dist/x")
+
+
+def llama2_7b_manifest(tmp_path, context_window):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+              "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "torch_dtype": "float16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    manifest = plan(tmp_path, "q4f16_1", "vulkan:steamdeck", context_window=context_window).manifest
+    manifest["memory"] = _memory_estimate(manifest, temporaries=GIB // 2)  # above the ~0.3 GiB a 7B build plans
+    return manifest
+
+
+def test_steam_deck_fits_7b_with_2048_context_and_says_what_fits_otherwise(tmp_path):
+    budget = int(vulkan_target.PRESETS["steamdeck"].model_memory_gib * GIB)
+    assert vulkan.fit_report(llama2_7b_manifest(tmp_path, 2048), budget) is None
+    too_long = llama2_7b_manifest(tmp_path, 65536)
+    report = vulkan.fit_report(too_long, budget)
+    fits = int(report.rsplit("--context-window ", 1)[1].split()[0])
+    assert 2048 < fits < 65536
+    assert vulkan.fit_report(llama2_7b_manifest(tmp_path, fits), budget) is None
+    assert vulkan.fit_report(llama2_7b_manifest(tmp_path, fits + 1024), budget) is not None
