@@ -6,7 +6,8 @@
 Llama-2-7B shape, q4f16_1, random weights generated on the device, for the presets `vulkan:nvidia`
 (subgroup reductions) and `vulkan` (generic: workgroup-memory reductions). Decode tok/s at contexts
 128 and 1024 (64 timed steps, logits copied to the host each step as a chat does), prefill tok/s for
-512 tokens, and kernels dispatched and queue submissions per decode step. The bound is (weight +
+512 tokens, and per decode step: kernels dispatched, queue submissions, and the host time not spent
+waiting for the GPU. The bound is (weight +
 KV bytes read per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the
 same run (torch's CUDA copy is printed beside it). The two presets' logits are compared on the same
 weights, as a check of the subgroup kernels.
@@ -110,6 +111,8 @@ def measure(dist_dir: Path, bandwidth: float) -> tuple[dict, np.ndarray]:
         after = vulkan.counters()
         result["dispatches_per_step"] = (after["dispatches"] - before["dispatches"]) / STEPS
         result["submissions_per_step"] = (after["submissions"] - before["submissions"]) / STEPS
+        # host time not spent waiting for the GPU: recording, validation, Python, the VM
+        result["host_ms_per_step"] = 1e3 / result["decode"][context] - (after["wait_ns"] - before["wait_ns"]) / 1e6 / STEPS
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
     prefill = []
     for _ in range(3):
@@ -157,10 +160,10 @@ def report(r: dict) -> None:
           f"subgroups {f['subgroup_size']}, max storage binding {f['max_storage_buffer_binding_size'] / 2**20:.0f} MiB")
     torch_copy = f", torch CUDA copy {r['torch_copy_gbs']:.0f} GB/s" if r["torch_copy_gbs"] else ""
     print(f"copy bandwidth: WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s{torch_copy}")
-    print(f"\nLlama-2-7B shape, q4f16_1 | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS) + " | prefill 512 | dispatches, submissions per step")
+    print(f"\nLlama-2-7B shape, q4f16_1 | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS) + " | prefill 512 | dispatches, submissions, host ms per step")
     for target, m in r["presets"].items():
         cells = [f"{m['decode'][c]:.1f} tok/s ({m['decode'][c] / m['bound'][c]:.0%} of {m['bound'][c]:.0f})" for c in CONTEXTS]
-        print(f"{target} | " + " | ".join(cells) + f" | {m['prefill']:.0f} tok/s | {m['dispatches_per_step']:.0f}, {m['submissions_per_step']:.1f}")
+        print(f"{target} | " + " | ".join(cells) + f" | {m['prefill']:.0f} tok/s | {m['dispatches_per_step']:.0f}, {m['submissions_per_step']:.1f}, {m['host_ms_per_step']:.1f}")
     print(f"\nvulkan:nvidia vs vulkan logits (same weights, 32-token prefill): rel. error {r['preset_logit_rel_err']:.2e}, "
           f"same top-1: {r['preset_same_top1']}")
     for target, m in r["presets"].items():

@@ -100,6 +100,20 @@ def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
         click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s")
 
 
+@main.command("vulkan-info")
+@_user_errors
+def vulkan_info():
+    """Build (once) the Vulkan device plugin and print what the Vulkan adapter offers."""
+    from .runtime import vulkan
+
+    facts = vulkan.adapter()
+    click.echo(f"plugin: {vulkan.plugin_path()}")
+    for key, value in facts.items():
+        if key != "error":
+            click.echo(f"{key}: {value}")
+    click.echo(f"runs vulkan:nvidia (subgroup) libraries: {vulkan.subgroups_are(facts, 32)}")
+
+
 @main.command()
 @click.argument("dist_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

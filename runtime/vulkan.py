@@ -98,7 +98,8 @@ def adapter() -> dict:
 
 
 def counters() -> dict:
-    """Bytes allocated (now, peak), kernels dispatched and submissions made so far."""
+    """Bytes allocated (now, peak), kernels dispatched, submissions made and host time blocked on
+    the GPU (wait_ns) so far."""
     import tvm_ffi
 
     load()
@@ -162,12 +163,17 @@ def check_bindings(manifest: dict, facts: dict, dist_dir) -> None:
 
 def check_device(manifest: dict, dist_dir) -> dict:
     """Load the plugin and check, before any weight is loaded, that the adapter can run this
-    library: subgroups of the width it was compiled for, and memory for the model."""
-    facts = adapter()
-    width = manifest["target"].get("subgroup_size", 0)
+    library: subgroups of the width it was compiled for, workgroup limits, bindings, memory."""
+    facts, target = adapter(), manifest["target"]
+    width = target.get("subgroup_size", 0)
     if width and not subgroups_are(facts, width):
-        raise ParamsError(f"{dist_dir}: built for {manifest['target']['name']}, whose kernels assume subgroups of exactly "
+        raise ParamsError(f"{dist_dir}: built for {target['name']}, whose kernels assume subgroups of exactly "
                           f"{width} lanes; {facts['name']} has {describe_subgroups(facts)}: rebuild with --target vulkan")
+    for need, have, what in ((target.get("workgroup_bytes", 0), facts["max_workgroup_storage_size"], "bytes of workgroup memory"),
+                             (target.get("max_threads", 0), facts["max_invocations_per_workgroup"], "invocations per workgroup")):
+        if need > have:
+            raise ParamsError(f"{dist_dir}: built for {target['name']}, whose kernels use up to {need} {what}; "
+                              f"{facts['name']} offers {have}: rebuild with --target vulkan")
     check_bindings(manifest, facts, dist_dir)
     report = fit_report(manifest, usable_memory(facts))
     if report:

@@ -86,8 +86,9 @@ def after_memory_planning_passes(target) -> list:
 
 
 def runtime_facts(preset: str) -> dict:
-    """Recorded in the manifest: the runtime refuses a subgroup library where subgroups differ."""
-    return {"subgroup_size": PRESETS[preset].subgroup_size}
+    """Recorded in the manifest, checked by the runtime against the adapter before loading."""
+    p = PRESETS[preset]
+    return {"subgroup_size": p.subgroup_size, "workgroup_bytes": p.workgroup_bytes, "max_threads": p.max_threads}
 
 
 def schedule_passes(target) -> list:

@@ -2,6 +2,7 @@
 Vulkan driver running on the CPU), against the CPU build and numpy."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe):
     cpu = Engine(builds.dist("gqa_tied", "q4f16_1"))
     gpu = Engine(builds.dist("gqa_tied", "q4f16_1", target="vulkan"), device="vulkan")
     assert gpu.device.dlpack_device_type() == 15  # kDLWebGPU: run by our plugin
-    prompt = [1, 7, 99, 250, 13, 42, 5, 77]
+    prompt = [1, 7, 99, 25, 13, 42, 5, 77]  # ids below the tiny vocabulary of 100
     cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
     gpu_tokens, gpu_logits = greedy(gpu, prompt, 32)
     assert gpu_tokens == cpu_tokens
@@ -110,6 +111,12 @@ def test_subgroup_library_refused_where_subgroups_are_not_32_wide(lavapipe):
         vulkan.check_device({"target": {"name": "vulkan:nvidia", "subgroup_size": 32}}, "dist/x")
 
 
+def test_library_needing_more_workgroup_memory_than_the_adapter_is_refused(lavapipe):
+    target = {"name": "vulkan:big", "workgroup_bytes": lavapipe["max_workgroup_storage_size"] + 1}
+    with pytest.raises(ParamsError, match="bytes of workgroup memory.*rebuild with --target vulkan"):
+        vulkan.check_device({"target": target}, "dist/x")
+
+
 def test_buffer_too_large_for_a_binding_is_a_clear_error(lavapipe):
     limit = lavapipe["max_storage_buffer_binding_size"]
     with pytest.raises(ParamsError, match="model.embed_tokens.q_weight.*binds at most"):
@@ -136,3 +143,17 @@ def test_steam_deck_fits_7b_with_2048_context_and_says_what_fits_otherwise(tmp_p
     assert 2048 < fits < 65536
     assert vulkan.fit_report(llama2_7b_manifest(tmp_path, fits), budget) is None
     assert vulkan.fit_report(llama2_7b_manifest(tmp_path, fits + 1024), budget) is not None
+
+
+def test_missing_vulkan_driver_is_a_clear_error(lavapipe):
+    env = {**os.environ, "VK_DRIVER_FILES": "/nonexistent/icd.json"}
+    out = subprocess.run([*MLCGEN, "vulkan-info"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0
+    assert "no Vulkan adapter found" in out.stderr and "apt-get install mesa-vulkan-drivers" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_vulkan_info_reports_the_adapter(lavapipe):
+    out = subprocess.run([*MLCGEN, "vulkan-info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"name: {lavapipe['name']}" in out.stdout and "runs vulkan:nvidia (subgroup) libraries: False" in out.stdout

@@ -20,11 +20,12 @@
 #include <webgpu.h>
 #include <wgpu.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -62,6 +63,7 @@ class Context {
   bool has_f16 = false, has_subgroups = false;
   size_t allocated_bytes = 0, peak_bytes = 0;
   uint64_t dispatches = 0, submissions = 0;
+  uint64_t wait_ns = 0;  // host time blocked on the GPU (read-backs, syncs)
 
   bool Ready() { Init(); return device != nullptr; }
   const std::string& InitError() { Init(); return init_error_; }
@@ -152,10 +154,12 @@ class Context {
     cb.userdata1 = &done;
     cb.userdata2 = &status;
     wgpuBufferMapAsync(staging, WGPUMapMode_Read, 0, words, cb);
+    auto start = std::chrono::steady_clock::now();
     while (!done) {
       wgpuDevicePoll(device, true, nullptr);
       wgpuInstanceProcessEvents(instance_);
     }
+    wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
     CheckError("reading back");
     TVM_FFI_ICHECK(status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
     std::memcpy(dst, wgpuBufferGetConstMappedRange(staging, 0, words), nbytes);
@@ -205,7 +209,9 @@ class Context {
   void Sync() {
     if (!device) return;
     Flush();
+    auto start = std::chrono::steady_clock::now();
     wgpuDevicePoll(device, true, nullptr);
+    wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
     CheckError("running kernels");
   }
 
@@ -239,12 +245,6 @@ class Context {
     CheckError("creating a bind group");
     bind_groups_.emplace(std::move(key), group);
     return group;
-  }
-
-  std::string Shorthand() const {
-    std::ostringstream os;
-    os << adapter_name << " (" << backend << ")";
-    return os.str();
   }
 
  private:
@@ -738,6 +738,7 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         m.Set("peak_bytes", static_cast<int64_t>(c->peak_bytes));
         m.Set("dispatches", static_cast<int64_t>(c->dispatches));
         m.Set("submissions", static_cast<int64_t>(c->submissions));
+        m.Set("wait_ns", static_cast<int64_t>(c->wait_ns));
         return m;
       });
 }
