@@ -35,14 +35,22 @@ def library_manifest(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in POST_COMPILE_KEYS}
 
 
+def param_bytes(param: dict) -> int:
+    """Bytes of one manifest param ({"shape", "dtype"})."""
+    return int(np.prod(param["shape"])) * np.dtype(param["dtype"]).itemsize
+
+
 def params_bytes(manifest: dict) -> int:
-    return sum(int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize for p in manifest["params"])
+    return sum(param_bytes(p) for p in manifest["params"])
+
+
+def kv_cache_bytes_per_token(manifest: dict) -> int:
+    """K and V of one token, every layer."""
+    cfg = manifest["model"]["config"]
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * np.dtype(manifest["model_dtype"]).itemsize
 
 
 def kv_cache_bytes(manifest: dict) -> int:
     """K and V for every layer over the whole context window, rounded up to whole pages."""
-    cfg = manifest["model"]["config"]
     page = manifest["page_size"]
-    tokens = -(-manifest["context_window"] // page) * page
-    per_token = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"]
-    return per_token * tokens * np.dtype(manifest["model_dtype"]).itemsize
+    return kv_cache_bytes_per_token(manifest) * (-(-manifest["context_window"] // page) * page)

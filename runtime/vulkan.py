@@ -50,7 +50,7 @@ def plugin_path() -> Path:
 
 
 def build_plugin() -> Path:
-    """Compile the plugin if this source/wheel combination has not been compiled yet (~30 s)."""
+    """Compile the plugin if this source/wheel combination has not been compiled yet (~10 s)."""
     out = plugin_path()
     if out.is_file():
         return out
@@ -129,8 +129,8 @@ def fit_report(manifest: dict, available: int) -> str | None:
             f"{mem['temporary_bytes'] / GIB:.2f}), the adapter offers {available / GIB:.2f} GiB")
     if fixed >= available:
         return f"the model needs {need}: its weights alone do not fit; use a smaller model"
-    per_token = dist.kv_cache_bytes(manifest) / -(-manifest["context_window"] // manifest["page_size"] * manifest["page_size"])
-    fits = int((available - fixed) / per_token) // manifest["page_size"] * manifest["page_size"]
+    page = manifest["page_size"]
+    fits = (available - fixed) // dist.kv_cache_bytes_per_token(manifest) // page * page
     return f"the model needs {need}: rebuild with --context-window {fits} or less (the largest that fits)"
 
 
@@ -150,11 +150,11 @@ def describe_subgroups(facts: dict) -> str:
 def check_bindings(manifest: dict, facts: dict, dist_dir) -> None:
     """A kernel sees each tensor through one storage-buffer binding, so no param may be larger
     than the adapter's binding limit (128 MiB on lavapipe; 2 GiB on NVIDIA)."""
-    import numpy as np
+    from . import dist
 
     limit = facts["max_storage_buffer_binding_size"]
     for p in manifest["params"]:
-        nbytes = int(np.prod(p["shape"])) * np.dtype(p["dtype"]).itemsize
+        nbytes = dist.param_bytes(p)
         if nbytes > limit:
             raise ParamsError(f"{dist_dir}: param {p['name']} is {nbytes / 2**20:.0f} MiB; {facts['name']} binds at most "
                               f"{limit / 2**20:.0f} MiB per buffer (maxStorageBufferBindingSize). Splitting such tensors "

@@ -28,13 +28,11 @@ DEVICE = "vulkan"
 class Preset:
     """Facts and knobs of one device class; each value's source is in PRESETS' comments."""
 
-    description: str
     subgroup_size: int  # 0: reductions through workgroup memory, no subgroup operations
     max_threads: int
     workgroup_bytes: int
     gemv: GemvKnobs
     model_memory_gib: float = 0  # memory a model may take, for devices whose memory is known (unified)
-    bandwidth_gbs: float = 0
 
 
 PRESETS = {
@@ -44,7 +42,7 @@ PRESETS = {
     # need 16.25), no subgroups.
     # GEMV: 32 lanes per row reduce through workgroup memory; 4 words = one 128-bit load per lane;
     # activations 4 x fp16 per load (WGSL vectors have at most 4 lanes), in all presets.
-    "generic": Preset("any Vulkan device", 0, 256, 32768,
+    "generic": Preset(0, 256, 32768,
                       GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
@@ -52,12 +50,12 @@ PRESETS = {
     # way a full CU's SIMDs) and 32 KiB so two workgroups fit a CU. No subgroups (module note).
     # Of the 16 GB we leave 4 to SteamOS and its UI: a model may take 12 GiB (a 7B q4f16_1 model
     # with a 2048-token context needs ~4.5: tests/test_vulkan.py).
-    "steamdeck": Preset("Steam Deck APU (RDNA2, RADV)", 0, 256, 32768,
+    "steamdeck": Preset(0, 256, 32768,
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
-                        model_memory_gib=12, bandwidth_gbs=88.0),
+                        model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide;
     # the GEMV knobs are the CUDA target's (targets/cuda.py), whose sweep they come from.
-    "nvidia": Preset("NVIDIA GPU (Vulkan driver, subgroups of 32)", 32, 1024, 49152,
+    "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
 }
 
