@@ -40,6 +40,7 @@ namespace ffi = tvm::ffi;
 constexpr uint32_t kMaxGridDim = 65535;     // WebGPU's default maxComputeWorkgroupsPerDimension
 constexpr size_t kUniformSlot = 256;        // minUniformBufferOffsetAlignment on every adapter we met
 constexpr size_t kArenaSlots = 4096;        // dispatches per submission before a forced flush
+constexpr size_t kArenaBytes = kArenaSlots * kUniformSlot;
 
 std::string View(WGPUStringView s) {
   if (!s.data) return "";
@@ -159,7 +160,7 @@ class Context {
       wgpuDevicePoll(device, true, nullptr);
       wgpuInstanceProcessEvents(instance_);
     }
-    wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    CountWait(start);
     CheckError("reading back");
     TVM_FFI_ICHECK(status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
     std::memcpy(dst, wgpuBufferGetConstMappedRange(staging, 0, words), nbytes);
@@ -180,7 +181,7 @@ class Context {
   // in WebGPU); copies end it.
   void Dispatch(WGPUComputePipeline pipeline, WGPUBindGroup group, const uint32_t* pod, size_t pod_words,
                 const uint32_t grid[3]) {
-    if ((arena_used_ + 1) * kUniformSlot > arena_bytes_) Flush();
+    if (arena_used_ == kArenaSlots) Flush();
     if (!pass_) pass_ = wgpuCommandEncoderBeginComputePass(Encoder(), nullptr);
     uint32_t offset = static_cast<uint32_t>(arena_used_ * kUniformSlot);
     std::memcpy(arena_host_.data() + offset, pod, pod_words * 4);
@@ -211,17 +212,15 @@ class Context {
     Flush();
     auto start = std::chrono::steady_clock::now();
     wgpuDevicePoll(device, true, nullptr);
-    wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    CountWait(start);
     CheckError("running kernels");
   }
 
-  WGPUBuffer arena() const { return arena_; }
-
   // Bind groups keyed by (layout, buffers); dropped when one of their buffers is freed.
   WGPUBindGroup BindGroup(WGPUBindGroupLayout layout, const std::vector<WGPUBuffer>& buffers, size_t pod_bytes) {
-    std::vector<void*> key{layout};
-    key.insert(key.end(), buffers.begin(), buffers.end());
-    auto it = bind_groups_.find(key);
+    key_.assign(1, layout);  // a member: no allocation per dispatch once warm
+    key_.insert(key_.end(), buffers.begin(), buffers.end());
+    auto it = bind_groups_.find(key_);
     if (it != bind_groups_.end()) return it->second;
     std::vector<WGPUBindGroupEntry> entries(buffers.size() + 1);
     for (size_t i = 0; i < buffers.size(); ++i) {
@@ -243,7 +242,7 @@ class Context {
     desc.entries = entries.data();
     WGPUBindGroup group = wgpuDeviceCreateBindGroup(device, &desc);
     CheckError("creating a bind group");
-    bind_groups_.emplace(std::move(key), group);
+    bind_groups_.emplace(key_, group);
     return group;
   }
 
@@ -330,13 +329,16 @@ class Context {
     device = dr.device;
     queue = wgpuDeviceGetQueue(device);
 
-    arena_bytes_ = kArenaSlots * kUniformSlot;
-    arena_host_.assign(arena_bytes_, 0);
+    arena_host_.assign(kArenaBytes, 0);
     WGPUBufferDescriptor adesc = {};
     adesc.usage = WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst;
-    adesc.size = arena_bytes_;
+    adesc.size = kArenaBytes;
     arena_ = wgpuDeviceCreateBuffer(device, &adesc);
     return "";
+  }
+
+  void CountWait(std::chrono::steady_clock::time_point start) {
+    wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   }
 
   static void CheckAligned(size_t offset, const char* what) {
@@ -386,10 +388,11 @@ class Context {
   WGPUCommandEncoder encoder_ = nullptr;
   WGPUComputePassEncoder pass_ = nullptr;
   WGPUBuffer arena_ = nullptr, staging_ = nullptr;
-  size_t arena_bytes_ = 0, arena_used_ = 0, staging_size_ = 0;
+  size_t arena_used_ = 0, staging_size_ = 0;
   std::vector<uint8_t> arena_host_;
   std::unordered_map<WGPUBuffer, size_t> sizes_;
   std::map<std::vector<void*>, WGPUBindGroup> bind_groups_;
+  std::vector<void*> key_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -411,7 +414,7 @@ class WgpuDeviceAPI final : public DeviceAPI {
     if (!c->Ready()) return;
     switch (kind) {
       case tvm::runtime::kMaxThreadsPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeInvocationsPerWorkgroup); break;
-            case tvm::runtime::kMaxSharedMemoryPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize); break;
+      case tvm::runtime::kMaxSharedMemoryPerBlock: *rv = static_cast<int64_t>(c->limits.maxComputeWorkgroupStorageSize); break;
       case tvm::runtime::kDeviceName: *rv = ffi::String(c->adapter_name); break;
       case tvm::runtime::kApiVersion: *rv = ffi::String(c->backend); break;
       default: break;  // not known through WebGPU: the caller sees None
@@ -451,14 +454,13 @@ class Kernel {
  public:
   Kernel(std::string name, std::string wgsl, std::vector<DLDataType> arg_types, std::vector<std::string> tags)
       : name_(std::move(name)), wgsl_(std::move(wgsl)) {
-    std::vector<int> write_access;
     for (const std::string& tag : tags) {
       if (tag.rfind("blockIdx.", 0) == 0) {
         launch_dims_.push_back(tag.back() - 'x');
       } else if (tag.rfind("threadIdx.", 0) == 0) {
         launch_dims_.push_back(3 + tag.back() - 'x');  // fixed in the WGSL's @workgroup_size
       } else if (tag.rfind("paramWriteAccess:", 0) == 0) {
-        for (char ch : tag.substr(17)) if (ch == '0' || ch == '1') write_access.push_back(ch - '0');
+        for (char ch : tag.substr(17)) if (ch == '0' || ch == '1') write_access_.push_back(ch - '0');
       } else {
         TVM_FFI_THROW(RuntimeError) << "wgpu: kernel " << name_ << " has a launch parameter this runtime cannot handle: " << tag;
       }
@@ -473,8 +475,7 @@ class Kernel {
         TVM_FFI_THROW(RuntimeError) << "wgpu: kernel " << name_ << " takes an argument of unsupported type code " << int(t.code);
       }
     }
-    TVM_FFI_ICHECK_EQ(write_access.size(), buffer_args_.size()) << "wgpu: kernel " << name_ << ": paramWriteAccess mismatch";
-    write_access_ = write_access;
+    TVM_FFI_ICHECK_EQ(write_access_.size(), buffer_args_.size()) << "wgpu: kernel " << name_ << ": paramWriteAccess mismatch";
   }
 
   void operator()(ffi::PackedArgs args) {
@@ -567,7 +568,7 @@ class Kernel {
   std::vector<int> launch_dims_;  // per launch argument: 0-2 blockIdx.xyz, 3-5 threadIdx.xyz
   std::vector<size_t> buffer_args_;
   std::vector<std::pair<size_t, uint8_t>> pod_args_;
-  std::vector<int> write_access_;
+  std::vector<int> write_access_;  // per buffer argument: 1 if the kernel writes it
   WGPUBindGroupLayout layout_ = nullptr;
   WGPUComputePipeline pipeline_ = nullptr;
   std::vector<WGPUBuffer> buffers_;  // scratch, reused per call
