@@ -40,24 +40,22 @@ def gemv_func(n: int, k: int, dequant_dtype: str):
     with dequant_dtype float16, the earlier form: one block, fp16 dequantize arithmetic."""
     from tvm import te
 
-    from mlcgen.compiler.layers import DEQUANTIZE
+    from mlcgen.compiler.layers import q4_matmul_te
     from mlcgen.compiler.quantization import get_quantization
 
     q4 = get_quantization("q4f16_1")
     x = te.placeholder((1, 1, k), "float16", "x")
     w = te.placeholder((n, k // 8), "uint32", "w")
     s = te.placeholder((n, k // 32), "float16", "s")
+    out_dtype = "float32" if n == SHAPES["lm_head"][0] else "float16"  # the lm_head keeps float32 logits
+    if dequant_dtype != "float16":
+        return te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, out_dtype)])
     r = te.reduce_axis((0, k), "r")
-    if dequant_dtype == "float16":
-        weight = lambda j, r: q4.dequantize(w, s, j, r, "float16").astype("float32")  # noqa: E731
-    else:
-        deq = te.compute((n, k), lambda j, kk: q4.dequantize(w, s, j, kk, "float32"), name=DEQUANTIZE)
-        weight = lambda j, r: deq[j, r]  # noqa: E731
-    acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * weight(j, r), axis=r), name="matmul")
-    if n == SHAPES["lm_head"][0]:
-        return te.create_prim_func([x, w, s, acc])  # the lm_head keeps float32 logits
-    y = te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")
-    return te.create_prim_func([x, w, s, y])
+    acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * q4.dequantize(w, s, j, r, "float16").astype("float32"),
+                                                         axis=r), name="matmul")
+    if out_dtype == "float32":
+        return te.create_prim_func([x, w, s, acc])
+    return te.create_prim_func([x, w, s, te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")])
 
 
 def build(out: Path) -> None:

@@ -140,8 +140,7 @@ def torch_copy_gbs() -> float | None:
 def run(out: Path) -> None:
     from mlcgen.runtime import vulkan
 
-    os.environ.setdefault("MLCGEN_PLUGIN_CACHE", str(out / "plugins"))
-    vulkan.CACHE = Path(os.environ["MLCGEN_PLUGIN_CACHE"])
+    vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))  # the plugin build() carried
     facts = vulkan.adapter()
     results = {"adapter": facts, "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs(), "presets": {}}
     logits = {}

@@ -12,24 +12,25 @@ from tvm.relax.frontend import nn
 
 
 def group_quant_matmul(scheme, x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Tensor, out_dtype: str) -> nn.Tensor:
-    """x[..., K] @ dequantize(q_weight, q_scale)[N, K].T -> [..., N], accumulated in float32.
+    """x[..., K] @ dequantize(q_weight, q_scale)[N, K].T -> [..., N], accumulated in float32."""
+    return nn.op.tensor_expr_op(lambda x, w, s: q4_matmul_te(scheme, x, w, s, out_dtype), "q4_matmul", [x, q_weight, q_scale])
+
+
+def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
+    """The TE of group_quant_matmul (also what schedule tests compile on their own).
 
     Written as a dequantize block feeding the matmul block so that GPU matmul schedules can place
     the dequantize where they load the weight (shared memory for prefill GEMMs); every schedule
     inlines it (compiler/passes.py inline_dequantize where nothing else does), so the float
     weight is never materialized."""
-
-    def compute(x, q_weight, q_scale):
-        k_total = x.shape[-1]
-        n_total = q_weight.shape[0]
-        w = te.compute((n_total, k_total), lambda n, k: scheme.dequantize(q_weight, q_scale, n, k, "float32"), name=DEQUANTIZE)
-        k = te.reduce_axis((0, k_total), name="k")
-        acc = te.compute((*x.shape[:-1], n_total), lambda *i: te.sum(x[(*i[:-1], k)].astype("float32") * w[i[-1], k], axis=k), name="matmul")
-        if out_dtype == "float32":
-            return acc
-        return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
-
-    return nn.op.tensor_expr_op(compute, "q4_matmul", [x, q_weight, q_scale])
+    k_total = x.shape[-1]
+    n_total = q_weight.shape[0]
+    w = te.compute((n_total, k_total), lambda n, k: scheme.dequantize(q_weight, q_scale, n, k, "float32"), name=DEQUANTIZE)
+    k = te.reduce_axis((0, k_total), name="k")
+    acc = te.compute((*x.shape[:-1], n_total), lambda *i: te.sum(x[(*i[:-1], k)].astype("float32") * w[i[-1], k], axis=k), name="matmul")
+    if out_dtype == "float32":
+        return acc
+    return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
 
 
 DEQUANTIZE = "dequantize"  # block name: schedules find the weight's dequantize by it

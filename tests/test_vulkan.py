@@ -66,19 +66,15 @@ def test_chat_cli_on_vulkan(builds, lavapipe):
 
 
 def gemv_func(n, k):
-    """The decode matmul as compiler/layers.py writes it: a float32 dequantize block, the matmul, a cast."""
+    """A decode matmul exactly as the model writes it (compiler/layers.py), on its own."""
     from tvm import te
 
-    from mlcgen.compiler.layers import DEQUANTIZE
+    from mlcgen.compiler.layers import q4_matmul_te
 
-    q4 = get_quantization("q4f16_1")
     x = te.placeholder((1, 1, k), "float16", "x")
     w = te.placeholder((n, k // 8), "uint32", "w")
     s = te.placeholder((n, k // 32), "float16", "s")
-    r = te.reduce_axis((0, k), "r")
-    deq = te.compute((n, k), lambda j, kk: q4.dequantize(w, s, j, kk, "float32"), name=DEQUANTIZE)
-    acc = te.compute((1, 1, n), lambda a, b, j: te.sum(x[a, b, r].astype("float32") * deq[j, r], axis=r), name="matmul")
-    return te.create_prim_func([x, w, s, te.compute((1, 1, n), lambda *i: acc[i].astype("float16"), name="cast")])
+    return te.create_prim_func([x, w, s, q4_matmul_te(get_quantization("q4f16_1"), x, w, s, "float16")])
 
 
 @pytest.mark.parametrize("preset", ["generic", "steamdeck"])
