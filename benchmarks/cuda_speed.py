@@ -114,6 +114,28 @@ def kernel_profile(step, steps: int) -> dict[str, float]:
     return totals
 
 
+def kernel_rows(manifest: dict, per_kernel: dict[str, float], context: int) -> list[dict]:
+    """Per-kernel seconds per decode step -> rows with the bytes each moves (the manifest's decode
+    kernel traffic; the KV cache read for decode attention) and the GB/s achieved, slowest first."""
+    traffic = {k["name"]: k["bytes_per_call"] * k["calls"] for k in manifest["decode_kernels"]}
+    rows = []
+    for kernel, seconds in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
+        nbytes = traffic.get(kernel.removesuffix("_kernel"))
+        if nbytes is None and "decode" in kernel and "paged_kv" in kernel:
+            nbytes = kv_bytes_per_token(manifest["model"]["config"], context)
+        rows.append({"kernel": kernel, "us": seconds * 1e6, "bytes": nbytes, "gbs": nbytes / seconds / 1e9 if nbytes else None})
+    return rows
+
+
+def print_kernel_rows(rows: list[dict], limit: int = 16) -> None:
+    print("| kernel | us/step | MB/step | GB/s |")
+    print("|---|---|---|---|")
+    for k in rows[:limit]:
+        mb = f"{k['bytes'] / 1e6:.1f}" if k["bytes"] else "-"
+        gbs = f"{k['gbs']:.0f}" if k["gbs"] else "-"
+        print(f"| {k['kernel']} | {k['us']:.1f} | {mb} | {gbs} |")
+
+
 def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     import torch
 
@@ -155,16 +177,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     engine.reset()
     engine.prefill(ids[: 128 - 16])
     step()
-    per_kernel = kernel_profile(step, 16)
-    traffic = {k["name"]: k["bytes_per_call"] * k["calls"] for k in manifest["decode_kernels"]}
-    cfg = manifest["model"]["config"]
-    rows = []
-    for kernel, seconds in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
-        func = kernel.removesuffix("_kernel")
-        nbytes = traffic.get(func)
-        if nbytes is None and "decode" in kernel and "paged_kv" in kernel:
-            nbytes = kv_bytes_per_token(cfg, 128)
-        rows.append({"kernel": kernel, "us": seconds * 1e6, "bytes": nbytes, "gbs": nbytes / seconds / 1e9 if nbytes else None})
+    rows = kernel_rows(manifest, kernel_profile(step, 16), 128)
     result["kernels"] = rows
     result["kernel_us"] = sum(r["us"] for r in rows)
     del engine
@@ -290,12 +303,7 @@ def report(r: dict) -> None:
         me = m["mlcgen"]
         step_us = 1e6 / me["decode"][128]
         print(f"\n{name} decode step at ctx 128: {step_us:.0f} us wall, {me['kernel_us']:.0f} us in kernels")
-        print("| kernel | us/step | MB/step | GB/s |")
-        print("|---|---|---|---|")
-        for k in me["kernels"][:16]:
-            mb = f"{k['bytes'] / 1e6:.1f}" if k["bytes"] else "-"
-            gbs = f"{k['gbs']:.0f}" if k["gbs"] else "-"
-            print(f"| {k['kernel']} | {k['us']:.1f} | {mb} | {gbs} |")
+        print_kernel_rows(me["kernels"])
 
 
 if __name__ == "__main__":

@@ -4,20 +4,26 @@
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
 
 Llama-2-7B shape, q4f16_1, random weights generated on the device, for the presets `vulkan:nvidia`
-(subgroup reductions) and `vulkan` (generic: workgroup-memory reductions). Decode tok/s at contexts
-128 and 1024 (64 timed steps, logits copied to the host each step as a chat does), prefill tok/s for
-512 tokens, and per decode step: kernels dispatched, queue submissions, and the host time not spent
-waiting for the GPU. The bound is (weight +
-KV bytes read per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the
-same run (torch's CUDA copy is printed beside it). The two presets' logits are compared on the same
-weights, as a check of the subgroup kernels.
+(subgroup reductions) and `vulkan` (generic: workgroup-memory reductions), each without (the
+default) and with the bounds checks wgpu's shader compiler can add to every buffer access
+(MLCGEN_WGPU_BOUNDS_CHECKS=1); and the Llama-3-8B shape, whose embedding and lm_head run as row
+chunks.
+Each configuration runs in its own process: decode tok/s at contexts 128 and 1024 (64 timed steps,
+logits copied to the host each step as a chat does), prefill tok/s for 512 tokens, per decode step
+the kernels dispatched, queue submissions and host time not spent waiting for the GPU, and a
+per-kernel profile of decode at context 128 (GPU timestamps). The bound is (weight + KV bytes read
+per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the same run
+(torch's CUDA copy is printed beside it). All configurations' logits are compared on the same
+weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,13 +31,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cuda_speed import PREFILL, STEPS, compile_from_config, kv_bytes_per_token  # noqa: E402
+from cuda_speed import PREFILL, STEPS, compile_from_config, kernel_rows, kv_bytes_per_token, print_kernel_rows  # noqa: E402
 
 PRESETS = ("vulkan:nvidia", "vulkan")
-MODEL = "llama2-7b"
+# label: (model shape, preset, bounds checks). Llama-3-8B's embedding and lm_head (250 MiB each)
+# run as row chunks, as every Vulkan build stores them.
+CONFIGS = {**{f"llama2-7b {p}{' checked' if checks else ''}": ("llama2-7b", p, checks) for p in PRESETS for checks in (False, True)},
+           "llama3-8b vulkan:nvidia": ("llama3-8b", "vulkan:nvidia", False)}
 CONTEXTS = (128, 1024)
 CONTEXT_WINDOW = 2048
 COPY_WORDS = 1 << 28  # 1 GiB of uint32
+GEMV_SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+GEMV_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (16, 4, 4, 1, 2), (8, 8, 4, 1, 2), (8, 4, 4, 2, 2), (16, 8, 4, 1, 1),
+              (8, 8, 4, 1, 4), (4, 16, 4, 1, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
+L2_BYTES = 50 << 20  # H100/H200 L2: weights rotate through 3x this
 
 
 def copy_kernel(out: Path) -> None:
@@ -51,12 +64,37 @@ def copy_kernel(out: Path) -> None:
     tvm.compile(tvm.IRModule({"copy": copy}), vulkan.tvm_target("generic")).export_library(str(out / "copy.so"))
 
 
+def gemv_libraries(out: Path) -> None:
+    """One library per (preset, knobs): the four layer matmuls, scheduled by our GEMV rule."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets import vulkan
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV, GemvKnobs
+    from gemv_efficiency import gemv_func
+
+    index = {}
+    for preset in ("nvidia", "generic"):
+        for knobs in GEMV_SWEEP:
+            g = GemvKnobs(*knobs, activation_lanes=4)
+            name = f"{preset}/{'-'.join(map(str, knobs))}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
+            target = vulkan.tvm_target(preset)
+            with target:
+                funcs = {shape: gemv_func(n, k, "float32").with_attr("global_symbol", shape) for shape, (n, k) in GEMV_SHAPES.items()}
+                mod = dl.ApplyDefaultSchedule(DequantGEMV(g))(tvm.IRModule(funcs))
+            file = f"gemv-{len(index)}.so"
+            tvm.compile(mod, target).export_library(str(out / file))
+            index[file] = name
+    (out / "gemv.json").write_text(json.dumps(index, indent=1))
+
+
 def build(out: Path) -> None:
     from mlcgen.runtime import vulkan
 
-    for target in PRESETS:
-        compile_from_config(MODEL, "q4f16_1", target, out / target.replace(":", "-"), CONTEXT_WINDOW, PREFILL)
+    for model, preset in dict.fromkeys((model, preset) for model, preset, _ in CONFIGS.values()):
+        compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL)
     copy_kernel(out)
+    gemv_libraries(out)
     plugins = out / "plugins"  # the GPU machine has no TVM headers to build it: carry this one
     plugins.mkdir(exist_ok=True)
     shutil.copy2(vulkan.build_plugin(), plugins / vulkan.plugin_path().name)
@@ -82,16 +120,21 @@ def vulkan_copy_gbs(out: Path) -> float:
     return 2 * COPY_WORDS * 4 * reps / (time.perf_counter() - start) / 1e9
 
 
-def measure(dist_dir: Path, bandwidth: float) -> tuple[dict, np.ndarray]:
+def measure(out: Path, label: str) -> None:
+    """One configuration, in a process of its own (bounds checks are fixed per process; device
+    memory counters start from zero): writes measure-<label>.json and its logits."""
     from mlcgen.runtime import dist, vulkan
     from mlcgen.runtime.engine import Engine
 
+    vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))
+    model, preset, _ = CONFIGS[label]
+    bandwidth = json.loads((out / "results.json").read_text())["vulkan_copy_gbs"]
     start = time.perf_counter()
-    engine = Engine(dist_dir, random_weights=True)
+    engine = Engine(out / library(model, preset), random_weights=True)
     result = {"load_s": time.perf_counter() - start, "decode": {}, "bound": {}}
     manifest = engine.manifest
     ids = np.random.default_rng(0).integers(3, manifest["model"]["config"]["vocab_size"], size=CONTEXT_WINDOW)
-    check_logits = engine.prefill(ids[:32])
+    np.save(out / f"logits-{slug(label)}.npy", engine.prefill(ids[:32]))
     token = [1]
 
     def step():
@@ -114,6 +157,12 @@ def measure(dist_dir: Path, bandwidth: float) -> tuple[dict, np.ndarray]:
         # host time not spent waiting for the GPU: recording, validation, Python, the VM
         result["host_ms_per_step"] = 1e3 / result["decode"][context] - (after["wait_ns"] - before["wait_ns"]) / 1e6 / STEPS
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
+    engine.reset()
+    engine.prefill(ids[: 128 - 16])
+    with vulkan.kernel_profile() as times:
+        for _ in range(16):
+            step()
+    result["kernels"] = kernel_rows(manifest, {k: s / 16 for k, (s, _) in times.items()}, 128)
     prefill = []
     for _ in range(3):
         engine.reset()
@@ -123,8 +172,75 @@ def measure(dist_dir: Path, bandwidth: float) -> tuple[dict, np.ndarray]:
     result["prefill"] = max(prefill)
     result["device_bytes_peak"] = vulkan.counters()["peak_bytes"]
     result["params_bytes"], result["kv_cache_bytes"] = weights, dist.kv_cache_bytes(manifest)
-    del engine
-    return result, check_logits
+    (out / f"measure-{slug(label)}.json").write_text(json.dumps(result, indent=1))
+
+
+def library(model: str, preset: str) -> str:
+    return f"{model}-{preset.replace(':', '-')}"
+
+
+def slug(label: str) -> str:
+    return label.replace(":", "-").replace(" ", "-")
+
+
+def gemv_sweep(out: Path) -> list[dict]:
+    """Each GEMV library: GPU time per call (timestamps, weights rotated past the L2) and its
+    relative error against numpy."""
+    import tvm
+
+    from mlcgen.compiler.quantization import get_quantization
+    from mlcgen.runtime import vulkan
+
+    vulkan.load()
+    dev = tvm.device("webgpu", 0)
+    q4 = get_quantization("q4f16_1")
+    names = json.loads((out / "gemv.json").read_text())
+    libs = {file: tvm.runtime.load_module(str(out / file)) for file in names}
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape, (n, k) in GEMV_SHAPES.items():
+        qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+        x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
+        ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
+        nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * 2
+        copies = max(1, math.ceil(3 * L2_BYTES / nbytes))
+        weights = [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(copies)]
+        x_dev, y = tvm.runtime.tensor(x, dev), tvm.runtime.empty((1, 1, n), "float16", dev)
+        for file, lib in libs.items():
+            lib[shape](x_dev, *weights[0], y)
+            err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))
+            with vulkan.kernel_profile() as times:
+                for i in range(100):
+                    lib[shape](x_dev, *weights[i % copies], y)
+            ((seconds, calls),) = times.values()
+            rows.append({"shape": shape, "schedule": names[file], "us": seconds / calls * 1e6, "bytes": nbytes, "rel_err": err})
+        del weights
+    return rows
+
+
+def run(out: Path) -> None:
+    from mlcgen.runtime import vulkan
+
+    vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))  # the plugin build() carried
+    results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results["configs"], logits = {}, {}
+    for label, (_, _, checks) in CONFIGS.items():
+        env = {**os.environ, "MLCGEN_WGPU_BOUNDS_CHECKS": "1" if checks else "0"}
+        done = subprocess.run([sys.executable, __file__, "measure", str(out), label], env=env)
+        if done.returncode:
+            results["configs"][label] = {"error": f"exit {done.returncode}"}
+            continue
+        results["configs"][label] = json.loads((out / f"measure-{slug(label)}.json").read_text())
+        logits[label] = np.load(out / f"logits-{slug(label)}.npy")
+    same_model = {k: v for k, v in logits.items() if CONFIGS[k][0] == "llama2-7b"}
+    if same_model:
+        first = next(iter(same_model.values()))
+        results["logit_rel_err_vs_first"] = {k: float(np.abs(v - first).max() / np.abs(first).max()) for k, v in same_model.items()}
+        results["same_top1"] = all(v.argmax() == first.argmax() for v in same_model.values())
+    results["gemv"] = gemv_sweep(out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results)
 
 
 def torch_copy_gbs() -> float | None:
@@ -137,38 +253,43 @@ def torch_copy_gbs() -> float | None:
         return None
 
 
-def run(out: Path) -> None:
-    from mlcgen.runtime import vulkan
-
-    vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))  # the plugin build() carried
-    facts = vulkan.adapter()
-    results = {"adapter": facts, "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs(), "presets": {}}
-    logits = {}
-    for target in PRESETS:
-        results["presets"][target], logits[target] = measure(out / target.replace(":", "-"), results["vulkan_copy_gbs"])
-    a, b = logits[PRESETS[0]], logits[PRESETS[1]]
-    results["preset_logit_rel_err"] = float(np.abs(a - b).max() / np.abs(b).max())
-    results["preset_same_top1"] = bool(a.argmax() == b.argmax())
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results)
-
-
 def report(r: dict) -> None:
     f = r["adapter"]
     print(f"adapter: {f['name']} ({f['backend']}), {f['device_local_heap_bytes'] / 2**30:.0f} GiB device-local, "
           f"subgroups {f['subgroup_size']}, max storage binding {f['max_storage_buffer_binding_size'] / 2**20:.0f} MiB")
     torch_copy = f", torch CUDA copy {r['torch_copy_gbs']:.0f} GB/s" if r["torch_copy_gbs"] else ""
     print(f"copy bandwidth: WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s{torch_copy}")
-    print(f"\nLlama-2-7B shape, q4f16_1 | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS) + " | prefill 512 | dispatches, submissions, host ms per step")
-    for target, m in r["presets"].items():
-        cells = [f"{m['decode'][c]:.1f} tok/s ({m['decode'][c] / m['bound'][c]:.0%} of {m['bound'][c]:.0f})" for c in CONTEXTS]
-        print(f"{target} | " + " | ".join(cells) + f" | {m['prefill']:.0f} tok/s | {m['dispatches_per_step']:.0f}, {m['submissions_per_step']:.1f}, {m['host_ms_per_step']:.1f}")
-    print(f"\nvulkan:nvidia vs vulkan logits (same weights, 32-token prefill): rel. error {r['preset_logit_rel_err']:.2e}, "
-          f"same top-1: {r['preset_same_top1']}")
-    for target, m in r["presets"].items():
-        print(f"{target}: device memory peak {m['device_bytes_peak'] / 2**20:.0f} MiB for params {m['params_bytes'] / 2**20:.0f} "
+    print("\n| q4f16_1, model shape and preset | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS)
+          + " | prefill 512 | dispatches, submissions, host ms per step |")
+    print("|---|" + "---|" * (len(CONTEXTS) + 2))
+    for label, m in r["configs"].items():
+        if "error" in m:
+            print(f"| {label} | failed: {m['error']} |")
+            continue
+        cells = [f"{m['decode'][str(c)]:.1f} tok/s ({m['decode'][str(c)] / m['bound'][str(c)]:.0%} of {m['bound'][str(c)]:.0f})" for c in CONTEXTS]
+        print(f"| {label} | " + " | ".join(cells) + f" | {m['prefill']:.0f} tok/s | {m['dispatches_per_step']:.0f}, "
+              f"{m['submissions_per_step']:.1f}, {m['host_ms_per_step']:.1f} |")
+    print(f"\nLlama-2-7B logits on the same weights (32-token prefill) vs the first configuration: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in r.get("logit_rel_err_vs_first", {}).items()) + f"; same top-1: {r.get('same_top1')}")
+    for label, m in r["configs"].items():
+        if "error" in m:
+            continue
+        print(f"\n{label}: device memory peak {m['device_bytes_peak'] / 2**20:.0f} MiB for params {m['params_bytes'] / 2**20:.0f} "
               f"+ KV {m['kv_cache_bytes'] / 2**20:.0f} MiB; load + random weights {m['load_s']:.0f} s")
+        print(f"decode step at ctx 128, per kernel (GPU timestamps; {sum(k['us'] for k in m['kernels']):.0f} us in kernels):")
+        print_kernel_rows(m["kernels"], 12)
+    print("\ndecode GEMV sweep (threads_per_row-rows_per_block-vector_words-unroll-rows_per_thread; * = the preset's):")
+    print(f"{'schedule':22} " + " ".join(f"{s:>16}" for s in GEMV_SHAPES) + f" {'layer GB/s':>10} {'max rel_err':>11}")
+    for schedule in dict.fromkeys(g["schedule"] for g in r["gemv"]):
+        mine = [g for g in r["gemv"] if g["schedule"] == schedule]
+        cells = " ".join(f"{g['us']:7.1f} us {g['bytes'] / g['us'] / 1e3:4.0f}" for g in mine)
+        total = sum(g["bytes"] for g in mine) / sum(g["us"] for g in mine) / 1e3
+        print(f"{schedule:22} {cells} {total:10.0f} {max(g['rel_err'] for g in mine):11.1e}")
 
 
 if __name__ == "__main__":
-    {"build": build, "run": run}[sys.argv[1]](Path(sys.argv[2]))
+    command, out = sys.argv[1], Path(sys.argv[2])
+    if command == "measure":
+        measure(out, sys.argv[3])
+    else:
+        {"build": build, "run": run}[command](out)

@@ -56,8 +56,9 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     hf_config = read_hf_config(model_dir)
     family, arch = family_for(hf_config, source)
     cfg = family.Config.from_hf(hf_config, source)
-    scheme = get_quantization(quantization)
     target_module, preset, why = get_target(target)
+    max_param_bytes = getattr(target_module, "MAX_PARAM_BYTES", None)
+    scheme = get_quantization(quantization, max_param_bytes)
     if scheme.name not in target_module.QUANTIZATIONS:
         raise ConfigError(f"--quantization {quantization} is not supported on target {target} ({target_module.QUANTIZATION_NOTE}); "
                           f"choose one of: {', '.join(target_module.QUANTIZATIONS)}")
@@ -79,6 +80,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "format_version": dist.FORMAT_VERSION,
         "model": {"name": model_dir.resolve().name, "family": family.__name__.rsplit(".", 1)[-1], "architecture": arch, "config": cfg.to_dict()},
         "quantization": scheme.name,
+        "max_param_bytes": max_param_bytes,  # larger weights are stored in row chunks (quantization.py)
         "model_dtype": scheme.model_dtype,
         # runtime_facts: what the runtime must check on the device (the Vulkan subgroup width)
         "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why,

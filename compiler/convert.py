@@ -80,7 +80,7 @@ def convert(model_dir: Path, manifest: dict, out_dir: Path, log=print, checkpoin
     """Write params for `manifest` (weights + params lists) from the checkpoint in `model_dir`;
     `checkpoint`: the one open_checkpoint already opened and checked, if any."""
     start = time.time()
-    scheme = get_quantization(manifest["quantization"])
+    scheme = get_quantization(manifest["quantization"], manifest.get("max_param_bytes"))
     ckpt = checkpoint or open_checkpoint(model_dir, manifest)
     weights = manifest["weights"]
     expected = {p["name"]: p for p in manifest["params"]}

@@ -7,7 +7,7 @@ weight; no full-precision weight is ever materialized.
 
 from __future__ import annotations
 
-from tvm import te
+from tvm import te, tirx
 from tvm.relax.frontend import nn
 
 
@@ -55,30 +55,67 @@ class GroupQuantLinear(nn.Module):
     def __init__(self, scheme, in_features: int, out_features: int, bias: bool, out_dtype: str):
         self.scheme = scheme
         self.out_dtype = out_dtype
-        stored = scheme.stored_params("weight", (out_features, in_features), quantized=True)
-        self.q_weight = nn.Parameter(stored[0].shape, stored[0].dtype)
-        self.q_scale = nn.Parameter(stored[1].shape, stored[1].dtype)
+        self.q_weight, self.q_scale = _quantized_params(scheme, out_features, in_features)
         self.bias = nn.Parameter((out_features,), scheme.model_dtype) if bias else None
 
+    def chunks(self) -> list[tuple[nn.Tensor, nn.Tensor]]:
+        return _chunks(self.q_weight, self.q_scale)
+
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        y = group_quant_matmul(self.scheme, x, self.q_weight, self.q_scale, self.out_dtype)
+        y = chunked_matmul(self.scheme, x, self.chunks(), self.out_dtype)
         return y + self.bias if self.bias is not None else y
 
 
 class GroupQuantEmbedding(nn.Module):
     def __init__(self, scheme, vocab_size: int, dim: int):
         self.scheme = scheme
-        stored = scheme.stored_params("weight", (vocab_size, dim), quantized=True)
-        self.q_weight = nn.Parameter(stored[0].shape, stored[0].dtype)
-        self.q_scale = nn.Parameter(stored[1].shape, stored[1].dtype)
+        self.q_weight, self.q_scale = _quantized_params(scheme, vocab_size, dim)
+
+    def chunks(self) -> list[tuple[nn.Tensor, nn.Tensor]]:
+        return _chunks(self.q_weight, self.q_scale)
 
     def forward(self, ids: nn.Tensor) -> nn.Tensor:
-        def gather(ids, q_weight, q_scale):
-            dim = q_weight.shape[1] * self.scheme.PACK
-            return te.compute(
-                (*ids.shape, dim),
-                lambda *i: self.scheme.dequantize(q_weight, q_scale, ids[i[:-1]], i[-1]),
-                name="embedding",
-            )
+        chunks = self.chunks()
+        rows = [int(w.shape[0]) for w, _ in chunks]
 
-        return nn.op.tensor_expr_op(gather, "q4_embedding", [ids, self.q_weight, self.q_scale])
+        def gather(ids, *params):
+            words, scales = params[0::2], params[1::2]
+            dim = words[0].shape[1] * self.scheme.PACK
+
+            def value(*i):
+                row = ids[i[:-1]]
+                # the last chunk holds every row past the others; each earlier one is tried first
+                start = sum(rows[:-1])
+                out = self.scheme.dequantize(words[-1], scales[-1], row - start, i[-1])
+                for c in reversed(range(len(rows) - 1)):
+                    start -= rows[c]
+                    inside = self.scheme.dequantize(words[c], scales[c], row - start, i[-1])
+                    out = tirx.if_then_else(row < start + rows[c], inside, out)  # reads one chunk only
+                return out
+
+            return te.compute((*ids.shape, dim), value, name="embedding")
+
+        return nn.op.tensor_expr_op(gather, "q4_embedding", [ids, *[t for chunk in chunks for t in chunk]])
+
+
+def chunked_matmul(scheme, x: nn.Tensor, chunks: list[tuple[nn.Tensor, nn.Tensor]], out_dtype: str) -> nn.Tensor:
+    """group_quant_matmul over a weight stored as row chunks: one matmul per chunk, outputs joined."""
+    ys = [group_quant_matmul(scheme, x, w, s, out_dtype) for w, s in chunks]
+    return ys[0] if len(ys) == 1 else nn.op.concat(ys, dim=-1)
+
+
+def _quantized_params(scheme, n: int, k: int):
+    """q_weight and q_scale of an [n, k] weight: Parameters, or ParameterLists of row chunks (named
+    `q_weight.0`, ... as scheme.stored_params names them) where the target limits tensor size."""
+    pairs = [scheme.stored_params("weight", (rows, k), quantized=True) for rows in scheme.row_chunks(n, k)]
+    weights = [nn.Parameter(w.shape, w.dtype) for w, _ in pairs]
+    scales = [nn.Parameter(s.shape, s.dtype) for _, s in pairs]
+    if len(pairs) == 1:
+        return weights[0], scales[0]
+    return nn.ParameterList(weights), nn.ParameterList(scales)
+
+
+def _chunks(q_weight, q_scale) -> list[tuple[nn.Tensor, nn.Tensor]]:
+    if isinstance(q_weight, nn.ParameterList):
+        return list(zip(q_weight, q_scale))
+    return [(q_weight, q_scale)]

@@ -9,11 +9,14 @@ q4 group layout (MLC-LLM q4f16_1 compatible), for a weight W of shape [N, K] (ou
     q_weight uint32 [N, K/8]   word j of row n holds k = 8j..8j+7, lowest nibble = lowest k
     q_scale  fp16   [N, K/32]  per group of 32 consecutive k: scale = max|w| / 7
     code = clamp(round(w / scale) + 7, 0, 14);   w ~= (code - 7) * scale
+Where a target binds at most `max_param_bytes` per tensor (Vulkan), a weight whose q_weight would
+exceed it is stored as row chunks, `{prefix}.q_weight.{i}` / `{prefix}.q_scale.{i}`, each within the
+limit; the layers gather and matmul across the chunks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -68,8 +71,20 @@ class GroupQuant4:
     model_dtype: str  # activations, and the dtype of the scales
     group_size: int = 32
     max_code: int = 7  # codes 0..14 hold -7..7; 15 is unused, as in MLC-LLM
+    max_param_bytes: int | None = None  # the target's per-tensor limit: larger weights go in row chunks
 
     PACK = 8  # 4-bit codes per uint32 word
+    CHUNK_ROWS = 256  # chunks hold a multiple of this many rows (whole GEMV thread blocks)
+
+    def row_chunks(self, n: int, k: int) -> list[int]:
+        """Rows per stored chunk of an [n, k] weight: [n] when its q_weight fits in max_param_bytes."""
+        row_bytes = k // self.PACK * 4
+        if not self.max_param_bytes or n * row_bytes <= self.max_param_bytes:
+            return [n]
+        rows = self.max_param_bytes // row_bytes // self.CHUNK_ROWS * self.CHUNK_ROWS
+        if rows == 0:
+            raise ConfigError(f"{self.name}: {self.CHUNK_ROWS} rows of K={k} exceed the target's {self.max_param_bytes} bytes per tensor")
+        return [rows] * (n // rows) + ([n % rows] if n % rows else [])
 
     def stored_params(self, weight: str, shape: tuple[int, ...], quantized: bool) -> list[StoredParam]:
         if not quantized:
@@ -77,25 +92,34 @@ class GroupQuant4:
         n, k = shape
         if k % self.group_size:
             raise ConfigError(f"{self.name}: {weight} has K={k}, which is not a multiple of the group size {self.group_size}")
+        return [p for w_name, s_name, rows in self._chunk_names(weight, n, k)
+                for p in (StoredParam(w_name, (rows, k // self.PACK), "uint32"),
+                          StoredParam(s_name, (rows, k // self.group_size), self.model_dtype))]
+
+    def _chunk_names(self, weight: str, n: int, k: int) -> list[tuple[str, str, int]]:
+        """(q_weight name, q_scale name, rows) of each stored chunk of `weight`."""
         prefix = weight.removesuffix(".weight")
-        return [
-            StoredParam(f"{prefix}.q_weight", (n, k // self.PACK), "uint32"),
-            StoredParam(f"{prefix}.q_scale", (n, k // self.group_size), self.model_dtype),
-        ]
+        chunks = self.row_chunks(n, k)
+        tags = [""] if len(chunks) == 1 else [f".{i}" for i in range(len(chunks))]
+        return [(f"{prefix}.q_weight{t}", f"{prefix}.q_scale{t}", rows) for t, rows in zip(tags, chunks)]
 
     def quantize(self, weight: str, w: np.ndarray, quantized: bool) -> dict[str, np.ndarray]:
         if not quantized:
             return {weight: w.astype(self.model_dtype)}
         q, s = self.pack(w)
-        prefix = weight.removesuffix(".weight")
-        return {f"{prefix}.q_weight": q, f"{prefix}.q_scale": s}
+        out, start = {}, 0
+        for w_name, s_name, rows in self._chunk_names(weight, *w.shape):
+            out[w_name], out[s_name] = q[start:start + rows], s[start:start + rows]
+            start += rows
+        return out
 
     def restore(self, weight: str, stored: dict[str, np.ndarray], quantized: bool) -> np.ndarray:
-        """The float32 weight the compiled model computes with."""
+        """The float32 weight the compiled model computes with (`stored`: what quantize returned)."""
         if not quantized:
             return stored[weight].astype(np.float32)
-        prefix = weight.removesuffix(".weight")
-        return self.unpack(stored[f"{prefix}.q_weight"], stored[f"{prefix}.q_scale"])
+        words = [a for a in stored.values() if a.dtype == np.uint32]
+        n, k = sum(a.shape[0] for a in words), words[0].shape[1] * self.PACK
+        return np.concatenate([self.unpack(stored[w_name], stored[s_name]) for w_name, s_name, _ in self._chunk_names(weight, n, k)])
 
     def pack(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[N, K] float -> (uint32 [N, K/8], scale [N, K/32])."""
@@ -147,9 +171,9 @@ class GroupQuant4:
         return GroupQuantEmbedding(self, vocab_size, dim)
 
     def tied_lm_head(self, embedding, x):
-        from .layers import group_quant_matmul
+        from .layers import chunked_matmul
 
-        return group_quant_matmul(self, x, embedding.q_weight, embedding.q_scale, out_dtype="float32")
+        return chunked_matmul(self, x, embedding.chunks(), out_dtype="float32")
 
 
 QUANTIZATIONS = {
@@ -160,7 +184,10 @@ QUANTIZATIONS = {
 }
 
 
-def get_quantization(name: str):
+def get_quantization(name: str, max_param_bytes: int | None = None):
+    """The scheme called `name`; max_param_bytes: the target's per-tensor limit (manifest key
+    "max_param_bytes"), which only the group-quantized schemes honour, by storing row chunks."""
     if name not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {name!r}; choose one of: {', '.join(QUANTIZATIONS)}")
-    return QUANTIZATIONS[name]
+    scheme = QUANTIZATIONS[name]
+    return replace(scheme, max_param_bytes=max_param_bytes) if max_param_bytes and isinstance(scheme, GroupQuant4) else scheme

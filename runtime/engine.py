@@ -148,6 +148,7 @@ class Engine:
         ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
         if ids.size == 0:
             raise ValueError("prefill needs at least one token")
+        self._check_ids(ids)
         self._check_room(ids.size)
         start = 0
         while start < ids.size:
@@ -165,8 +166,16 @@ class Engine:
 
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; its logits."""
+        ids = np.array([token_id], dtype=np.int32)
+        self._check_ids(ids)
         self._check_room(1)
-        return self._forward("decode", np.array([token_id], dtype=np.int32))
+        return self._forward("decode", ids)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        vocab = self.manifest["model"]["config"]["vocab_size"]
+        bad = ids[(ids < 0) | (ids >= vocab)]
+        if bad.size:  # the kernels gather embedding rows unchecked
+            raise ValueError(f"token id {int(bad[0])} is outside the vocabulary (0..{vocab - 1})")
 
     def _check_room(self, n: int) -> None:
         if self.length + n > self.context_window:

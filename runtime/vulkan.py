@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -106,6 +107,24 @@ def counters() -> dict:
     return dict(tvm_ffi.get_global_func("mlcgen.wgpu.counters")().items())
 
 
+@contextmanager
+def kernel_profile():
+    """Per-kernel GPU time of the work run inside the block, from timestamps the plugin writes after
+    every dispatch: yields a dict that is filled on exit with {kernel name: (seconds, calls)}.
+    Each submission is waited for while profiling, so time the block itself only without it."""
+    import tvm_ffi
+
+    load()
+    switch = tvm_ffi.get_global_func("mlcgen.wgpu.profile")
+    times: dict[str, tuple[float, int]] = {}
+    switch(True)
+    try:
+        yield times
+    finally:
+        switch(False)
+        times.update({str(k): (v[0] / 1e9, int(v[1])) for k, v in tvm_ffi.get_global_func("mlcgen.wgpu.kernel_times")().items()})
+
+
 GIB = 2**30
 
 
@@ -149,7 +168,8 @@ def describe_subgroups(facts: dict) -> str:
 
 def check_bindings(manifest: dict, facts: dict, dist_dir) -> None:
     """A kernel sees each tensor through one storage-buffer binding, so no param may be larger
-    than the adapter's binding limit (128 MiB on lavapipe; 2 GiB on NVIDIA)."""
+    than the adapter's binding limit (128 MiB on lavapipe; 2 GiB on NVIDIA). Vulkan builds store
+    larger weights in row chunks (targets/vulkan.py MAX_PARAM_BYTES); this catches other builds."""
     from . import dist
 
     limit = facts["max_storage_buffer_binding_size"]
@@ -157,8 +177,8 @@ def check_bindings(manifest: dict, facts: dict, dist_dir) -> None:
         nbytes = dist.param_bytes(p)
         if nbytes > limit:
             raise ParamsError(f"{dist_dir}: param {p['name']} is {nbytes / 2**20:.0f} MiB; {facts['name']} binds at most "
-                              f"{limit / 2**20:.0f} MiB per buffer (maxStorageBufferBindingSize). Splitting such tensors "
-                              "across bindings is not implemented: run this model on an adapter with a larger limit")
+                              f"{limit / 2**20:.0f} MiB per buffer (maxStorageBufferBindingSize). Rebuild with "
+                              "`mlcgen build --target vulkan`, which stores weights past 128 MiB in row chunks")
 
 
 def check_device(manifest: dict, dist_dir) -> dict:

@@ -40,10 +40,12 @@ PRESETS = {
     # which every adapter offers) and 32 KiB of workgroup memory (Vulkan promises only 16, but
     # lavapipe, RADV and NVIDIA all offer 32 or more, and TVM's attention kernels for head_dim 128
     # need 16.25), no subgroups.
-    # GEMV: 32 lanes per row reduce through workgroup memory; 4 words = one 128-bit load per lane;
-    # activations 4 x fp16 per load (WGSL vectors have at most 4 lanes), in all presets.
+    # GEMV: 16 lanes per row reduce through workgroup memory; 4 words (32 weights, one scale group)
+    # per lane and step; activations 4 x fp16 per load (WGSL vectors have at most 4 lanes), in all
+    # presets. 16 lanes beat 32 by 22% over the 7B layer matmuls on the one Vulkan GPU here (H200:
+    # 463 vs 379 GB/s; `benchmarks/vulkan_speed.py` GEMV sweep, docs/benchmarks.md).
     "generic": Preset(0, 256, 32768,
-                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
+                      GemvKnobs(threads_per_row=16, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
     # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
@@ -53,10 +55,10 @@ PRESETS = {
     "steamdeck": Preset(0, 256, 32768,
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
                         model_memory_gib=12),
-    # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide;
-    # the GEMV knobs are the CUDA target's (targets/cuda.py), whose sweep they come from.
+    # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
+    # GEMV: the generic knobs, from the same sweep (16 lanes: 470 vs 382 GB/s with 32).
     "nvidia": Preset(32, 1024, 49152,
-                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
+                     GemvKnobs(threads_per_row=16, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
 }
 
 
@@ -75,6 +77,11 @@ def tvm_target(preset: str):
 
 # As on CUDA and ROCm (targets/cuda.py): the GPU path is verified for q4f16_1 only.
 QUANTIZATIONS = ("q4f16_1",)
+# A kernel sees each tensor through one storage-buffer binding. WebGPU's default
+# maxStorageBufferBindingSize is 128 MiB: every adapter binds that much, lavapipe no more (NVIDIA:
+# 2 GiB). Weights past it (Llama-3's 128K-vocab embedding and lm_head: 250 MiB) are stored in row
+# chunks, so one library runs on every adapter.
+MAX_PARAM_BYTES = 128 << 20
 QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
 PASS_CONFIG: dict = {}
 

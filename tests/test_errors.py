@@ -171,3 +171,12 @@ def test_params_that_disagree_with_the_manifest_are_refused(dist_copy):
 def test_wrong_device_is_refused(tiny_dist):
     with pytest.raises(ParamsError, match=r"built for target cpu:generic \(device 'cpu'\), cannot run on device 'cuda'"):
         type(engine(tiny_dist))(tiny_dist, device="cuda")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tiny_dist):
+    eng = engine(tiny_dist)  # gqa_tied: vocabulary of 100
+    with pytest.raises(ValueError, match=r"token id 100 is outside the vocabulary \(0..99\)"):
+        eng.prefill([1, 2, 100])
+    with pytest.raises(ValueError, match="token id -1 is outside"):
+        eng.decode(-1)
+    assert eng.length == 0 and eng.prefill([1, 99]).shape == (100,)  # nothing was appended; valid ids still run

@@ -78,3 +78,21 @@ def test_float32_dequantize_expression_equals_unpack_for_every_code():
     got = tvm.runtime.empty((8, 128), "float32", tvm.cpu())
     kernel(tvm.runtime.tensor(words), tvm.runtime.tensor(scale), got)
     assert np.array_equal(got.numpy(), q4.unpack(words, scale))
+
+
+def test_weights_past_the_targets_tensor_limit_are_stored_in_row_chunks():
+    row_bytes = 64 // 8 * 4
+    q4 = get_quantization("q4f16_1", max_param_bytes=300 * row_bytes)  # room for 300 rows: chunks of 256
+    assert q4.row_chunks(1100, 64) == [256, 256, 256, 256, 76]
+    assert q4.row_chunks(256, 64) == [256] and get_quantization("q4f16_1").row_chunks(10**6, 64) == [10**6]
+    stored = q4.stored_params("lm_head.weight", (1100, 64), quantized=True)
+    assert [(p.name, p.shape) for p in stored[:2]] == [("lm_head.q_weight.0", (256, 8)), ("lm_head.q_scale.0", (256, 2))]
+    assert [p.shape[0] for p in stored if "q_weight" in p.name] == [256, 256, 256, 256, 76]
+    w = np.random.RandomState(2).standard_normal((1100, 64)).astype(np.float32)
+    chunks = q4.quantize("lm_head.weight", w, quantized=True)
+    assert {k: v.shape for k, v in chunks.items()} == {p.name: p.shape for p in stored}
+    assert all(v.nbytes <= 300 * row_bytes for v in chunks.values())
+    whole = get_quantization("q4f16_1")
+    assert np.array_equal(q4.restore("lm_head.weight", chunks, True), whole.unpack(*whole.pack(w)))
+    with pytest.raises(ConfigError, match="256 rows of K=64 exceed"):
+        get_quantization("q4f16_1", max_param_bytes=100 * row_bytes).row_chunks(1100, 64)

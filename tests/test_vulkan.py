@@ -17,7 +17,7 @@ from mlcgen.runtime import vulkan
 from mlcgen.runtime.engine import Engine
 from mlcgen.targets import vulkan as vulkan_target
 
-from conftest import rel_err
+from conftest import CONFIGS, rel_err
 
 MLCGEN = [sys.executable, "-c", "from mlcgen.cli import main; main()"]
 GIB = 2**30
@@ -50,6 +50,57 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe):
     assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
     counters = vulkan.counters()
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
+
+
+def test_kernel_profile_times_every_dispatch_and_bounds_checks_change_no_result(builds, lavapipe):
+    dist_dir = builds.dist("gqa_tied", "q4f16_1", target="vulkan")
+    gpu = Engine(dist_dir, device="vulkan")
+    logits = gpu.prefill([1, 7, 99])
+    before = vulkan.counters()["dispatches"]
+    with vulkan.kernel_profile() as times:
+        tokens = [int(logits.argmax())]
+        for _ in range(4):
+            tokens.append(int(gpu.decode(tokens[-1]).argmax()))
+    assert sum(calls for _, calls in times.values()) == vulkan.counters()["dispatches"] - before
+    assert times["batch_decode_paged_kv_kernel"][1] == 4 * 2  # per step, per layer
+    assert all(seconds > 0 for seconds, _ in times.values())
+    # The same steps with the bounds-checked shaders (MLCGEN_WGPU_BOUNDS_CHECKS=1, read per process)
+    assert not lavapipe["bounds_checks"]  # the default
+    script = ("import sys; from mlcgen.runtime import vulkan; from mlcgen.runtime.engine import Engine; "
+              "assert vulkan.adapter()['bounds_checks']; e = Engine(sys.argv[1], device='vulkan'); "
+              "t = [int(e.prefill([1, 7, 99]).argmax())]; [t.append(int(e.decode(t[-1]).argmax())) for _ in range(4)]; print(t)")
+    out = subprocess.run([sys.executable, "-c", script, str(dist_dir)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLCGEN_WGPU_BOUNDS_CHECKS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tokens)
+
+
+def test_weights_past_the_binding_limit_run_as_row_chunks(lavapipe, tmp_path, monkeypatch):
+    """Embedding and lm_head of 1100 x 64 stored in chunks of 256 rows (as Llama-3's 128K-vocab
+    tensors are past lavapipe's 128 MiB): same tokens and logits as the CPU build, unsplit."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mlcgen.compiler.build import build
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**{**CONFIGS["gqa_tied"], "vocab_size": 1100, "tie_word_embeddings": False},
+                      max_position_embeddings=256, initializer_range=0.2)
+    LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path / "hf")
+    cpu = Engine(build(tmp_path / "hf", "q4f16_1", "cpu", output=tmp_path / "cpu", log=None))
+    limit = 300 * (64 // 8 * 4)  # bytes of 300 q_weight rows
+    monkeypatch.setattr(vulkan_target, "MAX_PARAM_BYTES", limit)
+    dist_dir = build(tmp_path / "hf", "q4f16_1", "vulkan", output=tmp_path / "vulkan", log=None)
+    params = json.loads((dist_dir / "manifest.json").read_text())["params"]
+    for weight in ("model.embed_tokens", "lm_head"):
+        assert [p["shape"][0] for p in params if p["name"].startswith(f"{weight}.q_weight.")] == [256, 256, 256, 256, 76]
+    vulkan.check_bindings({"params": params}, {**lavapipe, "max_storage_buffer_binding_size": limit}, dist_dir)
+    gpu = Engine(dist_dir, device="vulkan")
+    prompt = [1, 1099, 7, 256, 255, 768, 1024, 511, 512]  # ids in every chunk and at their edges
+    cpu_tokens, cpu_logits = greedy(cpu, prompt, 16)
+    gpu_tokens, gpu_logits = greedy(gpu, prompt, 16)
+    assert gpu_tokens == cpu_tokens
+    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
 
 
 def test_chat_cli_on_vulkan(builds, lavapipe):
