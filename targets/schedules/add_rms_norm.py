@@ -3,9 +3,10 @@
 dlight's RMSNorm rule expects the plain norm's six blocks and its reduction rules do not take a
 kernel with two outputs, so without this rule the kernel fell to dlight's fallback: one thread per
 row summing 4096 squares serially, 80 us per call on the H100 (docs/benchmarks.md). Here one
-thread block handles a row: every thread loads its run of both addends into registers, adds and
-squares it, a cross-thread reduction gives the row's sum of squares, and the same threads write
-the normed run.
+thread block handles a row: every thread adds and squares a strided slice, a cross-thread
+reduction gives the row's sum of squares, and the same threads write the normed slice. Each
+thread reads back only the elements it wrote itself (all phases split the row alike), so no
+barrier is needed between the phases.
 """
 
 from __future__ import annotations
@@ -48,28 +49,13 @@ class AddRMSNorm(ScheduleRule):
                 except s_tir.ScheduleError:
                     sch.reverse_compute_inline(b)
         # The residual sum anchors the kernel: a block per row, then the reduction and the norm
-        # under the same row loop. All three give thread t the same contiguous run of the row, so
-        # each thread reads back only what it wrote itself: no barrier between the phases.
+        # under the same row loop, all three split the row the same way across the threads.
         *rows, col = sch.get_loops(out_sum)
         row = sch.fuse(*rows)
         sch.bind(row, "blockIdx.x")
-        # The two addends go to registers first, a thread's whole run at once: the kernel stores to
-        # a buffer the compiler cannot prove distinct from its inputs (SPIR-V carries no noalias),
-        # so loads interleaved with those stores would wait for each other.
-        addends = [sch.cache_read(out_sum, i, "local") for i in range(len(sch.get(out_sum).reads))]
-        lane = self._split_across_threads(sch, out_sum)
-        for cache in addends:
-            sch.compute_at(cache, lane)
-            sch.unroll(sch.get_loops(cache)[-1])
+        sch.bind(sch.split(col, [None, self.threads])[1], "threadIdx.x")
         for block in (reduction, out_norm):
             sch.reverse_compute_at(block, row)
-            self._split_across_threads(sch, block)
+            sch.bind(sch.split(sch.get_loops(block)[-1], [None, self.threads])[1], "threadIdx.x")
         sch.set_scope(reduction, 0, "local")  # the row's sum: a cross-thread reduction result
         return sch
-
-    def _split_across_threads(self, sch, block):
-        """The block's row loop -> (threadIdx.x, unrolled steps over a contiguous run)."""
-        lane, steps = sch.split(sch.get_loops(block)[-1], [self.threads, None])
-        sch.bind(lane, "threadIdx.x")
-        sch.unroll(steps)
-        return lane
