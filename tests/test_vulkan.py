@@ -152,6 +152,33 @@ def test_preset_gemv_schedule_on_lavapipe_vs_numpy(preset, lavapipe, tmp_path):
     assert rel_err(y.numpy().astype(np.float32)[0, 0], ref) <= 1e-3
 
 
+def test_vector_loads_go_through_wide_views_at_any_alignment(lavapipe, tmp_path):
+    """The plugin loads vec4s through a second, vec4-typed binding of a read-only buffer when the
+    index is a multiple of 4, and element by element otherwise (here: one of each)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def copies(a: T.Buffer((1028,), "float16"), b: T.Buffer((1024,), "float16"), c: T.Buffer((1024,), "uint32"),
+               d: T.Buffer((1024,), "uint32")):
+        for bx in T.thread_binding(4, thread="blockIdx.x"):
+            for tx in T.thread_binding(64, thread="threadIdx.x"):
+                for v in T.vectorized(4):
+                    b[(bx * 64 + tx) * 4 + v] = a[(bx * 64 + tx) * 4 + v + 1]  # index 1 past a multiple of 4
+                for v in T.vectorized(4):
+                    d[(bx * 64 + tx) * 4 + v] = c[(bx * 64 + tx) * 4 + v]
+
+    tvm.compile(tvm.IRModule({"copies": copies}), vulkan_target.tvm_target("generic")).export_library(str(tmp_path / "copies.so"))
+    lib = tvm.runtime.load_module(str(tmp_path / "copies.so"))
+    rng = np.random.default_rng(0)
+    a, c = rng.standard_normal(1028).astype(np.float16), rng.integers(0, 2**32, 1024, dtype=np.uint32)
+    dev = tvm.device("webgpu", 0)
+    b, d = tvm.runtime.empty((1024,), "float16", dev), tvm.runtime.empty((1024,), "uint32", dev)
+    views = vulkan.counters()["wide_load_views"]
+    lib["copies"](tvm.runtime.tensor(a, dev), b, tvm.runtime.tensor(c, dev), d)
+    assert vulkan.counters()["wide_load_views"] == views + 2
+    assert np.array_equal(b.numpy(), a[1:1025]) and np.array_equal(d.numpy(), c)
+
+
 def test_subgroup_library_refused_where_subgroups_are_not_32_wide(lavapipe):
     assert not vulkan.subgroups_are(lavapipe, 32)  # lavapipe's subgroups follow its SIMD width
     with pytest.raises(ParamsError, match="subgroups of exactly 32 lanes.*rebuild with --target vulkan"):

@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <regex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -68,6 +69,7 @@ class Context {
   bool bounds_checks = false;  // MLCGEN_WGPU_BOUNDS_CHECKS=1 compiles shaders with them (debugging)
   size_t allocated_bytes = 0, peak_bytes = 0;
   uint64_t dispatches = 0, submissions = 0;
+  uint64_t wide_load_views = 0;  // extra bindings made by Kernel::WideLoads, over all kernels built
   uint64_t wait_ns = 0;  // host time blocked on the GPU (read-backs, syncs)
 
   bool Ready() { Init(); return device != nullptr; }
@@ -88,7 +90,8 @@ class Context {
   // --- buffers ---
   WGPUBuffer Alloc(size_t nbytes) {
     Require();
-    size_t size = std::max<size_t>(4, (nbytes + 3) / 4 * 4);  // copies move whole words
+    // whole 16-byte vectors: copies move whole words, and wide-load views see whole vec4<u32>s
+    size_t size = std::max<size_t>(16, (nbytes + 15) / 16 * 16);
     if (size > limits.maxBufferSize) {
       TVM_FFI_THROW(RuntimeError) << "wgpu: a buffer of " << size << " bytes exceeds the adapter's maxBufferSize ("
                                   << limits.maxBufferSize << ") on " << adapter_name;
@@ -261,12 +264,15 @@ class Context {
   }
 
   // Bind groups keyed by (layout, buffers); dropped when one of their buffers is freed.
-  WGPUBindGroup BindGroup(WGPUBindGroupLayout layout, const std::vector<WGPUBuffer>& buffers, size_t pod_bytes) {
+  // `views`: extra bindings (after the uniform) that bind buffers[arg] again, as the wide-load
+  // views of WideLoads below.
+  WGPUBindGroup BindGroup(WGPUBindGroupLayout layout, const std::vector<WGPUBuffer>& buffers, size_t pod_bytes,
+                          const std::vector<size_t>& views) {
     key_.assign(1, layout);  // a member: no allocation per dispatch once warm
     key_.insert(key_.end(), buffers.begin(), buffers.end());
     auto it = bind_groups_.find(key_);
     if (it != bind_groups_.end()) return it->second;
-    std::vector<WGPUBindGroupEntry> entries(buffers.size() + 1);
+    std::vector<WGPUBindGroupEntry> entries(buffers.size() + 1 + views.size());
     for (size_t i = 0; i < buffers.size(); ++i) {
       entries[i].binding = static_cast<uint32_t>(i);
       entries[i].buffer = buffers[i];
@@ -277,9 +283,15 @@ class Context {
                                     << " (maxStorageBufferBindingSize on " << adapter_name << ")";
       }
     }
-    entries.back().binding = static_cast<uint32_t>(buffers.size());
-    entries.back().buffer = arena_;
-    entries.back().size = (pod_bytes + 15) / 16 * 16;
+    WGPUBindGroupEntry& uniform = entries[buffers.size()];
+    uniform.binding = static_cast<uint32_t>(buffers.size());
+    uniform.buffer = arena_;
+    uniform.size = (pod_bytes + 15) / 16 * 16;
+    for (size_t v = 0; v < views.size(); ++v) {
+      WGPUBindGroupEntry& e = entries[buffers.size() + 1 + v];
+      e = entries[views[v]];
+      e.binding = static_cast<uint32_t>(buffers.size() + 1 + v);
+    }
     WGPUBindGroupDescriptor desc = {};
     desc.layout = layout;
     desc.entryCount = entries.size();
@@ -582,22 +594,25 @@ class Kernel {
     // padding blocks of a folded grid return too (the JavaScript runtime passes blocks and lets one
     // extra block run).
     pod_.push_back(blocks - 1);
-    WGPUBindGroup group = c->BindGroup(layout_, buffers_, pod_.size() * 4);
+    WGPUBindGroup group = c->BindGroup(layout_, buffers_, pod_.size() * 4, views_);
     c->Dispatch(&name_, pipeline_, group, pod_.data(), pod_.size(), grid);
   }
 
  private:
   void Build(Context* c) {
     c->Require();
-    std::vector<WGPUBindGroupLayoutEntry> entries(buffer_args_.size() + 1);
+    std::string code = WideLoads(wgsl_, c->limits.maxStorageBuffersPerShaderStage);
+    c->wide_load_views += views_.size();
+    size_t n = buffer_args_.size();
+    std::vector<WGPUBindGroupLayoutEntry> entries(n + 1 + views_.size());
     for (size_t i = 0; i < entries.size(); ++i) {
       entries[i].binding = static_cast<uint32_t>(i);
       entries[i].visibility = WGPUShaderStage_Compute;
-      if (i < buffer_args_.size()) {
-        entries[i].buffer.type = write_access_[i] ? WGPUBufferBindingType_Storage : WGPUBufferBindingType_ReadOnlyStorage;
-      } else {
+      if (i == n) {
         entries[i].buffer.type = WGPUBufferBindingType_Uniform;
         entries[i].buffer.hasDynamicOffset = true;
+      } else {
+        entries[i].buffer.type = i < n && write_access_[i] ? WGPUBufferBindingType_Storage : WGPUBufferBindingType_ReadOnlyStorage;
       }
     }
     WGPUBindGroupLayoutDescriptor ldesc = {};
@@ -611,7 +626,6 @@ class Kernel {
 
     // Naga (wgpu's WGSL compiler) rejects the `enable subgroups;` directive TVM emits but compiles
     // the subgroup built-ins once the device has the feature: drop the directive.
-    std::string code = wgsl_;
     size_t at = code.find("enable subgroups;");
     if (at != std::string::npos) {
       if (!c->has_subgroups) {
@@ -642,7 +656,51 @@ class Kernel {
     c->CheckError(("creating the pipeline of kernel " + name_).c_str());
   }
 
+  // TVM's WGSL declares every buffer as an array of scalars and writes a vector load as
+  // `vec4<T>(p[i + 0], p[i + 1], p[i + 2], p[i + 3])`: four scalar loads, where CUDA gets one
+  // 128-bit load. For each read-only buffer loaded that way, bind the same buffer a second time
+  // as array<vec4<T>> and load through it when i is a multiple of 4 (the scalar loads remain
+  // for other i). Returns the rewritten WGSL and sets views_ (the buffer argument behind each
+  // extra binding); kernels that would exceed the adapter's storage bindings stay as they are.
+  std::string WideLoads(const std::string& wgsl, uint32_t max_storage_bindings) {
+    static const std::regex load(R"(vec4<(u32|i32|f32|f16)>\((\w+)\[([^\[\]]+) \+ 0\], \2\[\3 \+ 1\], \2\[\3 \+ 2\], \2\[\3 \+ 3\]\))");
+    static const std::regex decl(R"(@group\(0\) @binding\((\d+)\) var<storage, read> (\w+) : array<(u32|i32|f32|f16)>;)");
+    std::map<std::string, std::pair<size_t, std::string>> readonly;  // name -> (binding, element type)
+    for (auto it = std::sregex_iterator(wgsl.begin(), wgsl.end(), decl); it != std::sregex_iterator(); ++it) {
+      readonly[(*it)[2]] = {std::stoul((*it)[1]), (*it)[3]};
+    }
+    std::vector<std::string> names;  // buffers that get a view, in binding order of their views
+    std::string out, helpers;
+    auto last = wgsl.cbegin();
+    for (auto it = std::sregex_iterator(wgsl.begin(), wgsl.end(), load); it != std::sregex_iterator(); ++it) {
+      const std::smatch& m = *it;
+      auto ro = readonly.find(m[2]);
+      out.append(last, m[0].first);
+      last = m[0].second;
+      if (ro == readonly.end() || ro->second.second != m[1]) {
+        out += m.str();
+        continue;
+      }
+      if (std::find(names.begin(), names.end(), m.str(2)) == names.end()) names.push_back(m[2]);
+      out += "mlcgen_load4_" + m.str(2) + "(i32(" + m.str(3) + "))";
+    }
+    out.append(last, wgsl.cend());
+    size_t n = buffer_args_.size();
+    if (names.empty() || n + names.size() > max_storage_bindings) return wgsl;
+    for (size_t v = 0; v < names.size(); ++v) {
+      const std::string& name = names[v];
+      const std::string& type = readonly[name].second;
+      views_.push_back(readonly[name].first);
+      helpers += "@group(0) @binding(" + std::to_string(n + 1 + v) + ") var<storage, read> " + name + "_v4 : array<vec4<" + type + ">>;\n" +
+                 "fn mlcgen_load4_" + name + "(i : i32) -> vec4<" + type + "> {\n" +
+                 "  if ((i & 3) == 0) { return " + name + "_v4[i >> 2]; }\n" +
+                 "  return vec4<" + type + ">(" + name + "[i], " + name + "[i + 1], " + name + "[i + 2], " + name + "[i + 3]);\n}\n";
+    }
+    return out + helpers;
+  }
+
   std::string name_, wgsl_;
+  std::vector<size_t> views_;  // per extra binding after the uniform: the buffer argument it views
   std::vector<int> launch_dims_;  // per launch argument: 0-2 blockIdx.xyz, 3-5 threadIdx.xyz
   std::vector<size_t> buffer_args_;
   std::vector<std::pair<size_t, uint8_t>> pod_args_;
@@ -820,6 +878,7 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         m.Set("dispatches", static_cast<int64_t>(c->dispatches));
         m.Set("submissions", static_cast<int64_t>(c->submissions));
         m.Set("wait_ns", static_cast<int64_t>(c->wait_ns));
+        m.Set("wide_load_views", static_cast<int64_t>(c->wide_load_views));
         return m;
       })
       .def("mlcgen.wgpu.profile", [](bool on) { Context::Global()->Require(); Context::Global()->Profile(on); })
