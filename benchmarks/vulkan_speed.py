@@ -42,8 +42,8 @@ CONTEXTS = (128, 1024)
 CONTEXT_WINDOW = 2048
 COPY_WORDS = 1 << 28  # 1 GiB of uint32
 GEMV_SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
-GEMV_SWEEP = [(32, 4, 4, 1, 2), (16, 4, 4, 1, 2), (8, 4, 4, 2, 2), (8, 8, 4, 2, 2), (8, 4, 4, 4, 2), (8, 4, 4, 2, 4),
-              (4, 8, 4, 2, 2), (4, 8, 4, 4, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
+GEMV_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 8, 4, 1, 2), (32, 4, 4, 1, 4), (16, 4, 4, 1, 2), (16, 8, 4, 2, 2),
+              (8, 4, 4, 2, 2), (8, 4, 4, 4, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
 L2_BYTES = 50 << 20  # H100/H200 L2: weights rotate through 3x this
 
 

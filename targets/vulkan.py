@@ -40,15 +40,14 @@ PRESETS = {
     # which every adapter offers) and 32 KiB of workgroup memory (Vulkan promises only 16, but
     # lavapipe, RADV and NVIDIA all offer 32 or more, and TVM's attention kernels for head_dim 128
     # need 16.25), no subgroups.
-    # GEMV: 8 lanes per row reduce through workgroup memory, each taking 4 words (32 weights, one
-    # scale group) twice per step for two rows: 4 loads in flight per lane (the WGSL codegen loads
-    # vectors a word at a time, so loads in flight are what hides latency); 8 x 8 = 64
-    # invocations per workgroup (one wave64 on AMD), 16 rows. Activations 4 x fp16 per load (WGSL vectors stop at 4 lanes),
-    # in all presets. Sweep on the one Vulkan GPU here (H200, unchecked shaders, 7B layer matmuls,
-    # `benchmarks/vulkan_speed.py`): 8 lanes x 2 steps 730 GB/s (8 x 4 rows per workgroup), 16 x 1
-    # step 524, 32 x 1 step 430.
+    # GEMV: 32 lanes per row reduce through workgroup memory, each loading 4 words (32 weights, one
+    # scale group) per step for two rows; 4 x 32 = 128 invocations per workgroup. Activations 4 x
+    # fp16 per load (WGSL vectors stop at 4 lanes), in all presets. Sweep on the one Vulkan GPU
+    # here (H200, unchecked shaders with the plugin's vec4 loads, 7B layer matmuls,
+    # `benchmarks/vulkan_speed.py`): 32 lanes 980 GB/s, 16 lanes 800, 8 lanes x 2 steps 812.
+    # (Before the plugin loaded vectors whole, 8 lanes x 2 steps won: 730 vs 430 GB/s.)
     "generic": Preset(0, 256, 32768,
-                      GemvKnobs(threads_per_row=8, rows_per_block=8, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4)),
+                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
     # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
@@ -59,9 +58,9 @@ PRESETS = {
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
                         model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
-    # GEMV: the sweep's best (above): one warp of 8 lanes x 4 rows per workgroup.
+    # GEMV: the generic knobs, which the same sweep puts first here too (1019 GB/s).
     "nvidia": Preset(32, 1024, 49152,
-                     GemvKnobs(threads_per_row=8, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4)),
+                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
 }
 
 
