@@ -99,8 +99,8 @@ def adapter() -> dict:
 
 
 def counters() -> dict:
-    """Bytes allocated (now, peak), kernels dispatched, submissions made and host time blocked on
-    the GPU (wait_ns) so far."""
+    """Bytes allocated (now, peak), kernels dispatched, submissions made, host time blocked on the
+    GPU (wait_ns) and wide-load views bound (wide_load_views, plugin.cc WideLoads) so far."""
     import tvm_ffi
 
     load()
