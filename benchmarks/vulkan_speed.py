@@ -14,7 +14,8 @@ the kernels dispatched, queue submissions and host time not spent waiting for th
 per-kernel profile of decode at context 128 (GPU timestamps). The bound is (weight + KV bytes read
 per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the same run
 (torch's CUDA copy is printed beside it). All configurations' logits are compared on the same
-weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run.
+weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run; the GPU
+time per dispatch of a trivial kernel (with and without a dependency on the one before) opens it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ def copy_kernel(out: Path) -> None:
                 for v in T.vectorized(4):
                     b[bx * 256 + tx, v] = a[bx * 256 + tx, v]
 
-    tvm.compile(tvm.IRModule({"copy": copy}), vulkan.tvm_target("generic")).export_library(str(out / "copy.so"))
+    @T.prim_func
+    def touch(a: T.Buffer((256,), "float32"), b: T.Buffer((256,), "float32")):
+        for bx in T.thread_binding(1, thread="blockIdx.x"):
+            for tx in T.thread_binding(256, thread="threadIdx.x"):
+                b[tx] = a[tx] + T.float32(1)
+
+    mod = tvm.IRModule({"copy": copy, "touch": touch})
+    tvm.compile(mod, vulkan.tvm_target("generic")).export_library(str(out / "copy.so"))
 
 
 def gemv_libraries(out: Path) -> None:
@@ -118,6 +126,32 @@ def vulkan_copy_gbs(out: Path) -> float:
         lib["copy"](a, b)
     dev.sync()
     return 2 * COPY_WORDS * 4 * reps / (time.perf_counter() - start) / 1e9
+
+
+def dispatch_floor_us(out: Path) -> dict:
+    """GPU time per dispatch of a one-workgroup kernel (256 floats), 2000 dispatches in a row:
+    `chained` (each reads what the previous wrote: wgpu puts a barrier between them) and
+    `independent` (16 buffer pairs in turn: no hazard between neighbours)."""
+    import tvm
+
+    from mlcgen.runtime import vulkan
+
+    dev = tvm.device("webgpu", 0)
+    touch = tvm.runtime.load_module(str(out / "copy.so"))["touch"]
+    bufs = [tvm.runtime.tensor(np.zeros(256, np.float32), dev) for _ in range(32)]
+    result = {}
+    for name, pair in (("chained", lambda i: (bufs[i % 2], bufs[1 - i % 2])),
+                       ("independent", lambda i: (bufs[2 * (i % 16)], bufs[2 * (i % 16) + 1]))):
+        for i in range(100):
+            touch(*pair(i))
+        dev.sync()
+        with vulkan.kernel_profile() as times:
+            for i in range(2000):
+                touch(*pair(i))
+            dev.sync()
+        seconds, calls = times["touch_kernel"]
+        result[name] = seconds / calls * 1e6
+    return result
 
 
 def measure(out: Path, label: str) -> None:
@@ -222,7 +256,8 @@ def run(out: Path) -> None:
     from mlcgen.runtime import vulkan
 
     vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))  # the plugin build() carried
-    results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs()}
+    results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs(),
+               "dispatch_floor_us": dispatch_floor_us(out)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     results["configs"], logits = {}, {}
     for label, (_, _, checks) in CONFIGS.items():
@@ -259,6 +294,9 @@ def report(r: dict) -> None:
           f"subgroups {f['subgroup_size']}, max storage binding {f['max_storage_buffer_binding_size'] / 2**20:.0f} MiB")
     torch_copy = f", torch CUDA copy {r['torch_copy_gbs']:.0f} GB/s" if r["torch_copy_gbs"] else ""
     print(f"copy bandwidth: WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s{torch_copy}")
+    floor = r["dispatch_floor_us"]
+    print(f"GPU time per dispatch of a one-workgroup kernel: {floor['chained']:.1f} us chained, "
+          f"{floor['independent']:.1f} us independent")
     print("\n| q4f16_1, model shape and preset | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS)
           + " | prefill 512 | dispatches, submissions, host ms per step |")
     print("|---|" + "---|" * (len(CONTEXTS) + 2))
