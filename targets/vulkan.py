@@ -44,7 +44,7 @@ PRESETS = {
     # scale group) per step for two rows; 4 x 32 = 128 invocations per workgroup. Activations 4 x
     # fp16 per load (WGSL vectors stop at 4 lanes), in all presets. Sweep on the one Vulkan GPU
     # here (H200, unchecked shaders with the plugin's vec4 loads, 7B layer matmuls,
-    # `benchmarks/vulkan_speed.py`): 32 lanes 980 GB/s, 16 lanes 800, 8 lanes x 2 steps 812.
+    # `benchmarks/vulkan_speed.py`): 32 lanes 986 GB/s, 16 lanes 813, 8 lanes x 2 steps 823.
     # (Before the plugin loaded vectors whole, 8 lanes x 2 steps won: 730 vs 430 GB/s.)
     "generic": Preset(0, 256, 32768,
                       GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
@@ -58,7 +58,7 @@ PRESETS = {
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
                         model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
-    # GEMV: the generic knobs, which the same sweep puts first here too (1019 GB/s).
+    # GEMV: the generic knobs, which the same sweep puts first here too (1027 GB/s).
     "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
 }
@@ -79,12 +79,12 @@ def tvm_target(preset: str):
 
 # As on CUDA and ROCm (targets/cuda.py): the GPU path is verified for q4f16_1 only.
 QUANTIZATIONS = ("q4f16_1",)
+QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
 # A kernel sees each tensor through one storage-buffer binding. WebGPU's default
 # maxStorageBufferBindingSize is 128 MiB: every adapter binds that much, lavapipe no more (NVIDIA:
 # 2 GiB). Weights past it (Llama-3's 128K-vocab embedding and lm_head: 250 MiB) are stored in row
 # chunks, so one library runs on every adapter.
 MAX_PARAM_BYTES = 128 << 20
-QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
 PASS_CONFIG: dict = {}
 
 
