@@ -52,6 +52,21 @@ std::string View(WGPUStringView s) {
 }
 WGPUStringView View(const std::string& s) { return WGPUStringView{s.data(), s.size()}; }
 
+// What wgpu's request-adapter and request-device callbacks deliver: the handle (null on failure),
+// the message, and whether the callback has run.
+template <typename Handle, typename Status, Status kSuccess>
+struct Requested {
+  Handle handle = nullptr;
+  std::string message;
+  bool done = false;
+  static void Callback(Status status, Handle handle, WGPUStringView message, void* self, void*) {
+    auto* r = static_cast<Requested*>(self);
+    if (status == kSuccess) r->handle = handle;
+    r->message = View(message);
+    r->done = true;
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The one adapter/device/queue of the process, and the command batch being recorded.
 class Context {
@@ -318,26 +333,21 @@ class Context {
     instance_ = wgpuCreateInstance(&idesc);
     if (!instance_) return "wgpu could not create an instance";
 
-    struct AdapterResult { WGPUAdapter adapter = nullptr; std::string message; bool done = false; } ar;
+    Requested<WGPUAdapter, WGPURequestAdapterStatus, WGPURequestAdapterStatus_Success> ar;
     WGPURequestAdapterOptions opts = {};
     opts.powerPreference = WGPUPowerPreference_HighPerformance;
     WGPURequestAdapterCallbackInfo acb = {};
     acb.mode = WGPUCallbackMode_AllowProcessEvents;
-    acb.callback = [](WGPURequestAdapterStatus s, WGPUAdapter a, WGPUStringView m, void* u, void*) {
-      auto* r = static_cast<AdapterResult*>(u);
-      if (s == WGPURequestAdapterStatus_Success) r->adapter = a;
-      r->message = View(m);
-      r->done = true;
-    };
+    acb.callback = decltype(ar)::Callback;
     acb.userdata1 = &ar;
     wgpuInstanceRequestAdapter(instance_, &opts, acb);
     while (!ar.done) wgpuInstanceProcessEvents(instance_);
-    if (!ar.adapter) {
+    if (!ar.handle) {
       return "no Vulkan adapter found (" + ar.message +
              "). Install a Vulkan driver: Debian `apt-get install mesa-vulkan-drivers libvulkan1` "
              "(lavapipe on the CPU, RADV on AMD GPUs), or the GPU vendor's driver";
     }
-    adapter_ = ar.adapter;
+    adapter_ = ar.handle;
     WGPUAdapterInfo info = {};
     wgpuAdapterGetInfo(adapter_, &info);
     adapter_name = View(info.device);
@@ -367,7 +377,7 @@ class Context {
     const char* checks = std::getenv("MLCGEN_WGPU_BOUNDS_CHECKS");
     bounds_checks = checks && std::string(checks) == "1";
 
-    struct DeviceResult { WGPUDevice device = nullptr; std::string message; bool done = false; } dr;
+    Requested<WGPUDevice, WGPURequestDeviceStatus, WGPURequestDeviceStatus_Success> dr;
     WGPUDeviceDescriptor ddesc = {};
     ddesc.requiredFeatureCount = features.size();
     ddesc.requiredFeatures = features.data();
@@ -379,17 +389,12 @@ class Context {
     ddesc.uncapturedErrorCallbackInfo.userdata1 = &pending_error_;
     WGPURequestDeviceCallbackInfo dcb = {};
     dcb.mode = WGPUCallbackMode_AllowProcessEvents;
-    dcb.callback = [](WGPURequestDeviceStatus s, WGPUDevice d, WGPUStringView m, void* u, void*) {
-      auto* r = static_cast<DeviceResult*>(u);
-      if (s == WGPURequestDeviceStatus_Success) r->device = d;
-      r->message = View(m);
-      r->done = true;
-    };
+    dcb.callback = decltype(dr)::Callback;
     dcb.userdata1 = &dr;
     wgpuAdapterRequestDevice(adapter_, &ddesc, dcb);
     while (!dr.done) wgpuInstanceProcessEvents(instance_);
-    if (!dr.device) return "the Vulkan adapter " + adapter_name + " refused a device: " + dr.message;
-    device = dr.device;
+    if (!dr.handle) return "the Vulkan adapter " + adapter_name + " refused a device: " + dr.message;
+    device = dr.handle;
     queue = wgpuDeviceGetQueue(device);
 
     arena_host_.assign(kArenaBytes, 0);
