@@ -6,9 +6,11 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
 - `dlight`: dlight's GEMV rule on the float32 expression the product now uses;
 - `cuda/...`: our rule (targets/schedules/dequant_gemv.py) with a sweep of knobs; the cuda preset's
   knobs are marked `*`;
-- `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs, scheduled under the ROCm target and
-  compiled to CUDA: the closest runnable variant of the AMD kernels here (the wave64 variant's
-  64-lane row sum becomes two warps and a shared-memory step on CUDA).
+- `cuda/...+packed`: the cuda preset's knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
+  CUDA has no fp16-pair dot instruction with a float32 sum);
+- `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
+  the closest runnable variant of the AMD kernels here (float32 multiply-adds where AMD has
+  v_dot2_f32_f16; the wave64 variant's 64-lane row sum becomes two warps and a shared-memory step).
 Each is checked against numpy and timed on weights rotated through more copies than the L2 cache
 holds (kernel durations from CUPTI via torch.profiler); efficiency = achieved GB/s over a device
 copy's GB/s measured in the same run.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +76,10 @@ def build(out: Path) -> None:
         g = GemvKnobs(*knobs)
         mark = "*" if g == preset else ""
         schedules[f"cuda/{'-'.join(map(str, knobs))}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
+    knobs = (preset.threads_per_row, preset.rows_per_block, preset.vector_words, preset.unroll, preset.rows_per_thread)
+    schedules[f"cuda/{'-'.join(map(str, knobs))}+packed"] = (cuda_target, DequantGEMV(replace(preset, packed_fp16=True)), "float32")
     for arch in ("gfx1100", "gfx90a"):
-        schedules[arch] = (rocm.tvm_target(arch), DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
+        schedules[arch] = (cuda_target, DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
     out.mkdir(parents=True, exist_ok=True)
     names = {}
     for shape, (n, k) in SHAPES.items():

@@ -22,6 +22,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
+FLOAT_MAGIC = 0x4B000000  # float32 2^23: a small integer ORed into its mantissa gives 2^23 + it
+
 
 @dataclass(frozen=True)
 class StoredParam:
@@ -156,7 +158,7 @@ class GroupQuant4:
         code = (word >> (k % self.PACK * 4).astype("uint32")) & 0xF
         scale = q_scale[n, k // self.group_size]
         if (dtype or self.model_dtype) == "float32":
-            magic = tirx.reinterpret("float32", code | tirx.const(0x4B000000, "uint32"))  # 2^23 + code
+            magic = tirx.reinterpret("float32", code | tirx.const(FLOAT_MAGIC, "uint32"))  # 2^23 + code
             return (magic - tirx.const(2**23 + self.max_code, "float32")) * scale.astype("float32")
         return (code.astype(self.model_dtype) - self.max_code) * scale
 

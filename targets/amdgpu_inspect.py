@@ -72,7 +72,8 @@ def kernel_resources(code_object: Path) -> tuple[str, dict[str, dict]]:
 
 
 def instruction_mix(code_object: Path, mcpu: str) -> dict[str, Counter]:
-    """Per kernel: counts of the instructions that matter for memory-bound kernels."""
+    """Per kernel: counts of the instructions that matter for memory-bound kernels: global load
+    widths, vector ALU instructions (valu) and among them dot / packed / MFMA / WMMA ones."""
     text = subprocess.run([_llvm_tool("llvm-objdump"), "-d", f"--mcpu={mcpu}", str(code_object)], capture_output=True, text=True, check=True).stdout
     mix, current = {}, None
     for line in text.splitlines():
@@ -80,15 +81,18 @@ def instruction_mix(code_object: Path, mcpu: str) -> dict[str, Counter]:
         if label:
             current = mix.setdefault(label.group(1), Counter())
             continue
-        op = re.match(r"^\s+(\w+)", line)
-        if current is None or not op:
+        if current is None or not line.startswith("\t"):
             continue
-        name = op.group(1)
-        if name.startswith("global_load"):
-            current[name.removeprefix("global_load_")] += 1
-        for family in ("v_dot", "v_pk_", "v_mfma", "v_wmma"):
-            if name.startswith(family):
-                current[family.strip("_")] += 1
+        # RDNA3 dual issue (VOPD) prints two operations: "v_dual_X ... :: v_dual_Y ..."
+        for op in re.findall(r"(?:^\t|:: )(\w+)", line.split("//")[0]):
+            name = op.replace("v_dual_", "v_", 1)
+            if name.startswith("v_"):
+                current["valu"] += 1
+            if name.startswith("global_load"):
+                current[name.removeprefix("global_load_")] += 1
+            for family in ("v_dot", "v_pk_", "v_mfma", "v_wmma"):
+                if name.startswith(family):
+                    current[family.strip("_")] += 1
     return mix
 
 

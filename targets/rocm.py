@@ -31,13 +31,14 @@ class Preset:
     compute_units: int
     bandwidth_gbs: float
     memory_gib: int
+    clock_ghz: float  # peak engine clock: with 64 VALU lane operations per CU per clock, the ALU rate
     max_threads: int = 1024  # per workgroup: the hardware limit on both CDNA2 and RDNA3
     lds_bytes: int = 65536  # LDS per workgroup: 64 KiB on both
     gemv: GemvKnobs = GemvKnobs()  # decode GEMV knobs: set per card in PRESETS
 
 
 PRESETS = {
-    # RX 7900 XTX, RDNA3 (Navi 31): 96 CUs, 24 GB GDDR6 at 960 GB/s (AMD spec sheet). RDNA3 runs
+    # RX 7900 XTX, RDNA3 (Navi 31): 96 CUs, 24 GB GDDR6 at 960 GB/s, 2.5 GHz boost (AMD spec sheet). RDNA3 runs
     # wave32 natively and LLVM compiles gfx11 as wave32: TVM's rocm default of 64 would make
     # warp-level reductions span two hardware waves, so the target must say 32 (checked in the
     # code object's .wavefront_size by the tests).
@@ -45,13 +46,13 @@ PRESETS = {
     # packed words per lane = global_load_b128, the widest load; 4 rows = 128 threads per block;
     # 2 rows per lane share its activation loads (+13% on the H100 for the same wave32 kernel:
     # docs/benchmarks.md; not measured on RDNA3).
-    "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24,
-                      gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2)),
-    # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s (AMD spec sheet); wave64, MFMA.
+    "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24, 2.5,
+                      gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)),
+    # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s, 1.7 GHz peak (AMD spec sheet); wave64, MFMA.
     # Decode GEMV: one wave64 per row (as above, for CDNA's 64 lanes), global_load_dwordx4; 4 rows
     # = 256 threads = one wave per SIMD of a CU; 2 rows per lane as on gfx1100.
-    "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64,
-                     gemv=GemvKnobs(threads_per_row=64, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2)),
+    "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64, 1.7,
+                     gemv=GemvKnobs(threads_per_row=64, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)),
 }
 # Without an AMD GPU present, `--target rocm` builds for the RX 7900 XTX: the consumer card the
 # product is for first.

@@ -142,3 +142,15 @@ def engine(dist_dir: Path) -> Engine:
 
 def manifest(dist_dir: Path) -> dict:
     return json.loads((dist_dir / "manifest.json").read_text())
+
+
+def gemv_func(n, k):
+    """A decode matmul exactly as the model writes it (compiler/layers.py), on its own."""
+    from tvm import te
+
+    from mlcgen.compiler.layers import q4_matmul_te
+
+    x = te.placeholder((1, 1, k), "float16", "x")
+    w = te.placeholder((n, k // 8), "uint32", "w")
+    s = te.placeholder((n, k // 32), "float16", "s")
+    return te.create_prim_func([x, w, s, q4_matmul_te(get_quantization("q4f16_1"), x, w, s, "float16")])

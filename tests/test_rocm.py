@@ -7,14 +7,18 @@ LDS per 256-thread group, which caps it at 3 waves per SIMD on CDNA2's 64 KiB-pe
 for at least 2 there, so that a larger tile or a register blow-up is caught.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
+import tvm
 
 from mlcgen.errors import ConfigError
 from mlcgen.targets import amdgpu_inspect, rocm
+
+from conftest import gemv_func
 
 ARCHS = {"gfx1100": 32, "gfx90a": 64}
 ATTENTION_DECODE = "batch_decode_paged_kv_kernel"
@@ -92,3 +96,41 @@ def test_fused_add_rms_norm_is_one_kernel(rocm_build):
     _, dist = rocm_build
     names = [k["kernel"] for k in amdgpu_inspect.inspect(dist)["kernels"] if k["kernel"].startswith("fused_add_rms_norm")]
     assert names and all(n.endswith("_kernel") for n in names), names
+
+
+def gemv_code_object(arch, knobs, n, k, path):
+    """The decode GEMV at [n, k], scheduled with `knobs` for `arch`, as an HSA code object."""
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = rocm.tvm_target(arch)
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(n, k)}))
+    assert mod["main"].attrs.get("tirx.is_scheduled")
+    with rocm.device_code() as objects:
+        tvm.compile(mod, target)
+    path.write_bytes(objects[rocm.CODE_OBJECT])
+    return path
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("k", [4096, 11008])  # Llama-2-7B: q/k/v/o/gate/up, and down (344 groups per row)
+def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k, tmp_path):
+    """The presets' packed_fp16 GEMV: v_dot2_f32_f16 for every pair of weights, packed fp16
+    subtracts, and at most 60% of the float32 form's vector ALU instructions (docs/rocm.md: on the
+    MI210 the float32 form needs more ALU than its bandwidth leaves room for); no scratch."""
+    n = 4096
+    preset = rocm.PRESETS[arch].gemv
+    assert preset.packed_fp16
+    mix, resources = {}, {}
+    for packed in (True, False):
+        path = gemv_code_object(arch, dataclasses.replace(preset, packed_fp16=packed), n, k, tmp_path / f"{packed}.hsaco")
+        _, kernels = amdgpu_inspect.kernel_resources(path)
+        (name, resources[packed]), = kernels.items()
+        mix[packed] = amdgpu_inspect.instruction_mix(path, arch)[name]
+    assert mix[True]["v_dot"] > 0 and mix[True]["v_pk"] > 0 and mix[False]["v_dot"] == 0
+    # per unrolled loop body: 16 dot2 per group and row, as many packed subtracts
+    assert mix[True]["v_dot"] % 16 == 0 and mix[True]["v_pk"] >= mix[True]["v_dot"]
+    assert mix[True]["valu"] <= 0.6 * mix[False]["valu"], (mix[True], mix[False])
+    assert resources[True]["private_segment_fixed_size"] == 0

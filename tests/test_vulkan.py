@@ -1,6 +1,7 @@
 """The Vulkan target on this machine: WGSL kernels through our wgpu plugin on Mesa's lavapipe (a
 Vulkan driver running on the CPU), against the CPU build and numpy."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from mlcgen.runtime import vulkan
 from mlcgen.runtime.engine import Engine
 from mlcgen.targets import vulkan as vulkan_target
 
-from conftest import CONFIGS, rel_err
+from conftest import CONFIGS, gemv_func, rel_err
 
 MLCGEN = [sys.executable, "-c", "from mlcgen.cli import main; main()"]
 GIB = 2**30
@@ -116,28 +117,28 @@ def test_chat_cli_on_vulkan(builds, lavapipe):
     assert replies["vulkan"] == replies["cpu"]
 
 
-def gemv_func(n, k):
-    """A decode matmul exactly as the model writes it (compiler/layers.py), on its own."""
-    from tvm import te
+def rocm_knobs_for_wgsl(arch):
+    """A ROCm preset's decode GEMV knobs, as close as WGSL can run them: activations in 4-wide
+    loads (WGSL vectors stop at 4); the packed-fp16 group keeps its pairs and mask tricks, with
+    float32 multiply-adds where AMD has v_dot2_f32_f16."""
+    from mlcgen.targets import rocm
 
-    from mlcgen.compiler.layers import q4_matmul_te
-
-    x = te.placeholder((1, 1, k), "float16", "x")
-    w = te.placeholder((n, k // 8), "uint32", "w")
-    s = te.placeholder((n, k // 32), "float16", "s")
-    return te.create_prim_func([x, w, s, q4_matmul_te(get_quantization("q4f16_1"), x, w, s, "float16")])
+    return dataclasses.replace(rocm.PRESETS[arch].gemv, activation_lanes=4)
 
 
-@pytest.mark.parametrize("preset", ["generic", "steamdeck"])
-def test_preset_gemv_schedule_on_lavapipe_vs_numpy(preset, lavapipe, tmp_path):
+@pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["steamdeck"].gemv,
+                                   rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a")],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a"])
+@pytest.mark.parametrize("k", [4096, 2752])  # 2752 = 86 groups: packed_fp16 narrows to 2 lanes per row
+def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
     from tvm.s_tir import dlight as dl
 
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
-    n, k = 256, 1024
-    target = vulkan_target.tvm_target(preset)
+    n = 256
+    target = vulkan_target.tvm_target("generic")
     with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(vulkan_target.PRESETS[preset].gemv))(tvm.IRModule({"main": gemv_func(n, k)}))
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(n, k)}))
     assert mod["main"].attrs.get("tirx.is_scheduled")
     tvm.compile(mod, target).export_library(str(tmp_path / "gemv.so"))
     lib = tvm.runtime.load_module(str(tmp_path / "gemv.so"))

@@ -8,7 +8,10 @@ schedule's job is to keep enough wide loads in flight:
 - the lanes' partial sums (float32) meet in one cross-lane reduction; with threads_per_row equal
   to the wave size that is a pure shuffle/DPP reduction, no shared memory;
 - `rows_per_block` rows share a thread block, so one block is a few waves; each lane may work on
-  `rows_per_thread` rows at once, loading its slice of the activation once for all of them.
+  `rows_per_thread` rows at once, loading its slice of the activation once for all of them;
+- with `packed_fp16`, a lane's scale group is computed in fp16 pairs with a dot-product
+  instruction where the target has one (schedules/packed_dot.py): fewer ALU instructions per weight,
+  for cards whose ALUs cannot keep up with their memory at 5 instructions per weight.
 The knobs come from the target preset (targets/cuda.py, targets/rocm.py), where each value says
 where it comes from. dlight's GEMV rule reached 0.49 of copy bandwidth on the H100 on these
 kernels (docs/benchmarks.md); this rule exists to do better and to follow the AMD wave size.
@@ -16,12 +19,12 @@ kernels (docs/benchmarks.md); this rule exists to do better and to follow the AM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from . import dequantize_blocks
+from . import dequantize_blocks, packed_dot
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
 
@@ -34,6 +37,11 @@ class GemvKnobs:
     unroll: int = 2  # steps per lane unrolled together, so their loads are in flight at once
     rows_per_thread: int = 1  # rows a lane works on at once, sharing its activation loads
     activation_lanes: int = 8  # fp16 activations per load: 8 -> 128 bits (WGSL vectors stop at 4)
+    packed_fp16: bool = False  # a lane's group in fp16 pairs (schedules/packed_dot.py); needs vector_words 4
+
+    def __post_init__(self):
+        if self.packed_fp16 and self.vector_words != 4:
+            raise ValueError("packed_fp16 computes one scale group (4 words) per step: it needs vector_words=4")
 
 
 class DequantGEMV(ScheduleRule):
@@ -57,7 +65,7 @@ class DequantGEMV(ScheduleRule):
         epilogues = blocks[blocks.index(matmul) + 1:]
         if blocks.index(matmul) != 0:
             return None  # producers before the matmul (none in the q4 layers) are not handled
-        return self._schedule(sch, matmul, epilogues)
+        return self._schedule(sch, matmul, epilogues, target)
 
     @staticmethod
     def _is_q4_gemv(sch, block) -> bool:
@@ -71,11 +79,29 @@ class DequantGEMV(ScheduleRule):
             return False
         return any(r.source.dtype == "uint32" and len(r.source.shape) == 2 for r in stmt.reads)
 
-    def _schedule(self, sch, matmul, epilogues):
+    def _exact_knobs(self, rows: int, vectors: int) -> GemvKnobs:
+        """Knobs that tile `rows` x `vectors` (128-bit weight vectors per row) exactly: tensorize
+        (packed_fp16) takes no predicated iterations. Fewer lanes per row first (more rows per block,
+        the same threads), then no unrolling: Llama-2-7B's down projection (344 vectors per row)
+        gets 8 lanes and 1 step; then fewer rows per block for row counts that need it (tests)."""
         k = self.knobs
-        words = k.vector_words
+        lanes = k.threads_per_row
+        while vectors % lanes:
+            lanes //= 2
+        unroll = k.unroll if vectors % (k.unroll * lanes) == 0 else 1
+        block_rows = k.rows_per_block * k.threads_per_row // lanes
+        own_rows = k.rows_per_thread if rows % k.rows_per_thread == 0 else 1
+        while rows % (block_rows * own_rows):
+            block_rows //= 2
+        return replace(k, threads_per_row=lanes, unroll=unroll, rows_per_block=block_rows, rows_per_thread=own_rows)
+
+    def _schedule(self, sch, matmul, epilogues, target):
+        words = self.knobs.vector_words
         *spatial, reduce = sch.get_loops(matmul)
         row = sch.fuse(*spatial)
+        k = self.knobs
+        if k.packed_fp16:
+            k = self._exact_knobs(int(sch.get(row).extent), int(sch.get(reduce).extent) // (8 * words))
         block_rows, thread_row, own_row = sch.split(row, [None, k.rows_per_block, k.rows_per_thread])
         # reduce = ((step * unroll + u) * lanes + lane) * 8 * words + element
         step, u, lane, element = sch.split(reduce, [None, k.unroll, k.threads_per_row, 8 * words])
@@ -97,7 +123,6 @@ class DequantGEMV(ScheduleRule):
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
         sch.unroll(u)
         sch.unroll(own_row)
-        sch.unroll(element)
         sch.set_scope(partial, 0, "local")
         sch.decompose_reduction(partial, step)
 
@@ -112,4 +137,8 @@ class DequantGEMV(ScheduleRule):
                 sch.compute_inline(block)
             except s_tir.ScheduleError:
                 sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
+        if k.packed_fp16:  # last: tensorize replaces the partial-sum block
+            sch.tensorize(element, packed_dot.intrinsic_for(target))
+        else:
+            sch.unroll(element)
         return sch
