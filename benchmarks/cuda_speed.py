@@ -6,9 +6,9 @@
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
 decode tok/s at contexts 128, 1024 and 4096 (64 timed steps ending at that context, logits copied
 to the host each step as a chat does), prefill tok/s for 512 tokens, GPU memory in use against
-params + KV cache, and a per-kernel breakdown of one decode step (CUPTI kernel durations through
+params + KV cache, a per-kernel breakdown of one decode step (CUPTI kernel durations through
 torch.profiler; bytes each kernel must move, from the build's manifest; attention's bytes are the
-KV cache it reads). The bound is (weight + KV bytes read per token) / copy bandwidth measured in
+KV cache it reads), and the kernels of one 512-token prefill by time. The bound is (weight + KV bytes read per token) / copy bandwidth measured in
 the same run. Baselines in the same run: HF transformers eager fp16, and an int4 weight-only
 model (PyTorch's tinygemm `_weight_int4pack_mm`, group 32, bf16 activations) on the same module.
 """
@@ -174,6 +174,12 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         prefill.append(PREFILL / (time.perf_counter() - start))
     result["prefill"] = max(prefill)
 
+    def prefill_once():
+        engine.reset()
+        engine.prefill(ids[:PREFILL])
+
+    result["prefill_kernels"] = sorted(kernel_profile(prefill_once, 3).items(), key=lambda kv: -kv[1])
+
     engine.reset()
     engine.prefill(ids[: 128 - 16])
     step()
@@ -304,6 +310,13 @@ def report(r: dict) -> None:
         step_us = 1e6 / me["decode"][128]
         print(f"\n{name} decode step at ctx 128: {step_us:.0f} us wall, {me['kernel_us']:.0f} us in kernels")
         print_kernel_rows(me["kernels"])
+    for name, m in r["models"].items():
+        kernels = m["mlcgen"]["prefill_kernels"]
+        print(f"\n{name} prefill of {PREFILL} tokens: {PREFILL / m['mlcgen']['prefill'] * 1e3:.1f} ms wall, "
+              f"{sum(us for _, us in kernels) * 1e3:.1f} ms in kernels")
+        print("| kernel | ms |\n|---|---|")
+        for kernel, seconds in kernels[:10]:
+            print(f"| {kernel} | {seconds * 1e3:.2f} |")
 
 
 if __name__ == "__main__":

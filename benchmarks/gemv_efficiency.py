@@ -7,7 +7,8 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
 - `cuda/...`: our rule (targets/schedules/dequant_gemv.py) with a sweep of knobs; the cuda preset's
   knobs are marked `*`;
 - `cuda/...+packed`: the cuda preset's knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
-  CUDA has no fp16-pair dot instruction with a float32 sum);
+  CUDA has no fp16-pair dot instruction with a float32 sum; rows whose vectors the lanes do not
+  divide, like the down projection's, keep the float32 form);
 - `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
   the closest runnable variant of the AMD kernels here (float32 multiply-adds where AMD has
   v_dot2_f32_f16; the wave64 variant's 64-lane row sum becomes two warps and a shared-memory step).
@@ -76,8 +77,9 @@ def build(out: Path) -> None:
         g = GemvKnobs(*knobs)
         mark = "*" if g == preset else ""
         schedules[f"cuda/{'-'.join(map(str, knobs))}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
-    knobs = (preset.threads_per_row, preset.rows_per_block, preset.vector_words, preset.unroll, preset.rows_per_thread)
-    schedules[f"cuda/{'-'.join(map(str, knobs))}+packed"] = (cuda_target, DequantGEMV(replace(preset, packed_fp16=True)), "float32")
+    packed = replace(preset, packed_fp16=True)
+    knobs = (packed.threads_per_row, packed.rows_per_block, packed.vector_words, packed.unroll, packed.rows_per_thread)
+    schedules[f"cuda/{'-'.join(map(str, knobs))}+packed{'*' if packed == preset else ''}"] = (cuda_target, DequantGEMV(packed), "float32")
     for arch in ("gfx1100", "gfx90a"):
         schedules[arch] = (cuda_target, DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
     out.mkdir(parents=True, exist_ok=True)

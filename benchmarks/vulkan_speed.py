@@ -45,6 +45,7 @@ COPY_WORDS = 1 << 28  # 1 GiB of uint32
 GEMV_SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 GEMV_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 8, 4, 1, 2), (32, 4, 4, 1, 4), (16, 4, 4, 1, 2), (16, 8, 4, 2, 2),
               (8, 4, 4, 2, 2), (8, 4, 4, 4, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
+# the first two also with packed_fp16 (schedules/packed_dot.py: fp16 pairs, float32 multiply-adds on WGSL)
 L2_BYTES = 50 << 20  # H100/H200 L2: weights rotate through 3x this
 
 
@@ -83,9 +84,9 @@ def gemv_libraries(out: Path) -> None:
 
     index = {}
     for preset in ("nvidia", "generic"):
-        for knobs in GEMV_SWEEP:
-            g = GemvKnobs(*knobs, activation_lanes=4)
-            name = f"{preset}/{'-'.join(map(str, knobs))}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
+        for knobs, packed in [(k, False) for k in GEMV_SWEEP] + [(k, True) for k in GEMV_SWEEP[:2]]:
+            g = GemvKnobs(*knobs, activation_lanes=4, packed_fp16=packed)
+            name = f"{preset}/{'-'.join(map(str, knobs))}{'+packed' if packed else ''}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
             target = vulkan.tvm_target(preset)
             with target:
                 funcs = {shape: gemv_func(n, k, "float32").with_attr("global_symbol", shape) for shape, (n, k) in GEMV_SHAPES.items()}

@@ -39,11 +39,11 @@ SIMD_LIMITS = {
 
 # Fraction of a device copy's bandwidth that the decode matmuls reached on the GPU machine with the
 # schedule these builds use (targets/schedules/dequant_gemv.py with the gfx1100 preset's knobs
-# 32-4-4-2-2, compiled to CUDA): the four per-layer matmuls of q4f16_1 Llama-2-7B, 114 MB in
-# 62.3 us = 1830 GB/s against a 4256 GB/s copy on an NVIDIA H200, 2026-11-21,
-# `benchmarks/gemv_efficiency.py` (docs/benchmarks.md). On the H100 the same family reached
-# ~0.54 of its 3000 GB/s copy; the lower H200 figure is used.
-GEMV_EFFICIENCY = 0.43
+# 32-4-4-2-2 and packed fp16 pairs, compiled to CUDA: float32 multiply-adds where AMD has
+# v_dot2_f32_f16): the four per-layer matmuls of q4f16_1 Llama-2-7B, 114 MB in 55.5 us = 2055 GB/s
+# against a 4253 GB/s copy on an NVIDIA H200, 2026-11-22, `benchmarks/gemv_efficiency.py`
+# (docs/benchmarks.md). The float32 form reached 0.43 there.
+GEMV_EFFICIENCY = 0.48
 
 
 def _llvm_tool(name: str) -> str:

@@ -22,9 +22,11 @@ class Preset:
     shared_bytes: int = 49152  # static shared memory per block without opt-in
     # Decode GEMV: a warp (32 lanes) per weight row, so the row's sum is a pure shuffle reduction;
     # 4 packed words = one 128-bit load per lane per step; 2 rows per lane share its activation
-    # loads. The best of the sweep in benchmarks/gemv_efficiency.py (docs/benchmarks.md): fewer
-    # lanes per row, 8-word loads and 4 rows per lane were all slower.
-    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2)
+    # loads; each group in packed fp16 pairs (schedules/packed_dot.py), 2 steps unrolled. The best
+    # of the sweep in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): q/k/v, o,
+    # gate/up 40.0 us against 45.5 for the best float32 form (32-4-4-1-2), lm_head 27.0 against
+    # 33.5; fewer lanes per row, 8-word loads and 4 rows per lane were all slower.
+    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)
 
 
 PRESETS = {

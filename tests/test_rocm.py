@@ -115,7 +115,7 @@ def gemv_code_object(arch, knobs, n, k, path):
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("k", [4096, 11008])  # Llama-2-7B: q/k/v/o/gate/up, and down (344 groups per row)
+@pytest.mark.parametrize("k", [4096, 14336])  # Llama-2-7B q/k/v/o/gate/up, Llama-3-8B down (448 groups per row)
 def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k, tmp_path):
     """The presets' packed_fp16 GEMV: v_dot2_f32_f16 for every pair of weights, packed fp16
     subtracts, and at most 60% of the float32 form's vector ALU instructions (docs/rocm.md: on the
@@ -134,3 +134,12 @@ def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k
     assert mix[True]["v_dot"] % 16 == 0 and mix[True]["v_pk"] >= mix[True]["v_dot"]
     assert mix[True]["valu"] <= 0.6 * mix[False]["valu"], (mix[True], mix[False])
     assert resources[True]["private_segment_fixed_size"] == 0
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_rows_the_lanes_do_not_divide_keep_the_float32_form(arch, tmp_path):
+    """Llama-2-7B's down projection: 344 groups per row, which 32 or 64 lanes cannot share in whole
+    steps (tensorize takes no partial step); it compiles in float32 form, not with fewer lanes."""
+    path = gemv_code_object(arch, rocm.PRESETS[arch].gemv, 4096, 11008, tmp_path / "down.hsaco")
+    mix = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
+    assert mix["v_dot"] == 0 and mix["b128" if arch == "gfx1100" else "dwordx4"] > 0

@@ -79,21 +79,23 @@ class DequantGEMV(ScheduleRule):
             return False
         return any(r.source.dtype == "uint32" and len(r.source.shape) == 2 for r in stmt.reads)
 
-    def _exact_knobs(self, rows: int, vectors: int) -> GemvKnobs:
-        """Knobs that tile `rows` x `vectors` (128-bit weight vectors per row) exactly: tensorize
-        (packed_fp16) takes no predicated iterations. Fewer lanes per row first (more rows per block,
-        the same threads), then no unrolling: Llama-2-7B's down projection (344 vectors per row)
-        gets 8 lanes and 1 step; then fewer rows per block for row counts that need it (tests)."""
+    def _packed_knobs(self, rows: int, vectors: int) -> GemvKnobs:
+        """The knobs for the packed form at `rows` x `vectors` (128-bit weight vectors per row), or
+        the float32 form's where it cannot have them. Tensorize takes no predicated iterations,
+        so steps must tile the row exactly: unrolling is dropped where it breaks that, fewer rows
+        per block where the row count needs it; where the lanes themselves do not divide the row
+        (Llama-2-7B's down projection: 344 vectors) the float32 form stays, since fewer lanes per
+        row starve the GPU of parallel work (8 lanes: 0.14 of copy bandwidth on an H200 against
+        0.37; docs/benchmarks.md)."""
         k = self.knobs
-        lanes = k.threads_per_row
-        while vectors % lanes:
-            lanes //= 2
-        unroll = k.unroll if vectors % (k.unroll * lanes) == 0 else 1
-        block_rows = k.rows_per_block * k.threads_per_row // lanes
+        if vectors % k.threads_per_row:
+            return replace(k, packed_fp16=False)
+        unroll = k.unroll if vectors % (k.unroll * k.threads_per_row) == 0 else 1
         own_rows = k.rows_per_thread if rows % k.rows_per_thread == 0 else 1
+        block_rows = k.rows_per_block
         while rows % (block_rows * own_rows):
             block_rows //= 2
-        return replace(k, threads_per_row=lanes, unroll=unroll, rows_per_block=block_rows, rows_per_thread=own_rows)
+        return replace(k, unroll=unroll, rows_per_block=block_rows, rows_per_thread=own_rows)
 
     def _schedule(self, sch, matmul, epilogues, target):
         words = self.knobs.vector_words
@@ -101,7 +103,7 @@ class DequantGEMV(ScheduleRule):
         row = sch.fuse(*spatial)
         k = self.knobs
         if k.packed_fp16:
-            k = self._exact_knobs(int(sch.get(row).extent), int(sch.get(reduce).extent) // (8 * words))
+            k = self._packed_knobs(int(sch.get(row).extent), int(sch.get(reduce).extent) // (8 * words))
         block_rows, thread_row, own_row = sch.split(row, [None, k.rows_per_block, k.rows_per_thread])
         # reduce = ((step * unroll + u) * lanes + lane) * 8 * words + element
         step, u, lane, element = sch.split(reduce, [None, k.unroll, k.threads_per_row, 8 * words])

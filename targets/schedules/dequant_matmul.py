@@ -1,16 +1,17 @@
 """GPU schedule for the prefill matmul: y[1, T, N] = x[1, T, K] @ dequantize(q_weight, q_scale).T.
 
 dlight's Matmul rule tiles it through shared memory and computes the dequantize block where it
-loads the weight tile, so the float weight is never materialized. On CUDA the rule is given the
-target without its `arch`: with sm_80/sm_90 dlight takes its tensor-core path, which crashes the
-process on this IR (platform-notes), so prefill runs on the SIMT path (fp32 FMAs, no tensor cores).
+loads the weight tile, so the float weight is never materialized. On CUDA with tensor cores
+(sm_80, sm_90) the dequantized weight is made float16 first: dlight then takes its tensor-core
+path (WMMA, fp16 x fp16 -> float32), which needs both operands in fp16. The weight is rounded to
+fp16 once, (code - 7) * scale, as the q4f16 format defines it; the float32 form stays where there
+are no tensor cores (SIMT: float32 FMAs).
 """
 
 from __future__ import annotations
 
 from tvm import tirx
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
 
 from . import dequantize_blocks
 
@@ -22,13 +23,16 @@ class DequantMatmul(ScheduleRule):
 
         if not isinstance(func, tirx.PrimFunc):
             return None
-        if not dequantize_blocks(s_tir.Schedule(func)):
+        sch = s_tir.Schedule(func)
+        blocks = dequantize_blocks(sch)
+        if not blocks:
             return None
-        return Matmul().apply(func, simt_target(target), tunable)
+        if has_tensor_cores(target):
+            for block in blocks:
+                sch.unsafe_set_dtype(block, 0, "float16")
+            func = sch.mod["main"]
+        return Matmul().apply(func, target, tunable)
 
 
-def simt_target(target: Target) -> Target:
-    if target.kind.name != "cuda" or "arch" not in target.attrs:
-        return target
-    config = {k: v for k, v in target.export().items() if k not in ("arch", "host")}
-    return Target(config, host=target.host)
+def has_tensor_cores(target) -> bool:
+    return target.kind.name == "cuda" and int(str(target.attrs.get("arch", "sm_0")).removeprefix("sm_")) >= 80
