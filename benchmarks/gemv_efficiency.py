@@ -6,7 +6,7 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
 - `dlight`: dlight's GEMV rule on the float32 expression the product now uses;
 - `cuda/...`: our rule (targets/schedules/dequant_gemv.py) with a sweep of knobs; the cuda preset's
   knobs are marked `*`;
-- `cuda/...+packed`: the cuda preset's knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
+- `cuda/...+packed`: knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
   CUDA has no fp16-pair dot instruction with a float32 sum; rows whose vectors the lanes do not
   divide, like the down projection's, keep the float32 form);
 - `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,8 @@ LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency
 SWEEP = [(32, 4, 4, 2, 1), (32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 2, 4, 2, 4), (32, 4, 4, 1, 4), (16, 4, 4, 2, 2),
          (16, 4, 4, 1, 4), (8, 8, 4, 2, 2), (8, 4, 4, 1, 4), (32, 4, 2, 2, 2)]
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
+PACKED_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 4, 4, 4, 2), (32, 2, 4, 2, 2), (32, 8, 4, 2, 2), (32, 4, 4, 2, 4),
+                (32, 4, 4, 4, 1)]  # the same with packed_fp16 (vector_words 4 only)
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 
@@ -73,13 +74,10 @@ def build(out: Path) -> None:
     cuda_target = cuda.tvm_target("sm_90")
     preset = cuda.PRESETS["sm_90"].gemv
     schedules = {"dlight-f16": (cuda_target, None, "float16"), "dlight": (cuda_target, None, "float32")}
-    for knobs in SWEEP:
-        g = GemvKnobs(*knobs)
+    for knobs, packed in [(k, False) for k in SWEEP] + [(k, True) for k in PACKED_SWEEP]:
+        g = GemvKnobs(*knobs, packed_fp16=packed)
         mark = "*" if g == preset else ""
-        schedules[f"cuda/{'-'.join(map(str, knobs))}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
-    packed = replace(preset, packed_fp16=True)
-    knobs = (packed.threads_per_row, packed.rows_per_block, packed.vector_words, packed.unroll, packed.rows_per_thread)
-    schedules[f"cuda/{'-'.join(map(str, knobs))}+packed{'*' if packed == preset else ''}"] = (cuda_target, DequantGEMV(packed), "float32")
+        schedules[f"cuda/{'-'.join(map(str, knobs))}{'+packed' if packed else ''}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
     for arch in ("gfx1100", "gfx90a"):
         schedules[arch] = (cuda_target, DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ mlcgen's converter, against transformers over 256 teacher-forced positions.
 
     python benchmarks/numerics_7b.py build .bench/numerics     # here: q0f16 and q4f16_1 CUDA libraries
     python benchmarks/numerics_7b.py run .bench/numerics       # GPU machine
+    (a quantization after the folder, e.g. `q4f16_1`, builds or runs that one only)
 
 q0f16 is compared with the fp16 transformers model itself; q4f16_1 with the same model whose
 quantized weights are replaced by their dequantized values (computed here in torch, independently
@@ -29,8 +30,8 @@ POSITIONS = 256
 PREFILLS = (32, 128, 256)
 
 
-def build(out: Path) -> None:
-    for quant in QUANTS:
+def build(out: Path, *quants: str) -> None:
+    for quant in quants or QUANTS:
         compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS)
 
 
@@ -45,7 +46,7 @@ def dequantized(w, group: int = 32, max_code: int = 7):
     return (codes * scale).reshape(n, k)
 
 
-def run(out: Path) -> None:
+def run(out: Path, *quants: str) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,19 +66,21 @@ def run(out: Path) -> None:
     model.save_pretrained(work / "hf", safe_serialization=True)
     print(f"saved the HF checkpoint in {time.time() - start:.0f} s", flush=True)
     ids = torch.randint(3, config.vocab_size, (1, POSITIONS), generator=torch.Generator().manual_seed(1))
-    manifests = {quant: json.loads((out / quant / "manifest.json").read_text()) for quant in QUANTS}
+    quants = quants or QUANTS
+    manifests = {quant: json.loads((out / quant / "manifest.json").read_text()) for quant in quants}
     refs = {}
     with torch.inference_mode():
         refs["q0f16"] = model(ids.cuda()).logits[0].float().cpu().numpy()
-        quantized = {src for w in manifests["q4f16_1"]["weights"] if w["quantized"] for src in w["hf"]}
-        for name, param in model.named_parameters():
-            if name in quantized:
-                param.copy_(dequantized(param).half())
-        refs["q4f16_1"] = model(ids.cuda()).logits[0].float().cpu().numpy()
+        if "q4f16_1" in manifests:
+            quantized = {src for w in manifests["q4f16_1"]["weights"] if w["quantized"] for src in w["hf"]}
+            for name, param in model.named_parameters():
+                if name in quantized:
+                    param.copy_(dequantized(param).half())
+            refs["q4f16_1"] = model(ids.cuda()).logits[0].float().cpu().numpy()
     del model
     torch.cuda.empty_cache()
     results = {}
-    for quant in QUANTS:
+    for quant in quants:
         dist_dir = work / quant
         shutil.copytree(out / quant, dist_dir)
         start = time.time()
@@ -131,4 +134,4 @@ def noise(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"build": build, "run": run, "noise": noise}[sys.argv[1]](Path(sys.argv[2]))
+    {"build": build, "run": run, "noise": noise}[sys.argv[1]](Path(sys.argv[2]), *sys.argv[3:])

@@ -129,7 +129,7 @@ def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> 
     mod = pipeline.run(mod, p.target_module, target, dump_ir)
     temporaries = pipeline.temporary_bytes(mod)
     with p.target_module.device_code() as device_code:  # e.g. the AMD code object, for inspection
-        executable = relax.build(mod, target, relax_pipeline=None)
+        executable = relax.build(mod, target, relax_pipeline=None, tir_pipeline=p.target_module.TIR_PIPELINE)
     executable.export_library(str(lib_path))
     for name, data in device_code.items():
         (lib_path.parent / name).write_bytes(data)

@@ -54,6 +54,7 @@ QUANTIZATION_NOTE = "float-weight and float32-activation builds crash on the GPU
 # Decode is hundreds of small kernels: CUDA graphs replay each run of them between KV-cache calls
 # with one launch instead of one per kernel.
 PASS_CONFIG = {"relax.backend.use_cuda_graph": True}
+TIR_PIPELINE = "default"
 
 
 def after_memory_planning_passes(target) -> list:

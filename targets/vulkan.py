@@ -87,6 +87,7 @@ QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
 # chunks, so one library runs on every adapter.
 MAX_PARAM_BYTES = 128 << 20
 PASS_CONFIG: dict = {}
+TIR_PIPELINE = "default"
 
 
 def after_memory_planning_passes(target) -> list:

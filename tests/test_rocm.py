@@ -143,3 +143,58 @@ def test_rows_the_lanes_do_not_divide_keep_the_float32_form(arch, tmp_path):
     path = gemv_code_object(arch, rocm.PRESETS[arch].gemv, 4096, 11008, tmp_path / "down.hsaco")
     mix = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
     assert mix["v_dot"] == 0 and mix["b128" if arch == "gfx1100" else "dwordx4"] > 0
+
+
+def test_gfx90a_prefill_matmuls_run_on_matrix_cores(builds):
+    """The prefill matmuls (a batch of tokens) of the gfx90a build are MFMA kernels, without
+    scratch; the decode GEMVs stay on the vector units."""
+    dist = builds.dist("gqa_tied", "q4f16_1", target="rocm:gfx90a")
+    kernels = {k["kernel"]: k for k in amdgpu_inspect.inspect(dist)["kernels"]}
+    decode = {k["kernel"] for k in decode_gemv_kernels(dist, kernels.values())}
+    prefill = [k for name, k in kernels.items() if "q4_matmul" in name and name not in decode]
+    assert len(prefill) >= 4
+    for k in prefill:
+        assert k["mix"].get("v_mfma", 0) > 0 and k["scratch"] == 0 and k["waves_per_simd"] >= 2, k
+    assert all(kernels[name]["mix"].get("v_mfma", 0) == 0 for name in decode)
+
+
+def test_mfma_operand_layouts_compose_to_the_matmul():
+    """The register layouts the MFMA rule uses, against v_mfma_f32_16x16x16f16's operand layout as
+    AMD's CDNA2 ISA guide tabulates it (lane l, element v: A[l % 16][4 (l / 16) + v],
+    B[4 (l / 16) + v][l % 16], D[4 (l / 16) + v][l % 16]). Simulated in numpy: TVM's loaders fill
+    the registers, the hardware's product is taken on the matrices the registers hold, TVM's
+    store writes D back; the result must be A @ Bt.T for the [N, K] weight tile Bt."""
+    import numpy as np
+    from tvm.s_tir.tensor_intrin import rocm as amd
+
+    from mlcgen.targets.schedules.mfma_matmul import lane_of
+
+    lanes, elems = range(64), range(4)
+    hw_a = {(l, v): (l % 16, 4 * (l // 16) + v) for l in lanes for v in elems}  # (row i, col k)
+    hw_b = {(l, v): (4 * (l // 16) + v, l % 16) for l in lanes for v in elems}  # (row k, col j)
+    hw_d = {(l, v): (4 * (l // 16) + v, l % 16) for l in lanes for v in elems}  # (row i, col j)
+    for (l, v), (i, k) in hw_a.items():
+        assert lane_of(i, k) == (l, v)  # the compute description's A map
+        assert tuple(map(int, amd.thread_id_shared_access_64x4_to_16x16_layout_A(l, v))) == (i, k)  # TVM's A loader
+    for (l, v), (k, j) in hw_b.items():
+        assert lane_of(j, k) == (l, v)  # B held transposed: Bt[j][k]
+        assert tuple(map(int, amd.thread_id_shared_access_64x4_to_16x16_layout_A(l, v))) == (j, k)  # TVM's transposed B loader
+    for (l, v), (i, j) in hw_d.items():
+        assert lane_of(j, i) == (l, v)  # the accumulator's map
+        assert ((l // 16) * 4 + v, l % 16) == (i, j)  # TVM's store: C[(tx // 16) * 4 + v, tx % 16] = C_warp[tx, v]
+
+    rng = np.random.default_rng(0)
+    a, bt = rng.standard_normal((16, 16)), rng.standard_normal((16, 16))
+    a_regs = {lv: a[amd.thread_id_shared_access_64x4_to_16x16_layout_A(*lv)] for lv in hw_a}
+    b_regs = {lv: bt[amd.thread_id_shared_access_64x4_to_16x16_layout_A(*lv)] for lv in hw_b}
+    a_hw, b_hw = np.zeros((16, 16)), np.zeros((16, 16))
+    for lv, value in a_regs.items():
+        a_hw[hw_a[lv]] = value
+    for lv, value in b_regs.items():
+        b_hw[hw_b[lv]] = value
+    d_hw = a_hw @ b_hw
+    c = np.zeros((16, 16))
+    for l in lanes:
+        for v in elems:
+            c[(l // 16) * 4 + v, l % 16] = d_hw[hw_d[(l, v)]]
+    assert np.allclose(c, a @ bt.T)
