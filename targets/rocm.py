@@ -144,7 +144,7 @@ def _tir_pipeline():
       LowerWarpMemory then cannot find its coefficient (LLVM eliminates the same expressions later);
     - LowerWarpMemory once per warp buffer: TVM 0.27's pass lowers only the first one of a
       statement sequence (it takes the rest as that buffer's body without visiting them), and
-      an MFMA kernel has three (A, B, the accumulator)."""
+      an MFMA kernel has three (A, B, the accumulator): two more runs before TVM's own."""
     import tvm
     from tvm.s_tir import pipeline
 

@@ -7,3 +7,15 @@ def dequantize_blocks(sch) -> list:
     from ...compiler.layers import DEQUANTIZE
 
     return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.startswith(DEQUANTIZE)]
+
+
+def q4_schedule(func):
+    """(a Schedule of `func`, its q4 dequantize blocks) when `func` is a PrimFunc with a q4 matmul,
+    else None: where every q4 rule starts."""
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = dequantize_blocks(sch)
+    return (sch, blocks) if blocks else None

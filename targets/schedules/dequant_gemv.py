@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from . import dequantize_blocks, packed_dot
+from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
 
@@ -49,12 +49,10 @@ class DequantGEMV(ScheduleRule):
         self.knobs = knobs
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc):
+        q4 = q4_schedule(func)
+        if q4 is None:
             return None
-        sch = s_tir.Schedule(func)
-        dequantize = dequantize_blocks(sch)
-        if not dequantize:
-            return None
+        sch, dequantize = q4
         for block in dequantize:
             sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))

@@ -10,23 +10,19 @@ are no tensor cores (SIMT: float32 FMAs).
 
 from __future__ import annotations
 
-from tvm import tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from . import dequantize_blocks
+from . import q4_schedule
 
 
 class DequantMatmul(ScheduleRule):
     def apply(self, func, target, tunable):
-        from tvm import s_tir
         from tvm.s_tir.dlight.gpu import Matmul
 
-        if not isinstance(func, tirx.PrimFunc):
+        q4 = q4_schedule(func)
+        if q4 is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = dequantize_blocks(sch)
-        if not blocks:
-            return None
+        sch, blocks = q4
         if has_tensor_cores(target):
             for block in blocks:
                 sch.unsafe_set_dtype(block, 0, "float16")

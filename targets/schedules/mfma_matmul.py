@@ -18,13 +18,12 @@ tables by tests/test_rocm.py.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.tensor_intrin import rocm as amd
 from tvm.script import tirx as T
 
-from . import dequantize_blocks
+from . import q4_schedule
 
 WAVE = 64
 TILE = 16  # one MFMA: 16 x 16 x 16
@@ -87,12 +86,10 @@ class MfmaDequantMatmul(ScheduleRule):
         from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers, get_index_map,
                                                  get_reduction_blocks)
 
-        if not isinstance(func, tirx.PrimFunc):
+        q4 = q4_schedule(func)
+        if q4 is None:
             return None
-        sch = s_tir.Schedule(func)
-        dequantize = dequantize_blocks(sch)
-        if not dequantize:
-            return None
+        sch, dequantize = q4
         for block in dequantize:
             sch.unsafe_set_dtype(block, 0, "float16")  # MFMA takes fp16 operands
         reductions = get_reduction_blocks(sch, sch.get_child_blocks(sch.get_sblock("root")))
