@@ -153,6 +153,39 @@ def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path)
     assert rel_err(y.numpy().astype(np.float32)[0, 0], ref) <= 1e-3
 
 
+def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavapipe, tmp_path):
+    """The MFMA prefill rule's tiles, padding (40 tokens, 96 weight rows: neither a whole 64-wide
+    tile), LDS staging with the fp16 dequantize and epilogue, with scalar FMAs in place of the
+    matrix-core intrinsics (the closest variant that runs here), against numpy on the fp16 weight."""
+    from tvm import te, tirx
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.compiler.layers import q4_matmul_te
+    from mlcgen.targets.schedules.mfma_matmul import MfmaDequantMatmul
+
+    n, k, tokens = 96, 160, 40
+    q4 = get_quantization("q4f16_1")
+    seq_len = tirx.Var("seq_len", "int64")
+    x = te.placeholder((tirx.IntImm("int64", 1), seq_len, tirx.IntImm("int64", k)), "float16", "x")
+    w = te.placeholder((tirx.IntImm("int64", n), tirx.IntImm("int64", k // 8)), "uint32", "w")
+    s = te.placeholder((tirx.IntImm("int64", n), tirx.IntImm("int64", k // 32)), "float16", "s")
+    target = vulkan_target.tvm_target("generic")
+    with target:
+        mod = dl.ApplyDefaultSchedule(MfmaDequantMatmul(matrix_cores=False))(
+            tvm.IRModule({"main": te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, "float16")])}))
+    assert mod["main"].attrs.get("tirx.is_scheduled")
+    tvm.compile(mod, target).export_library(str(tmp_path / "prefill.so"))
+    lib = tvm.runtime.load_module(str(tmp_path / "prefill.so"))
+    rng = np.random.default_rng(0)
+    qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+    xs = rng.standard_normal((1, tokens, k), dtype=np.float32).astype(np.float16)
+    dev = tvm.device("webgpu", 0)
+    y = tvm.runtime.empty((1, tokens, n), "float16", dev)
+    lib["main"](tvm.runtime.tensor(xs, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
+    ref = xs.astype(np.float32)[0] @ q4.unpack(qw, qs).astype(np.float16).astype(np.float32).T
+    assert rel_err(y.numpy().astype(np.float32)[0], ref) <= 1e-3
+
+
 def test_vector_loads_go_through_wide_views_at_any_alignment(lavapipe, tmp_path):
     """The plugin loads vec4s through a second, vec4-typed binding of a read-only buffer when the
     index is a multiple of 4, and element by element otherwise (here: one of each)."""

@@ -82,6 +82,12 @@ def _accumulator(b, i, j):
 
 
 class MfmaDequantMatmul(ScheduleRule):
+    def __init__(self, matrix_cores: bool = True):
+        # False: the same tiles, LDS staging and epilogue with each wave's operands and sums as
+        # per-thread arrays and scalar FMAs instead of the MFMA intrinsics, so that the schedule
+        # runs where there are no matrix cores (tests: lavapipe against numpy)
+        self.matrix_cores = matrix_cores
+
     def apply(self, func, target, tunable):
         from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers, get_index_map,
                                                  get_reduction_blocks)
@@ -120,8 +126,7 @@ class MfmaDequantMatmul(ScheduleRule):
         j_block, j_wave, j_own = sch.split(j, [None, *TILES_J])
         k_stage, k_inner = sch.split(k, [None, K_TILES])
         sch.reorder(i_block, j_block, j_wave, i_wave, k_stage, k_inner, i_own, j_own)
-        sch.bind(batch, "blockIdx.z")
-        sch.bind(i_block, "blockIdx.x")
+        sch.bind(sch.fuse(batch, i_block), "blockIdx.x")  # batch 1; WebGPU has no blockIdx.z
         sch.bind(j_block, "blockIdx.y")
         wave = sch.fuse(j_wave, i_wave)
         sch.bind(wave, "threadIdx.y")
@@ -133,34 +138,42 @@ class MfmaDequantMatmul(ScheduleRule):
             _, wave_id, lane, vector = sch.split(sch.fuse(*sch.get_loops(staged)[-2:]), [None, waves, WAVE, VECTOR])
             sch.bind(wave_id, "threadIdx.y")
             sch.bind(lane, "threadIdx.x")
-            sch.vectorize(vector)
+            if self.matrix_cores or operand == 0:  # WGSL's lowering cannot vectorize the dequantize's shifts
+                sch.vectorize(vector)
             sch.storage_align(staged, 0, axis=-2, factor=16, offset=8)  # pad rows against bank conflicts
             auto_inline_producers(sch, staged)  # the dequantize, into the weight's LDS store
-        operands = [sch.cache_read(outer, 0, "warp"), sch.cache_read(outer, 1, "warp")]
+        registers = "warp" if self.matrix_cores else "local"
+        operands = [sch.cache_read(outer, 0, registers), sch.cache_read(outer, 1, registers)]
         for fragment in operands:
             sch.compute_at(fragment, k_inner)
         out_staged = sch.cache_write(outer, 0, "shared")
-        accumulator = sch.cache_write(outer, 0, "warp")
+        accumulator = sch.cache_write(outer, 0, registers)
         sch.reverse_compute_at(accumulator, wave)
         sch.reverse_compute_at(out_staged, wave)
-        for fragment in operands:
-            sch.transform_layout(fragment, ("write", 0), _fragment)
-        sch.transform_layout(accumulator, ("read", 0), _accumulator)
         init = sch.get_child_blocks(sch.decompose_reduction(outer, k_stage))[0]
-        for block in (*operands, accumulator):
-            row, col = sch.get_loops(block)[-2:]
-            row_tile, row = sch.split(row, [None, TILE])
-            col_tile, col = sch.split(col, [None, TILE])
-            sch.reorder(row_tile, col_tile, row, col)
-
-        sch.tensorize(sch.get_loops(operands[0])[-2], INTRINSICS["load_a"])
-        sch.tensorize(sch.get_loops(operands[1])[-2], INTRINSICS["load_b"])
-        sch.tensorize(sch.get_loops(init)[-2], INTRINSICS["init"])
-        sch.tensorize(sch.get_loops(accumulator)[-2], INTRINSICS["store"])
-        sch.tensorize(sch.get_loops(inner)[-3], INTRINSICS["compute"])
+        if self.matrix_cores:
+            self._tensorize(sch, operands, accumulator, init, inner)
 
         auto_inline_consumer_chain(sch, out_staged)  # cast, residual add: from LDS to the output
         _, lane, vector = sch.split(sch.fuse(*sch.get_loops(out_staged)[-2:]), [None, WAVE, VECTOR])
         sch.bind(lane, "threadIdx.x")
         sch.vectorize(vector)
         return sch
+
+    @staticmethod
+    def _tensorize(sch, operands, accumulator, init, inner):
+        """The wave-held operands and sums in MFMA register layout, loaded, multiplied, zeroed and
+        stored by the intrinsics, one 16 x 16 tile at a time."""
+        for fragment in operands:
+            sch.transform_layout(fragment, ("write", 0), _fragment)
+        sch.transform_layout(accumulator, ("read", 0), _accumulator)
+        for block in (*operands, accumulator):
+            row, col = sch.get_loops(block)[-2:]
+            row_tile, row = sch.split(row, [None, TILE])
+            col_tile, col = sch.split(col, [None, TILE])
+            sch.reorder(row_tile, col_tile, row, col)
+        sch.tensorize(sch.get_loops(operands[0])[-2], INTRINSICS["load_a"])
+        sch.tensorize(sch.get_loops(operands[1])[-2], INTRINSICS["load_b"])
+        sch.tensorize(sch.get_loops(init)[-2], INTRINSICS["init"])
+        sch.tensorize(sch.get_loops(accumulator)[-2], INTRINSICS["store"])
+        sch.tensorize(sch.get_loops(inner)[-3], INTRINSICS["compute"])
