@@ -21,11 +21,9 @@ import tempfile
 from pathlib import Path
 
 import tvm
-from tvm import te
+from gemv_efficiency import gemv_func
 from tvm.s_tir import dlight as dl
 
-from mlcgen.compiler.layers import q4_matmul_te
-from mlcgen.compiler.quantization import get_quantization
 from mlcgen.targets import amdgpu_inspect, rocm
 from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
@@ -35,13 +33,9 @@ BYTES_PER_WEIGHT = 0.5 + 2 / 32
 
 
 def code_object(arch: str, knobs, path: Path) -> Path:
-    q4 = get_quantization("q4f16_1")
-    x = te.placeholder((1, 1, K), "float16", "x")
-    w = te.placeholder((N, K // 8), "uint32", "w")
-    s = te.placeholder((N, K // 32), "float16", "s")
     target = rocm.tvm_target(arch)
     with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, "float16")])}))
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(N, K, "float32")}))
     with rocm.device_code() as objects:
         tvm.compile(mod, target)
     path.write_bytes(objects[rocm.CODE_OBJECT])

@@ -131,26 +131,9 @@ def rocm_knobs_for_wgsl(arch):
                          ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a"])
 @pytest.mark.parametrize("k", [4096, 3072])  # 3072 = 96 groups: 2 unrolled steps of 32 lanes do not fit
 def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
-    from tvm.s_tir import dlight as dl
-
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
-    n = 256
-    target = vulkan_target.tvm_target("generic")
-    with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(n, k)}))
-    assert mod["main"].attrs.get("tirx.is_scheduled")
-    tvm.compile(mod, target).export_library(str(tmp_path / "gemv.so"))
-    lib = tvm.runtime.load_module(str(tmp_path / "gemv.so"))
-    q4 = get_quantization("q4f16_1")
-    rng = np.random.default_rng(0)
-    qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
-    x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
-    dev = tvm.device("webgpu", 0)
-    y = tvm.runtime.empty((1, 1, n), "float16", dev)
-    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
-    ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
-    assert rel_err(y.numpy().astype(np.float32)[0, 0], ref) <= 1e-3
+    assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), gemv_func(256, k), tmp_path, 1, 256, k) <= 1e-3
 
 
 def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavapipe, tmp_path):
@@ -158,7 +141,6 @@ def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavap
     tile), LDS staging with the fp16 dequantize and epilogue, with scalar FMAs in place of the
     matrix-core intrinsics (the closest variant that runs here), against numpy on the fp16 weight."""
     from tvm import te, tirx
-    from tvm.s_tir import dlight as dl
 
     from mlcgen.compiler.layers import q4_matmul_te
     from mlcgen.targets.schedules.mfma_matmul import MfmaDequantMatmul
@@ -169,21 +151,34 @@ def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavap
     x = te.placeholder((tirx.IntImm("int64", 1), seq_len, tirx.IntImm("int64", k)), "float16", "x")
     w = te.placeholder((tirx.IntImm("int64", n), tirx.IntImm("int64", k // 8)), "uint32", "w")
     s = te.placeholder((tirx.IntImm("int64", n), tirx.IntImm("int64", k // 32)), "float16", "s")
+    func = te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, "float16")])
+    rule = MfmaDequantMatmul(matrix_cores=False)
+    assert q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=True) <= 1e-3
+
+
+def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=False) -> float:
+    """Schedules `func` (y[1, tokens, n] = x[1, tokens, k] @ dequantize(w[n, k]).T, fp16 out) with the
+    schedule rule for the generic Vulkan target, runs it on lavapipe on random weights and returns
+    its relative error against numpy (the weight rounded to fp16 first where the kernel does so)."""
+    from tvm.s_tir import dlight as dl
+
     target = vulkan_target.tvm_target("generic")
     with target:
-        mod = dl.ApplyDefaultSchedule(MfmaDequantMatmul(matrix_cores=False))(
-            tvm.IRModule({"main": te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, "float16")])}))
+        mod = dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": func}))
     assert mod["main"].attrs.get("tirx.is_scheduled")
-    tvm.compile(mod, target).export_library(str(tmp_path / "prefill.so"))
-    lib = tvm.runtime.load_module(str(tmp_path / "prefill.so"))
+    tvm.compile(mod, target).export_library(str(tmp_path / "q4_matmul.so"))
+    lib = tvm.runtime.load_module(str(tmp_path / "q4_matmul.so"))
+    q4 = get_quantization("q4f16_1")
     rng = np.random.default_rng(0)
     qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
-    xs = rng.standard_normal((1, tokens, k), dtype=np.float32).astype(np.float16)
+    x = rng.standard_normal((1, tokens, k), dtype=np.float32).astype(np.float16)
     dev = tvm.device("webgpu", 0)
     y = tvm.runtime.empty((1, tokens, n), "float16", dev)
-    lib["main"](tvm.runtime.tensor(xs, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
-    ref = xs.astype(np.float32)[0] @ q4.unpack(qw, qs).astype(np.float16).astype(np.float32).T
-    assert rel_err(y.numpy().astype(np.float32)[0], ref) <= 1e-3
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
+    weight = q4.unpack(qw, qs)
+    if fp16_weight:
+        weight = weight.astype(np.float16).astype(np.float32)
+    return rel_err(y.numpy().astype(np.float32)[0], x.astype(np.float32)[0] @ weight.T)
 
 
 def test_vector_loads_go_through_wide_views_at_any_alignment(lavapipe, tmp_path):

@@ -18,6 +18,8 @@ the tests (lavapipe) and benchmarks execute.
 
 from __future__ import annotations
 
+from functools import cache
+
 from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -39,18 +41,21 @@ def _buffers(c, x, w, s):
             T.match_buffer(s, (1, 1), "float16", offset_factor=1))
 
 
-@T.prim_func(s_tir=True)
-def _description(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-    C, X, W, S = T.meta_var(_buffers(c, x, w, s))
-    with T.sblock("root"):
-        T.reads(C[0, 0, 0, 0], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
-        T.writes(C[0, 0, 0, 0])
-        for k in range(GROUP):
-            with T.sblock("update"):
-                vk = T.axis.reduce(GROUP, k)
-                C[0, 0, 0, 0] = C[0, 0, 0, 0] + T.Cast("float32", X[0, 0, vk]) * (
-                    (T.reinterpret("float32", W[0, vk // 8] >> T.Cast("uint32", vk % 8 * 4) & T.uint32(15) | T.uint32(FLOAT_MAGIC))
-                     - T.float32(2**23 + MAX_CODE)) * T.Cast("float32", S[0, 0]))
+def _description():
+    @T.prim_func(s_tir=True)
+    def description(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s))
+        with T.sblock("root"):
+            T.reads(C[0, 0, 0, 0], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
+            T.writes(C[0, 0, 0, 0])
+            for k in range(GROUP):
+                with T.sblock("update"):
+                    vk = T.axis.reduce(GROUP, k)
+                    C[0, 0, 0, 0] = C[0, 0, 0, 0] + T.Cast("float32", X[0, 0, vk]) * (
+                        (T.reinterpret("float32", W[0, vk // 8] >> T.Cast("uint32", vk % 8 * 4) & T.uint32(15) | T.uint32(FLOAT_MAGIC))
+                         - T.float32(2**23 + MAX_CODE)) * T.Cast("float32", S[0, 0]))
+
+    return description
 
 
 def _fp16_pair(bits):
@@ -106,10 +111,17 @@ INTRINSICS = {  # target kind -> (pair, dot2); any other kind: fp16 pairs, float
     "webgpu": (_wgsl_pair, _float32_dot2),
     "other": (_fp16_pair, _float32_dot2),
 }
-for _kind, (_pair, _dot2) in INTRINSICS.items():
-    TensorIntrin.register(f"mlcgen_q4_group_dot2_{_kind}", _description, _implementation(_pair, _dot2), override=True)
+
+
+@cache
+def _registered(kind: str) -> str:
+    """Registers the intrinsic on first use: parsing its TVMScript takes ~1 s, which every import
+    of the targets (a CPU build included) paid when it happened at import."""
+    name = f"mlcgen_q4_group_dot2_{kind}"
+    TensorIntrin.register(name, _description(), _implementation(*INTRINSICS[kind]), override=True)
+    return name
 
 
 def intrinsic_for(target) -> str:
     kind = target.kind.name
-    return f"mlcgen_q4_group_dot2_{kind if kind in INTRINSICS else 'other'}"
+    return _registered(kind if kind in INTRINSICS else "other")
