@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from . import gpu
 from .schedules.dequant_gemv import GemvKnobs
+from .schedules.split_kv_decode import AttentionKnobs
 
 DEVICE = "cuda"
 
@@ -27,6 +28,9 @@ class Preset:
     # gate/up 40.0 us against 45.5 for the best float32 form (32-4-4-1-2), lm_head 27.0 against
     # 33.5; fewer lanes per row, 8-word loads and 4 rows per lane were all slower.
     gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)
+    # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
+    # per block, 4 rows in flight per lane; ~4 blocks per SM of an H100/H200 (132 SMs).
+    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528)
 
 
 PRESETS = {
@@ -64,7 +68,8 @@ def after_memory_planning_passes(target) -> list:
 
 
 def schedule_passes(target) -> list:
-    return gpu.schedule_passes(target, PRESETS[str(target.attrs["arch"])].gemv)
+    preset = PRESETS[str(target.attrs["arch"])]
+    return gpu.schedule_passes(target, preset.gemv, preset.attention)
 
 
 def device_code():

@@ -1,26 +1,30 @@
 """Schedules shared by the GPU targets, applied to every PrimFunc in two rounds.
 
-First ours: AddRMSNorm takes the fused residual-add + RMSNorm, DequantGEMV the decode matmuls
+First the KV cache's decode attention is replaced by our split-KV kernel (schedules/split_kv_decode.py).
+Then our rules: AddRMSNorm takes the fused residual-add + RMSNorm, DequantGEMV the decode matmuls
 (batch 1, q4 dequantize inside the reduction) with the target preset's knobs, MfmaDequantMatmul the
 prefill matmuls on AMD matrix cores where the preset has them, else DequantMatmul (dlight's
 Matmul, dequantizing into shared memory). Then the dequantize of any q4
 matmul left over is inlined, and TVM's dlight rules take the rest: GEMV for matrix-vector kernels
 on float weights, LowBatchGEMV, Reduction and GeneralReduction for the plain norms, Fallback
-gives everything else a thread binding. The paged-attention kernels arrive scheduled from TVM's KV cache.
+gives everything else a thread binding. The other paged-attention kernels (prefill, merges) arrive
+scheduled from TVM's KV cache.
 """
 
 from __future__ import annotations
 
 from .schedules.dequant_gemv import GemvKnobs
+from .schedules.split_kv_decode import AttentionKnobs
 
 
-def schedule_passes(target, gemv: GemvKnobs, matrix_cores: bool = False) -> list:
+def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False) -> list:
     from tvm.s_tir import dlight as dl
 
     from ..compiler.passes import inline_dequantize
     from .schedules.add_rms_norm import AddRMSNorm
     from .schedules.dequant_gemv import DequantGEMV
     from .schedules.dequant_matmul import DequantMatmul
+    from .schedules.split_kv_decode import use_split_kv_decode
 
     prefill = [DequantMatmul()]
     if matrix_cores:  # imported only here: TVM's tensor_intrin package parses every target's intrinsics
@@ -28,6 +32,7 @@ def schedule_passes(target, gemv: GemvKnobs, matrix_cores: bool = False) -> list
 
         prefill.insert(0, MfmaDequantMatmul())
     return [
+        use_split_kv_decode(attention),
         dl.ApplyDefaultSchedule(AddRMSNorm(), DequantGEMV(gemv), *prefill),
         inline_dequantize,
         dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),

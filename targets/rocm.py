@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from . import gpu
 from .schedules.dequant_gemv import GemvKnobs
+from .schedules.split_kv_decode import AttentionKnobs
 
 DEVICE = "rocm"
 
@@ -35,6 +36,7 @@ class Preset:
     max_threads: int = 1024  # per workgroup: the hardware limit on both CDNA2 and RDNA3
     lds_bytes: int = 65536  # LDS per workgroup: 64 KiB on both
     gemv: GemvKnobs = GemvKnobs()  # decode GEMV knobs: set per card in PRESETS
+    attention: AttentionKnobs = AttentionKnobs()  # decode attention knobs: set per card in PRESETS
     mfma: bool = False  # prefill matmuls on the matrix cores (schedules/mfma_matmul.py)
 
 
@@ -47,14 +49,20 @@ PRESETS = {
     # packed words per lane = global_load_b128, the widest load; 4 rows = 128 threads per block;
     # 2 rows per lane share its activation loads (+13% on the H100 for the same wave32 kernel:
     # docs/benchmarks.md; not measured on RDNA3).
+    # Decode attention: 16 lanes x global_load_b128 per head_dim-128 row, so a row's dot product
+    # reduces within half a wave32 (DPP) and each wave takes 2 rows; 4 waves per block; ~4 blocks per CU.
     "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24, 2.5,
-                      gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)),
+                      gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True),
+                      attention=AttentionKnobs(vector=8, threads=128, unroll=4, blocks=96 * 4)),
     # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s, 1.7 GHz peak (AMD spec sheet); wave64, MFMA.
     # Decode GEMV: one wave64 per row (as above, for CDNA's 64 lanes), global_load_dwordx4; 4 rows
     # = 256 threads = one wave per SIMD of a CU; 2 rows per lane as on gfx1100.
     # Prefill: v_mfma_f32_16x16x16f16 (181 TFLOP/s fp16 on the MI210 against 45 for packed fp32 FMAs).
+    # Decode attention: 16 lanes x global_load_dwordx4 per row, 4 rows per wave64; 4 waves per
+    # block = one per SIMD; ~4 blocks per CU.
     "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64, 1.7,
                      gemv=GemvKnobs(threads_per_row=64, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True),
+                     attention=AttentionKnobs(vector=8, threads=256, unroll=4, blocks=104 * 4),
                      mfma=True),
 }
 # Without an AMD GPU present, `--target rocm` builds for the RX 7900 XTX: the consumer card the
@@ -135,7 +143,7 @@ def after_memory_planning_passes(target) -> list:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["mcpu"])]
-    return gpu.schedule_passes(target, preset.gemv, matrix_cores=preset.mfma)
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, matrix_cores=preset.mfma)
 
 
 def _tir_pipeline():

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import gpu
 from .schedules.dequant_gemv import GemvKnobs
+from .schedules.split_kv_decode import AttentionKnobs
 
 DEVICE = "vulkan"
 
@@ -32,6 +33,7 @@ class Preset:
     max_threads: int
     workgroup_bytes: int
     gemv: GemvKnobs
+    attention: AttentionKnobs
     model_memory_gib: float = 0  # memory a model may take, for devices whose memory is known (unified)
 
 
@@ -46,22 +48,29 @@ PRESETS = {
     # here (H200, unchecked shaders with the plugin's vec4 loads, 7B layer matmuls,
     # `benchmarks/vulkan_speed.py`): 32 lanes 986 GB/s, 16 lanes 813, 8 lanes x 2 steps 823.
     # (Before the plugin loaded vectors whole, 8 lanes x 2 steps won: 730 vs 430 GB/s.)
+    # Decode attention: 4 x fp16 per lane (WGSL's widest vector), 128 invocations per workgroup,
+    # 256 workgroups (enough for any GPU a generic build may meet).
     "generic": Preset(0, 256, 32768,
-                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4)),
+                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4),
+                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=256)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
     # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
     # way a full CU's SIMDs) and 32 KiB so two workgroups fit a CU. No subgroups (module note).
     # Of the 16 GB we leave 4 to SteamOS and its UI: a model may take 12 GiB (a 7B q4f16_1 model
     # with a 2048-token context needs 4.59: benchmarks/vulkan_speed.py build, tests/test_vulkan.py).
+    # Decode attention as generic, ~4 workgroups per CU.
     "steamdeck": Preset(0, 256, 32768,
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
+                        AttentionKnobs(vector=4, threads=128, unroll=4, blocks=8 * 4),
                         model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
     # GEMV: the generic knobs, which the same sweep puts first here too (1027 GB/s), with each
     # group in packed fp16 pairs (schedules/packed_dot.py): 1094 GB/s in the same run (2026-11-22).
+    # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     "nvidia": Preset(32, 1024, 49152,
-                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4, packed_fp16=True)),
+                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4, packed_fp16=True),
+                     AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528)),
 }
 
 
@@ -101,7 +110,8 @@ def runtime_facts(preset: str) -> dict:
 
 
 def schedule_passes(target) -> list:
-    return gpu.schedule_passes(target, PRESETS[str(target.tag)].gemv)
+    preset = PRESETS[str(target.tag)]
+    return gpu.schedule_passes(target, preset.gemv, preset.attention)
 
 
 def device_code():

@@ -156,6 +156,65 @@ def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavap
     assert q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=True) <= 1e-3
 
 
+def rocm_attention_knobs_for_wgsl(arch):
+    """A ROCm preset's decode-attention knobs (block size, rows in flight, split target) with 4-wide
+    loads, WGSL's widest vector, in place of 8-wide ones: 32 lanes per head_dim-128 row, not 16."""
+    from mlcgen.targets import rocm
+
+    return dataclasses.replace(rocm.PRESETS[arch].attention, vector=4)
+
+
+def paged_decode_reference(q, pages, indptr, values, lengths, window):
+    """Attention of each sequence's query over its paged K/V in float64: (output, log2-sum-exp).
+    With window = (start offsets, sink lengths), a sequence attends its sink rows and the rows from
+    its window start on."""
+    batch, heads, head_dim = q.shape
+    group = heads // pages.shape[2]
+    out, lse = np.zeros(q.shape), np.zeros((batch, heads))
+    for b, n in enumerate(lengths):
+        kv = pages[values[indptr[b]:indptr[b + 1]]].astype(np.float64)  # (pages, 2, kv_heads, 16, head_dim)
+        kv = kv.transpose(1, 2, 0, 3, 4).reshape(2, pages.shape[2], -1, head_dim)
+        rows = list(range(window[1][b])) + list(range(window[0][b], n)) if window else list(range(n))
+        for h in range(heads):
+            k, v = kv[0, h // group, rows], kv[1, h // group, rows]
+            s = k @ q[b, h].astype(np.float64) / np.sqrt(head_dim)
+            p = np.exp(s - s.max())
+            out[b, h] = p @ v / p.sum()
+            lse[b, h] = (s.max() + np.log(p.sum())) / np.log(2)
+    return out, lse
+
+
+@pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
+                                   rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a")],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,sliding", [(8, 2, 64, False), (4, 4, 128, True)], ids=["gqa", "mha-window"])
+def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, sliding, lavapipe, tmp_path):
+    """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
+    again, against numpy; with a sliding window, sink rows and window starts of their own."""
+    from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
+
+    lengths, rng = [37, 5, 150], np.random.default_rng(0)
+    pages_per_seq = [-(-n // 16) for n in lengths]
+    values = rng.permutation(sum(pages_per_seq) + 3)[:sum(pages_per_seq)].astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(pages_per_seq)]).astype(np.int32)
+    last_page = np.array([n - 16 * (p - 1) for n, p in zip(lengths, pages_per_seq)], np.int32)
+    window = (np.array([9, 0, 100], np.int32), np.array([4, 0, 2], np.int32)) if sliding else None
+    length_info = np.stack([last_page, *window]) if sliding else last_page
+    pages = rng.standard_normal((len(values) + 3, 2, kv_heads, 16, head_dim)).astype(np.float16)
+    q = rng.standard_normal((len(lengths), heads, head_dim)).astype(np.float16)
+
+    func = split_kv_decode(heads, kv_heads, head_dim, "float16", sliding, knobs, lanes_per_row(head_dim, knobs))
+    tvm.compile(tvm.IRModule({"main": func}), vulkan_target.tvm_target("generic")).export_library(str(tmp_path / "decode.so"))
+    lib, dev = tvm.runtime.load_module(str(tmp_path / "decode.so")), tvm.device("webgpu", 0)
+    out, lse = tvm.runtime.empty(q.shape, "float16", dev), tvm.runtime.empty(q.shape[:2], "float32", dev)
+    unused = tvm.runtime.tensor(np.zeros(len(lengths), np.int32), dev)  # rotary positions: RoPE is applied before
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (q, pages, indptr, values, length_info)), unused, unused, out, lse,
+                0, 1.0, 1e4, head_dim**-0.5)
+    want_out, want_lse = paged_decode_reference(q, pages, indptr, values, lengths, window)
+    assert rel_err(out.numpy().astype(np.float64), want_out) <= 2e-3
+    assert np.abs(lse.numpy() - want_lse).max() <= 1e-4
+
+
 def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=False) -> float:
     """Schedules `func` (y[1, tokens, n] = x[1, tokens, k] @ dequantize(w[n, k]).T, fp16 out) with the
     schedule rule for the generic Vulkan target, runs it on lavapipe on random weights and returns

@@ -513,6 +513,20 @@ class WgpuDeviceAPI final : public DeviceAPI {
 
   void* AllocDataSpace(DLDevice, size_t nbytes, size_t, DLDataType) final { return Context::Global()->Alloc(nbytes); }
   void FreeDataSpace(DLDevice, void* ptr) final { Context::Global()->Free(static_cast<WGPUBuffer>(ptr)); }
+  // A kernel's temporary buffers (split-KV attention's partial results, every layer, every step):
+  // kept for reuse rather than freed, since freeing flushes the recorded work. Reuse needs no
+  // flush: the queue runs dispatches in order.
+  void* AllocWorkspace(DLDevice, size_t nbytes, DLDataType) final {
+    auto it = spare_.lower_bound(nbytes);
+    if (it == spare_.end()) return Context::Global()->Alloc(nbytes);
+    WGPUBuffer buf = it->second;
+    spare_.erase(it);
+    return buf;
+  }
+  void FreeWorkspace(DLDevice, void* ptr) final {
+    auto buf = static_cast<WGPUBuffer>(ptr);
+    spare_.emplace(Context::Global()->SizeOf(buf), buf);
+  }
   // One queue: streams are all the default one, and it runs in submission order.
   TVMStreamHandle CreateStream(DLDevice) final { return nullptr; }
   void FreeStream(DLDevice, TVMStreamHandle) final {}
@@ -536,6 +550,9 @@ class WgpuDeviceAPI final : public DeviceAPI {
       TVM_FFI_THROW(RuntimeError) << "wgpu: copies go between the CPU and the webgpu device only";
     }
   }
+
+ private:
+  std::multimap<size_t, WGPUBuffer> spare_;  // workspace buffers by size
 };
 
 // ---------------------------------------------------------------------------------------------

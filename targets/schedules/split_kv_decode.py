@@ -1,0 +1,241 @@
+"""Decode attention over the paged KV cache, split along the sequence (flash-decoding).
+
+TVM's decode kernel gives each (sequence, KV head) one thread block that walks the whole context:
+32 blocks for Llama-2-7B at batch 1, 8 for Llama-3-8B, on GPUs with 96-132 compute units, and the
+longer the context the longer the few busy units take. Here each (sequence, KV head) is also split
+into up to `splits` row ranges, in two kernels of one PrimFunc:
+1. partial: one block per (sequence, split, KV head). A KV row is read by `lanes` = head_dim /
+   `vector` lanes, one `vector`-wide load each (16 bytes on CUDA/ROCm), so a row's dot product is
+   a reduction over a few lanes of one wave (shuffles/DPP, never across waves); the wave's other
+   lanes take the next rows, and each lane loads `unroll` rows before using any, so that many
+   loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
+   an online softmax (running max, sum, output); the slots of a block merge through shared memory
+   and the block writes its split's unnormalized output, max and sum (float32) to a workspace.
+2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
+   output and its log-sum-exp (base 2, as the KV cache's merge kernels expect).
+The split count is chosen on the host from the batch size and page count, so that there are about
+`blocks` partial blocks (a few per compute unit) but no split shorter than a page.
+
+It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
+runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
+or NONE: rotary_mode is 0); head dims that do not split into a power-of-two lane count within a
+wave (Phi-3's 96) keep TVM's kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PAGE = 16  # rows per KV-cache page (the page_size models/llama.py's cache is created with)
+LOG2E = math.log2(math.e)
+NAMES = ("batch_decode_paged_kv", "batch_decode_paged_kv_sliding_window")
+
+
+@dataclass(frozen=True)
+class AttentionKnobs:
+    vector: int = 8  # head-dim elements per lane per load: 8 x fp16 = 128 bits
+    threads: int = 128  # per block of the partial kernel
+    unroll: int = 4  # rows a lane loads before using any: loads in flight
+    blocks: int = 512  # partial blocks to aim for: a few per compute unit
+
+
+def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
+    """Lanes sharing a KV row (a power of two that divides the block), else None: keep TVM's kernel."""
+    lanes = head_dim // knobs.vector
+    fits = head_dim % knobs.vector == 0 and lanes & (lanes - 1) == 0 and knobs.threads % lanes == 0
+    return lanes if fits else None
+
+
+def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, sliding_window: bool, knobs: AttentionKnobs, lanes: int):
+    from tvm.script import tirx as T
+
+    group = heads // kv_heads
+    vec, unroll = knobs.vector, knobs.unroll
+    slots = knobs.threads // lanes  # rows a block works on at once
+    symbol = NAMES[1] if sliding_window else NAMES[0]
+
+    def length_of(length_info, indptr, b):
+        """Rows of sequence b's KV (TVM's convention: last-page length; with a sliding window,
+        also the window's start offset and the attention-sink length)."""
+        pages = indptr[b + 1] - indptr[b]
+        if not sliding_window:
+            return T.if_then_else(pages > 0, (pages - 1) * PAGE + length_info[b], 0)
+        return T.if_then_else(pages > 0, (pages - 1) * PAGE + length_info[0, b] - length_info[1, b] + length_info[2, b], 0)
+
+    def position_of(length_info, row, b):
+        """Where row `row` of the attended rows sits in the sequence's pages."""
+        if not sliding_window:
+            return row
+        return T.if_then_else(row < length_info[2, b], row, row - length_info[2, b] + length_info[1, b])
+
+    @T.prim_func(s_tir=True)
+    def decode(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle, page_values_handle: T.handle,
+               length_info_handle: T.handle, k_rope_pos_offset_handle: T.handle, q_rope_position_handle: T.handle,
+               output_handle: T.handle, lse_handle: T.handle,
+               rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": symbol})
+        B, nnz_pages, max_pages = T.int32(), T.int32(), T.int32()
+        indptr_offset, values_offset = T.int32(), T.int32()
+        k_rope_offset, q_rope_offset, length_offset = T.int32(), T.int32(), T.int32()
+        Q = T.match_buffer(Q_handle, (B, heads, head_dim), dtype)
+        pages = T.match_buffer(pages_handle, (max_pages, 2, kv_heads, PAGE, head_dim), dtype)  # offset 0: vector loads need aligned rows
+        indptr = T.match_buffer(page_indptr_handle, (B + 1,), "int32", elem_offset=indptr_offset)
+        values = T.match_buffer(page_values_handle, (nnz_pages,), "int32", elem_offset=values_offset)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_offset)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_offset)
+        output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
+        lse = T.match_buffer(lse_handle, (B, heads), "float32")
+        length_info = T.match_buffer(length_info_handle, (3, B) if sliding_window else (B,), "int32", elem_offset=length_offset)
+        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(knobs.blocks, B * kv_heads), T.ceildiv(nnz_pages, B)))
+        part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
+        part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
+
+        for split in T.thread_binding(splits, thread="blockIdx.x"):
+            for bh in T.thread_binding(B * kv_heads, thread="blockIdx.y"):
+                for ty in T.thread_binding(slots, thread="threadIdx.y"):
+                    for tx in T.thread_binding(lanes, thread="threadIdx.x"):
+                        with T.sblock("partial"):
+                            q = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
+                            k = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
+                            v = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
+                            score = T.sblock_alloc_buffer((group, unroll), "float32", scope="local")
+                            dot = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                            row_sum = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                            m = T.sblock_alloc_buffer((group,), "float32", scope="local")
+                            d = T.sblock_alloc_buffer((group,), "float32", scope="local")
+                            o = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
+                            m_new = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                            p = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                            slot_o = T.sblock_alloc_buffer((slots, head_dim), "float32", scope="shared")
+                            slot_md = T.sblock_alloc_buffer((slots, 2), "float32", scope="shared")
+
+                            b: T.let[T.int32] = bh // kv_heads
+                            hk: T.let[T.int32] = bh % kv_heads
+                            first_page: T.let[T.int32] = indptr[b]
+                            rows: T.let[T.int32] = length_of(length_info, indptr, b)
+                            per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
+                            begin: T.let[T.int32] = split * per_split
+                            end: T.let[T.int32] = T.min(begin + per_split, rows)
+                            for g, i in T.grid(group, vec):
+                                q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
+                            for g in T.serial(group):
+                                m[g] = T.float32(-5e4)
+                                d[g] = T.float32(0)
+                                for i in T.serial(vec):
+                                    o[g, i] = T.float32(0)
+
+                            for step in T.serial(T.truncdiv(per_split + slots * unroll - 1, slots * unroll)):
+                                for u in T.unroll(unroll):
+                                    row: T.let[T.int32] = begin + (step * unroll + u) * slots + ty
+                                    if row < end:
+                                        pos: T.let[T.int32] = position_of(length_info, row, b)
+                                        page: T.let[T.int32] = values[first_page + pos // PAGE]
+                                        for i in T.vectorized(vec):
+                                            k[u, i] = pages[page, 0, hk, pos % PAGE, tx * vec + i]
+                                        for i in T.vectorized(vec):
+                                            v[u, i] = pages[page, 1, hk, pos % PAGE, tx * vec + i]
+                                    else:
+                                        for i in T.vectorized(vec):
+                                            k[u, i] = T.Cast(dtype, 0)
+                                            v[u, i] = T.Cast(dtype, 0)
+                                for g, u in T.grid(group, unroll):
+                                    dot[0] = T.float32(0)
+                                    for i in T.unroll(vec):
+                                        dot[0] += q[g, i] * T.Cast("float32", k[u, i])
+                                    with T.sblock("row_dot"):
+                                        T.reads(dot[0])
+                                        T.writes(row_sum[0])
+                                        T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
+                                        T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
+                                    score[g, u] = row_sum[0]
+                                for g in T.serial(group):
+                                    m_new[0] = m[g]
+                                    for u in T.unroll(unroll):
+                                        if begin + (step * unroll + u) * slots + ty < end:
+                                            m_new[0] = T.max(m_new[0], score[g, u])
+                                    p[0] = T.exp2(m[g] - m_new[0])
+                                    d[g] = d[g] * p[0]
+                                    for i in T.unroll(vec):
+                                        o[g, i] = o[g, i] * p[0]
+                                    for u in T.unroll(unroll):
+                                        if begin + (step * unroll + u) * slots + ty < end:
+                                            p[0] = T.exp2(score[g, u] - m_new[0])
+                                            d[g] = d[g] + p[0]
+                                            for i in T.unroll(vec):
+                                                o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
+                                    m[g] = m_new[0]
+
+                            # The block's row slots meet in shared memory, one query head at a
+                            # time (bounded shared memory for any group size); slot 0 writes the split.
+                            for g in T.serial(group):
+                                for i in T.vectorized(vec):
+                                    slot_o[ty, tx * vec + i] = o[g, i]
+                                if tx == 0:
+                                    slot_md[ty, 0] = m[g]
+                                    slot_md[ty, 1] = d[g]
+                                T.tvm_storage_sync("shared")
+                                if ty == 0:
+                                    m_new[0] = T.float32(-5e4)
+                                    for s in T.serial(slots):
+                                        m_new[0] = T.max(m_new[0], slot_md[s, 0])
+                                    for i in T.serial(vec):
+                                        o[g, i] = T.float32(0)
+                                    d[g] = T.float32(0)
+                                    for s in T.serial(slots):
+                                        p[0] = T.exp2(slot_md[s, 0] - m_new[0])
+                                        d[g] = d[g] + slot_md[s, 1] * p[0]
+                                        for i in T.serial(vec):
+                                            o[g, i] = o[g, i] + slot_o[s, tx * vec + i] * p[0]
+                                    for i in T.vectorized(vec):
+                                        part_o[b, split, hk * group + g, tx * vec + i] = o[g, i]
+                                    if tx == 0:
+                                        part_md[b, split, hk * group + g, 0] = m_new[0]
+                                        part_md[b, split, hk * group + g, 1] = d[g]
+                                T.tvm_storage_sync("shared")
+
+        for bh in T.thread_binding(B * heads, thread="blockIdx.x"):
+            for tx in T.thread_binding(head_dim, thread="threadIdx.x"):
+                with T.sblock("merge"):
+                    top = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    b: T.let[T.int32] = bh // heads
+                    h: T.let[T.int32] = bh % heads
+                    top[0] = T.float32(-5e4)
+                    for s in T.serial(splits):
+                        top[0] = T.max(top[0], part_md[b, s, h, 0])
+                    total[0] = T.float32(0)
+                    acc[0] = T.float32(0)
+                    for s in T.serial(splits):
+                        weight: T.let[T.float32] = T.exp2(part_md[b, s, h, 0] - top[0])
+                        total[0] = total[0] + part_md[b, s, h, 1] * weight
+                        acc[0] = acc[0] + part_o[b, s, h, tx] * weight
+                    total[0] = T.max(total[0], T.float32(1e-30))  # an empty sequence: output 0
+                    output[b, h, tx] = T.Cast(dtype, acc[0] / total[0])
+                    if tx == 0:
+                        lse[b, h] = top[0] + T.log2(total[0])
+
+    return decode
+
+
+def use_split_kv_decode(knobs: AttentionKnobs):
+    """A module pass: the KV cache's decode-attention PrimFuncs replaced by split_kv_decode."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="UseSplitKVDecode")
+    def replace(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for gvar, func in list(mod.functions_items()):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("global_symbol") not in NAMES:
+                continue
+            q, pages = func.params[0].ty, func.params[1].ty  # buffer types: (batch, heads, head_dim), (.., kv_heads, ..)
+            heads, head_dim, kv_heads = int(q.shape[1]), int(q.shape[2]), int(pages.shape[2])
+            lanes = lanes_per_row(head_dim, knobs)
+            if lanes is None:
+                continue
+            sliding = func.attrs["global_symbol"] == NAMES[1]
+            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), sliding, knobs, lanes)
+        return mod
+
+    return replace
