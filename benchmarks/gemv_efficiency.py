@@ -33,10 +33,11 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
           "lm_head": (32000, 4096)}
 LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency figure
 SWEEP = [(32, 4, 4, 2, 1), (32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 2, 4, 2, 4), (32, 4, 4, 1, 4), (16, 4, 4, 2, 2),
-         (16, 4, 4, 1, 4), (8, 8, 4, 2, 2), (8, 4, 4, 1, 4), (32, 4, 2, 2, 2)]
+         (16, 4, 4, 1, 4), (8, 8, 4, 2, 2), (8, 4, 4, 1, 4), (32, 4, 2, 2, 2), (64, 4, 4, 2, 2), (64, 2, 4, 2, 2), (128, 2, 4, 2, 2)]
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
 PACKED_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 4, 4, 4, 2), (32, 2, 4, 2, 2), (32, 8, 4, 2, 2), (32, 4, 4, 2, 4),
-                (32, 4, 4, 4, 1)]  # the same with packed_fp16 (vector_words 4 only)
+                (32, 4, 4, 4, 1), (64, 4, 4, 2, 2), (64, 4, 4, 2, 4), (64, 2, 4, 2, 2), (64, 8, 4, 2, 2), (64, 4, 4, 1, 2),
+                (64, 4, 4, 4, 2), (128, 2, 4, 2, 2), (128, 1, 4, 2, 2)]  # the same with packed_fp16 (vector_words 4 only)
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 
