@@ -14,7 +14,7 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
    output and its log-sum-exp (base 2, as the KV cache's merge kernels expect).
 The split count is chosen on the host from the batch size and page count, so that there are about
-`blocks` partial blocks (a few per compute unit) but no split shorter than a page.
+`blocks` (query head, split) pairs (a few per compute unit) but no split shorter than a page.
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
@@ -37,7 +37,11 @@ class AttentionKnobs:
     vector: int = 8  # head-dim elements per lane per load: 8 x fp16 = 128 bits
     threads: int = 128  # per block of the partial kernel
     unroll: int = 4  # rows a lane loads before using any: loads in flight
-    blocks: int = 512  # partial blocks to aim for: a few per compute unit
+    # (query head, split) pairs to aim for: a few per compute unit for one sequence of an MHA
+    # model; a GQA block serves its group's heads, so grouped models get fewer, longer blocks and
+    # fewer partials to merge (Llama-3-8B shape at 1024 tokens on the H200: 10.7 us a call
+    # against 18.3 when counting blocks; benchmarks/attention_speed.py, docs/benchmarks.md)
+    blocks: int = 512
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -87,7 +91,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
         length_info = T.match_buffer(length_info_handle, (3, B) if sliding_window else (B,), "int32", elem_offset=length_offset)
-        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(knobs.blocks, B * kv_heads), T.ceildiv(nnz_pages, B)))
+        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(knobs.blocks, B * heads), T.ceildiv(nnz_pages, B)))
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
 

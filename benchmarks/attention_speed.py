@@ -1,0 +1,133 @@
+"""Decode attention over the paged KV cache on the GPU machine: our split-KV kernel with a sweep of
+knobs, and TVM's kernel, at Llama-2-7B (32 KV heads) and Llama-3-8B (8 KV heads, groups of 4)
+shapes, batch 1, contexts 128, 1024 and 4096.
+
+    python benchmarks/attention_speed.py build .bench/attention   # here: compile the kernels (TVM compiler)
+    python benchmarks/attention_speed.py run .bench/attention     # GPU machine: TVM runtime, torch
+
+Each kernel is checked against torch (float32) and timed over calls that rotate through 8 layers'
+pages (more than the L2 holds), as decode does: GPU time of all its kernels per call (CUPTI,
+through torch.profiler; the split kernel is two launches). GB/s counts the K and V bytes one call
+must read. The cuda preset's knobs are marked `*`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+SHAPES = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, KV heads, head_dim
+CONTEXTS = (128, 1024, 4096)
+LAYERS = 8  # page buffers rotated through
+# (vector, threads, unroll, blocks)
+SWEEP = [(8, 128, 4, 528), (8, 128, 2, 528), (8, 128, 8, 528), (8, 256, 4, 528), (8, 64, 4, 528), (8, 128, 4, 264),
+         (8, 128, 4, 1056), (8, 128, 4, 2112), (4, 128, 4, 528), (8, 256, 2, 1056), (8, 128, 4, 136), (8, 128, 8, 136),
+         (8, 64, 4, 136), (8, 128, 8, 264), (8, 64, 8, 528), (8, 128, 8, 1056)]
+PAGE = 16
+
+
+def build(out: Path) -> None:
+    import tvm
+    from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode
+
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, split_kv_decode
+
+    target = cuda.tvm_target("sm_90")
+    preset = cuda.PRESETS["sm_90"].attention
+    out.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for shape, (heads, kv_heads, head_dim) in SHAPES.items():
+        kernels = {"tvm": None}
+        for knobs in SWEEP:
+            k = AttentionKnobs(*knobs)
+            kernels["split/" + "-".join(map(str, knobs)) + ("*" if k == preset else "")] = k
+        for i, (name, knobs) in enumerate(kernels.items()):
+            with target:
+                func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target) if knobs is None
+                        else split_kv_decode(heads, kv_heads, head_dim, "float16", False, knobs, lanes_per_row(head_dim, knobs)))
+            file = f"{shape}-{i}.so"
+            tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
+            index[file] = {"shape": shape, "kernel": name}
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    print(f"built {len(index)} kernels into {out}")
+
+
+def reference(q, pages, values, n):
+    """Attention of q [heads, d] over the first n rows of the paged K/V, float32, in torch."""
+    import torch
+
+    kv = pages[values.long()].float()  # [pages, 2, kv_heads, 16, d]
+    kv = kv.permute(1, 2, 0, 3, 4).reshape(2, kv.shape[2], -1, kv.shape[-1])[:, :, :n]
+    group = q.shape[0] // kv.shape[1]
+    k, v = kv[0].repeat_interleave(group, 0), kv[1].repeat_interleave(group, 0)
+    s = torch.einsum("hd,hnd->hn", q.float(), k) / math.sqrt(q.shape[-1])
+    return torch.einsum("hn,hnd->hd", torch.softmax(s, -1), v)
+
+
+def run(out: Path) -> None:
+    import torch
+    import tvm
+    from torch.profiler import ProfilerActivity, profile
+
+    from mlcgen.runtime import cuda as cuda_runtime
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gemv_efficiency import copy_bandwidth
+
+    cuda_runtime.enable()
+    copy_gbs = copy_bandwidth()
+    index = json.loads((out / "index.json").read_text())
+    torch.manual_seed(0)
+    rows = []
+    for shape, (heads, kv_heads, head_dim) in SHAPES.items():
+        for n in CONTEXTS:
+            npages = math.ceil(n / PAGE)
+            layers = [torch.randn(npages + 8, 2, kv_heads, PAGE, head_dim, device="cuda", dtype=torch.float16) for _ in range(LAYERS)]
+            values = torch.randperm(npages + 8, device="cuda", dtype=torch.int32)[:npages]
+            q = torch.randn(1, heads, head_dim, device="cuda", dtype=torch.float16)
+            want = reference(q[0], layers[0], values, n)
+            args = [tvm.runtime.from_dlpack(t) for t in (q, torch.tensor([0, npages], dtype=torch.int32, device="cuda"), values,
+                                                          torch.tensor([n - PAGE * (npages - 1)], dtype=torch.int32, device="cuda"),
+                                                          torch.zeros(1, dtype=torch.int32, device="cuda"))]
+            pages = [tvm.runtime.from_dlpack(p) for p in layers]
+            output = torch.empty(1, heads, head_dim, device="cuda", dtype=torch.float16)
+            lse = torch.empty(1, heads, device="cuda", dtype=torch.float32)
+            o_t, lse_t = tvm.runtime.from_dlpack(output), tvm.runtime.from_dlpack(lse)
+            nbytes = n * 2 * kv_heads * head_dim * 2
+            for file, meta in index.items():
+                if meta["shape"] != shape:
+                    continue
+                f = tvm.runtime.load_module(str(out / file))["main"]
+
+                def call(i):
+                    q_t, indptr, vals, last, zero = args
+                    f(q_t, pages[i % LAYERS], indptr, vals, last, zero, zero, o_t, lse_t, 0, 1.0, 1e4, head_dim**-0.5)
+
+                output.fill_(float("nan"))
+                call(0)
+                err = float((output[0].float() - want).norm() / want.norm())
+                for i in range(10):
+                    call(i)
+                torch.cuda.synchronize()
+                reps = 200
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for i in range(reps):
+                        call(i)
+                    torch.cuda.synchronize()
+                us = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA" and "kernel" in e.name) / reps
+                rows.append({"shape": shape, "context": n, "kernel": meta["kernel"], "us": us, "gbs": nbytes / us / 1e3, "rel_err": err})
+    (out / "result.json").write_text(json.dumps({"copy_gbs": copy_gbs, "rows": rows}, indent=1))
+    print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s; us per call (GB/s of K+V read), rel_err vs torch")
+    for shape in SHAPES:
+        print(f"\n{shape}: " + " | ".join(f"ctx {n}" for n in CONTEXTS))
+        for kernel in dict.fromkeys(r["kernel"] for r in rows if r["shape"] == shape):
+            mine = [r for r in rows if r["shape"] == shape and r["kernel"] == kernel]
+            cells = " | ".join(f"{r['us']:6.1f} us ({r['gbs']:5.0f})" for r in mine)
+            print(f"  {kernel:22} {cells}   err {max(r['rel_err'] for r in mine):.1e}")
+
+
+if __name__ == "__main__":
+    {"build": build, "run": run}[sys.argv[1]](Path(sys.argv[2]))
