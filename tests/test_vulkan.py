@@ -215,6 +215,31 @@ def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, 
     assert np.abs(lse.numpy() - want_lse).max() <= 1e-4
 
 
+@pytest.mark.parametrize("hidden", [4096, 96])  # 4-wide runs per thread; a row too short for them
+def test_fused_add_rms_norm_schedule_on_lavapipe_vs_numpy(hidden, lavapipe, tmp_path):
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.compiler.passes import _add_rms_norm_kernel
+    from mlcgen.targets.schedules.add_rms_norm import AddRMSNorm
+
+    a, b, w = (relax.Var(n, relax.TensorType(s, "float16")) for n, s in (("a", [1, 3, hidden]), ("b", [1, 3, hidden]), ("w", [hidden])))
+    target = vulkan_target.tvm_target("generic")
+    with target:
+        mod = dl.ApplyDefaultSchedule(AddRMSNorm())(tvm.IRModule({"main": _add_rms_norm_kernel(a, b, w, 1e-5).with_attr("global_symbol", "main")}))
+    assert mod["main"].attrs.get("tirx.is_scheduled")
+    tvm.compile(mod, target).export_library(str(tmp_path / "norm.so"))
+    lib, dev = tvm.runtime.load_module(str(tmp_path / "norm.so")), tvm.device("webgpu", 0)
+    rng = np.random.default_rng(0)
+    xa, xb, xw = (rng.standard_normal(s).astype(np.float16) for s in ((1, 3, hidden), (1, 3, hidden), (hidden,)))
+    total, normed = tvm.runtime.empty(xa.shape, "float16", dev), tvm.runtime.empty(xa.shape, "float16", dev)
+    lib["main"](*(tvm.runtime.tensor(x, dev) for x in (xa, xb, xw)), total, normed)
+    want_total = (xa + xb).astype(np.float32)  # fp16 sum, as the kernel stores it
+    want_normed = want_total / np.sqrt((want_total**2).mean(-1, keepdims=True) + 1e-5) * xw.astype(np.float32)
+    assert np.array_equal(total.numpy().astype(np.float32), want_total)
+    assert rel_err(normed.numpy().astype(np.float32), want_normed) <= 1e-3
+
+
 def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=False) -> float:
     """Schedules `func` (y[1, tokens, n] = x[1, tokens, k] @ dequantize(w[n, k]).T, fp16 out) with the
     schedule rule for the generic Vulkan target, runs it on lavapipe on random weights and returns

@@ -6,7 +6,8 @@ row summing 4096 squares serially, 80 us per call on the H100 (docs/benchmarks.m
 thread block handles a row: every thread adds and squares a strided slice, a cross-thread
 reduction gives the row's sum of squares, and the same threads write the normed slice. Each
 thread reads back only the elements it wrote itself (all phases split the row alike), so no
-barrier is needed between the phases.
+barrier is needed between the phases. A thread's elements come in runs of VECTOR (vector loads
+and stores) where the row length allows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 KERNEL_ATTR = "mlcgen.kernel"  # set by compiler/passes.py on the kernels this rule schedules
 KERNEL = "add_rms_norm"
+# 4: WGSL's vectors stop at 4 lanes, and TVM's CUDA code for 8-lane float32 vectors (the norm is
+# computed in float32) does not compile (make_ulonglong4 with 8 arguments).
+VECTOR = 4
 
 
 class AddRMSNorm(ScheduleRule):
@@ -51,11 +55,17 @@ class AddRMSNorm(ScheduleRule):
         # The residual sum anchors the kernel: a block per row, then the reduction and the norm
         # under the same row loop, all three split the row the same way across the threads.
         *rows, col = sch.get_loops(out_sum)
+        vector = VECTOR if int(sch.get(col).extent) % (self.threads * VECTOR) == 0 else 1
         row = sch.fuse(*rows)
         sch.bind(row, "blockIdx.x")
-        sch.bind(sch.split(col, [None, self.threads])[1], "threadIdx.x")
-        for block in (reduction, out_norm):
-            sch.reverse_compute_at(block, row)
-            sch.bind(sch.split(sch.get_loops(block)[-1], [None, self.threads])[1], "threadIdx.x")
+        for block in (out_sum, reduction, out_norm):
+            if block != out_sum:
+                sch.reverse_compute_at(block, row)
+            _, thread, run = sch.split(sch.get_loops(block)[-1], [None, self.threads, vector])
+            sch.bind(thread, "threadIdx.x")
+            if block == reduction:
+                sch.reorder(run, thread)  # TVM lowers a cross-thread reduction only as the innermost loop
+            else:
+                sch.vectorize(run)
         sch.set_scope(reduction, 0, "local")  # the row's sum: a cross-thread reduction result
         return sch
