@@ -1,6 +1,5 @@
 """`mlcgen build` outputs, conversion from every checkpoint format, KV-cache behaviour, runtime-only use."""
 
-import json
 import os
 import shutil
 import subprocess

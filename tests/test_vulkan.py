@@ -217,6 +217,7 @@ def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, 
 
 @pytest.mark.parametrize("hidden", [4096, 96])  # 4-wide runs per thread; a row too short for them
 def test_fused_add_rms_norm_schedule_on_lavapipe_vs_numpy(hidden, lavapipe, tmp_path):
+    """The residual sum bit for bit (fp16), and its RMS norm, against numpy."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
 

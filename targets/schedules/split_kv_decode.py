@@ -6,7 +6,8 @@ longer the context the longer the few busy units take. Here each (sequence, KV h
 into up to `splits` row ranges, in two kernels of one PrimFunc:
 1. partial: one block per (sequence, split, KV head). A KV row is read by `lanes` = head_dim /
    `vector` lanes, one `vector`-wide load each (16 bytes on CUDA/ROCm), so a row's dot product is
-   a reduction over a few lanes of one wave (shuffles/DPP, never across waves); the wave's other
+   a reduction over a few lanes of one wave (shuffles/DPP; workgroup memory where WebGPU has no
+   subgroups); the wave's other
    lanes take the next rows, and each lane loads `unroll` rows before using any, so that many
    loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
    an online softmax (running max, sum, output); the slots of a block merge through shared memory
@@ -18,8 +19,8 @@ The split count is chosen on the host from the batch size and page count, so tha
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
-or NONE: rotary_mode is 0); head dims that do not split into a power-of-two lane count within a
-wave (Phi-3's 96) keep TVM's kernel.
+or NONE: rotary_mode is 0); head dims that do not split into a power-of-two lane count (Phi-3's
+96) keep TVM's kernel.
 """
 
 from __future__ import annotations
