@@ -53,26 +53,15 @@ def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
 
 
 def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, sliding_window: bool, knobs: AttentionKnobs, lanes: int):
+    # The KV cache's length conventions (last-page length; with a sliding window also the window's
+    # start and the attention-sink length) are TVM's: its helpers read them.
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
     from tvm.script import tirx as T
 
     group = heads // kv_heads
     vec, unroll = knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
     symbol = NAMES[1] if sliding_window else NAMES[0]
-
-    def length_of(length_info, indptr, b):
-        """Rows of sequence b's KV (TVM's convention: last-page length; with a sliding window,
-        also the window's start offset and the attention-sink length)."""
-        pages = indptr[b + 1] - indptr[b]
-        if not sliding_window:
-            return T.if_then_else(pages > 0, (pages - 1) * PAGE + length_info[b], 0)
-        return T.if_then_else(pages > 0, (pages - 1) * PAGE + length_info[0, b] - length_info[1, b] + length_info[2, b], 0)
-
-    def position_of(length_info, row, b):
-        """Where row `row` of the attended rows sits in the sequence's pages."""
-        if not sliding_window:
-            return row
-        return T.if_then_else(row < length_info[2, b], row, row - length_info[2, b] + length_info[1, b])
 
     @T.prim_func(s_tir=True)
     def decode(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle, page_values_handle: T.handle,
@@ -91,7 +80,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_offset)
         output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
-        length_info = T.match_buffer(length_info_handle, (3, B) if sliding_window else (B,), "int32", elem_offset=length_offset)
+        length_info = _declare_length_info(length_info_handle, B, sliding_window, length_offset)
         splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(knobs.blocks, B * heads), T.ceildiv(nnz_pages, B)))
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
@@ -118,7 +107,8 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                             b: T.let[T.int32] = bh // kv_heads
                             hk: T.let[T.int32] = bh % kv_heads
                             first_page: T.let[T.int32] = indptr[b]
-                            rows: T.let[T.int32] = length_of(length_info, indptr, b)
+                            pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
+                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, PAGE, b, length_info, sliding_window), 0)
                             per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
                             begin: T.let[T.int32] = split * per_split
                             end: T.let[T.int32] = T.min(begin + per_split, rows)
@@ -134,7 +124,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                                 for u in T.unroll(unroll):
                                     row: T.let[T.int32] = begin + (step * unroll + u) * slots + ty
                                     if row < end:
-                                        pos: T.let[T.int32] = position_of(length_info, row, b)
+                                        pos: T.let[T.int32] = _get_seq_offset(row, b, length_info, sliding_window)
                                         page: T.let[T.int32] = values[first_page + pos // PAGE]
                                         for i in T.vectorized(vec):
                                             k[u, i] = pages[page, 0, hk, pos % PAGE, tx * vec + i]
