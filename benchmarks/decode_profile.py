@@ -40,6 +40,7 @@ def main(dist: str, steps: int = 64) -> None:
     engine.device.sync()
     vm_only = steps / (time.perf_counter() - start)
     print(f"engine.decode: {full:.1f} tok/s; VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
+    host_phases(engine, steps)
 
     # Per-call times: synchronize around every VM call (adds sync cost to each; relative sizes hold).
     times, counts, started = {}, {}, [0.0]
@@ -63,6 +64,39 @@ def main(dist: str, steps: int = 64) -> None:
     for name in sorted(times, key=times.get, reverse=True)[:25]:
         print(f"{name[:48]:48} {counts[name] // 4:6d} {times[name] / 4 * 1e6:9.1f} {times[name] / total:6.1%}")
     print(f"{'total (synchronized)':48} {sum(counts.values()) // 4:6d} {total / 4 * 1e6:9.1f}")
+
+def host_phases(engine, steps: int) -> None:
+    """Engine.decode's phases one by one, the device synchronized after each: what each costs the
+    host (a phase's GPU work is inside its own figure)."""
+    from tvm.runtime import ShapeTuple
+
+    from mlcgen.runtime.engine import _builtin
+
+    phases = {}
+
+    def timed(name, call):
+        start = time.perf_counter()
+        value = call()
+        engine.device.sync()
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    token = 1
+    for _ in range(steps):
+        timed("token upload", lambda: engine._token.copyfrom(np.array([token], np.int32)))
+        embed = timed("embed call", lambda: engine._entries["embed"](engine._token, engine.params))
+        embed = embed._create_view((1, 1, engine.hidden_size))
+        timed("begin_forward", lambda: _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1])))
+        logits = timed("decode call", lambda: engine._entries["decode"](embed, engine.cache, engine.params))[0]
+        timed("end_forward", lambda: _builtin("kv_state_end_forward")(engine.cache))
+        host = timed("logits to host", lambda: engine._to_host(logits))
+        token = timed("argmax", lambda: int(host.argmax()))
+        engine.length += 1
+    total = sum(phases.values())
+    print(f"Engine.decode phases, synchronized after each ({steps} steps): {total / steps * 1e6:.0f} us/step")
+    for name, seconds in phases.items():
+        print(f"  {name:16} {seconds / steps * 1e6:8.1f} us")
+
 
 if __name__ == "__main__":
     main(sys.argv[1], *(int(a) for a in sys.argv[2:]))

@@ -14,7 +14,8 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
   v_dot2_f32_f16; the wave64 variant's 64-lane row sum becomes two warps and a shared-memory step).
 Each is checked against numpy and timed on weights rotated through more copies than the L2 cache
 holds (kernel durations from CUPTI via torch.profiler); efficiency = achieved GB/s over a device
-copy's GB/s measured in the same run.
+copy's GB/s measured in the same run (1 GiB). `torch-copy` is a copy kernel moving as many bytes
+as each matmul reads: what a plain streaming kernel reaches at that size.
 
     python benchmarks/gemv_efficiency.py build .bench/gemv            # here: compile (needs the TVM compiler)
     python benchmarks/gemv_efficiency.py run .bench/gemv              # GPU machine: TVM runtime + nvcc
@@ -129,6 +130,18 @@ def kernel_seconds(call, reps: int) -> float:
     return float(np.median(times)) / 1e6
 
 
+def copy_row(shape: str, n: int, k: int, nbytes: int, copies: int, copy_gbs: float) -> dict:
+    """What a plain streaming kernel reaches at this size: an fp16 copy moving as many bytes (half
+    read, half written) as the matmul reads, sources rotated the same way."""
+    import torch
+
+    sources = [torch.empty(nbytes // 4, dtype=torch.float16, device="cuda") for _ in range(copies)]
+    target = torch.empty_like(sources[0])
+    seconds = kernel_seconds(lambda i: torch.neg(sources[i % copies], out=target), 200)
+    return {"shape": shape, "n": n, "k": k, "schedule": "torch-copy", "rel_err": 0.0, "us": seconds * 1e6,
+            "bytes": nbytes, "gbs": nbytes / seconds / 1e9, "efficiency": nbytes / seconds / 1e9 / copy_gbs}
+
+
 def run(out: Path) -> None:
     import torch
     import tvm
@@ -163,6 +176,7 @@ def run(out: Path) -> None:
             rows.append({"shape": shape, "n": n, "k": k, "schedule": meta["schedule"], "rel_err": err, "us": seconds * 1e6,
                          "bytes": nbytes, "gbs": nbytes / seconds / 1e9, "efficiency": nbytes / seconds / 1e9 / copy_gbs})
         del weights
+        rows.append(copy_row(shape, n, k, nbytes, copies, copy_gbs))
     result = {"device": torch.cuda.get_device_name(), "copy_gbs": copy_gbs, "rows": rows}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"{result['device']}: copy {copy_gbs:.0f} GB/s")

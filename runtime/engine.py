@@ -7,10 +7,12 @@ params agree, and that every shard is intact.
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm.runtime import ShapeTuple
 from tvm.runtime.vm import VirtualMachine
 
@@ -20,8 +22,10 @@ from . import dist, tensor_cache
 # "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
 # their device as webgpu.
 DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "rocm": tvm.rocm, "vulkan": lambda i: tvm.device("webgpu", i)}
+CUDA_HOST = 3  # DLPack's kDLCUDAHost: page-locked host memory (tvm_ffi has no name for it)
 
 
+@cache
 def _builtin(name: str):
     return tvm.get_global_func(f"vm.builtin.{name}")
 
@@ -47,7 +51,11 @@ class Engine:
             raise ParamsError(f"{lib_path}: missing; rebuild with `mlcgen build`")
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self._check_library(lib_path)
-        self.params = self._random_params() if random_weights else self._load_params(verify_shards)
+        # One FFI array for every call: a Python list would be converted (hundreds of tensors) per call.
+        self.params = tvm_ffi.convert(self._random_params() if random_weights else self._load_params(verify_shards))
+        self._entries = {name: self.vm[name] for name in ("embed", "prefill", "decode")}
+        self._token = tvm.runtime.empty((1,), "int32", self.device)  # decode's input, reused every step
+        self._logits_host = None  # CUDA: page-locked host copy of the logits (allocated on first use)
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
@@ -153,7 +161,7 @@ class Engine:
         start = 0
         while start < ids.size:
             size = self._chunk_size()
-            logits = self._forward("prefill", ids[start : start + size])
+            logits = self._forward("prefill", tvm.runtime.tensor(ids[start : start + size], self.device))
             start += size
         return logits
 
@@ -169,7 +177,8 @@ class Engine:
         ids = np.array([token_id], dtype=np.int32)
         self._check_ids(ids)
         self._check_room(1)
-        return self._forward("decode", ids)
+        self._token.copyfrom(ids)
+        return self._forward("decode", self._token)
 
     def _check_ids(self, ids: np.ndarray) -> None:
         vocab = self.manifest["model"]["config"]["vocab_size"]
@@ -181,14 +190,25 @@ class Engine:
         if self.length + n > self.context_window:
             raise ValueError(f"context window exceeded: {self.length} tokens in the cache + {n} new > {self.context_window}")
 
-    def _forward(self, entry: str, ids: np.ndarray) -> np.ndarray:
-        embed = self.vm["embed"](tvm.runtime.tensor(ids, self.device), self.params)
-        embed = embed._create_view((1, ids.size, self.hidden_size))
-        _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([ids.size]))
-        logits, _ = self.vm[entry](embed, self.cache, self.params)
+    def _forward(self, entry: str, ids) -> np.ndarray:
+        """ids: int32 token ids on the device."""
+        n = ids.shape[0]
+        embed = self._entries["embed"](ids, self.params)._create_view((1, n, self.hidden_size))
+        _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([n]))
+        logits, _ = self._entries[entry](embed, self.cache, self.params)
         _builtin("kv_state_end_forward")(self.cache)
-        self.length += ids.size
-        return logits.numpy().reshape(-1)
+        self.length += n
+        return self._to_host(logits).reshape(-1)
+
+    def _to_host(self, logits) -> np.ndarray:
+        if self.manifest["target"]["device"] != "cuda":
+            return logits.numpy()
+        # From device memory to pageable host memory CUDA stages every copy; to page-locked memory
+        # it is one DMA.
+        if self._logits_host is None or tuple(self._logits_host.shape) != tuple(logits.shape):
+            self._logits_host = tvm.runtime.empty(logits.shape, logits.dtype, tvm.device(CUDA_HOST, 0))
+        logits.copyto(self._logits_host)
+        return self._logits_host.numpy()
 
 
 def _brief(value) -> str:
