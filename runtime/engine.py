@@ -22,7 +22,6 @@ from . import dist, tensor_cache
 # "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
 # their device as webgpu.
 DEVICES = {"cpu": tvm.cpu, "cuda": tvm.cuda, "rocm": tvm.rocm, "vulkan": lambda i: tvm.device("webgpu", i)}
-CUDA_HOST = 3  # DLPack's kDLCUDAHost: page-locked host memory (tvm_ffi has no name for it)
 
 
 @cache
@@ -55,7 +54,6 @@ class Engine:
         self.params = tvm_ffi.convert(self._random_params() if random_weights else self._load_params(verify_shards))
         self._entries = {name: self.vm[name] for name in ("embed", "prefill", "decode")}
         self._token = tvm.runtime.empty((1,), "int32", self.device)  # decode's input, reused every step
-        self._logits_host = None  # CUDA: page-locked host copy of the logits (allocated on first use)
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
@@ -198,17 +196,7 @@ class Engine:
         logits, _ = self._entries[entry](embed, self.cache, self.params)
         _builtin("kv_state_end_forward")(self.cache)
         self.length += n
-        return self._to_host(logits).reshape(-1)
-
-    def _to_host(self, logits) -> np.ndarray:
-        if self.manifest["target"]["device"] != "cuda":
-            return logits.numpy()
-        # From device memory to pageable host memory CUDA stages every copy; to page-locked memory
-        # it is one DMA.
-        if self._logits_host is None or tuple(self._logits_host.shape) != tuple(logits.shape):
-            self._logits_host = tvm.runtime.empty(logits.shape, logits.dtype, tvm.device(CUDA_HOST, 0))
-        logits.copyto(self._logits_host)
-        return self._logits_host.numpy()
+        return logits.numpy().reshape(-1)
 
 
 def _brief(value) -> str:
