@@ -22,12 +22,16 @@ class Preset:
     max_threads: int = 1024  # per block, all current NVIDIA GPUs
     shared_bytes: int = 49152  # static shared memory per block without opt-in
     # Decode GEMV: a warp (32 lanes) per weight row, so the row's sum is a pure shuffle reduction;
-    # 4 packed words = one 128-bit load per lane per step; 2 rows per lane share its activation
-    # loads; each group in packed fp16 pairs (schedules/packed_dot.py), 2 steps unrolled. The best
-    # of the sweep in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): q/k/v, o,
-    # gate/up 40.0 us against 45.5 for the best float32 form (32-4-4-1-2), lm_head 27.0 against
-    # 33.5; fewer lanes per row, 8-word loads and 4 rows per lane were all slower.
-    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True)
+    # 4 packed words = one 128-bit load per lane per step, 4 steps unrolled; 2 rows per lane share
+    # its activation loads, 4 warps per block; the activation staged in shared memory; each word's
+    # products summed in fp16 pairs (HFMA2) before the float32 sum (schedules/packed_dot.py). From
+    # the sweeps in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): the four 7B
+    # layer matmuls 47.9-48.3 us against 52.4 with float32 products, 55.9 unstaged and 62.5 for
+    # the float32 form; lm_head 22.1 against 27.2. 8 warps per block: 47.1-47.2 for the 7B four but
+    # 15.2 us against 14.2 for Llama-3-8B's down projection. Fewer or more lanes per row, 8-word
+    # loads, 4 rows per lane and weights through shared memory (cp.async) were all slower.
+    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2,
+                                packed_fp16=True, stage_activation=True, fp16_products=True)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
     # per block, 4 rows in flight per lane; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA
     # model. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens: within 12% of the

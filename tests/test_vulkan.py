@@ -126,14 +126,32 @@ def rocm_knobs_for_wgsl(arch):
     return dataclasses.replace(rocm.PRESETS[arch].gemv, activation_lanes=4)
 
 
+def cuda_knobs_for_wgsl():
+    """The CUDA preset's decode GEMV knobs (activation staged in padded shared memory) at WGSL width,
+    products summed in float32 (the fp16 sums are CUDA's: test_cuda.py)."""
+    from mlcgen.targets import cuda
+
+    return dataclasses.replace(cuda.PRESETS["sm_90"].gemv, activation_lanes=4, fp16_products=False)
+
+
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["steamdeck"].gemv,
-                                   rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a")],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a"])
-@pytest.mark.parametrize("k", [4096, 3072])  # 3072 = 96 groups: 2 unrolled steps of 32 lanes do not fit
+                                   rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm90"])
+# 3072 = 96 groups: 2 or 4 unrolled steps of 32 lanes do not fit; 1376 = 43 groups: the lanes do not
+# divide the row, so the packed form falls back to float32 (Llama-2-7B's down projection in small)
+@pytest.mark.parametrize("k", [4096, 3072, 1376])
 def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
     assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), gemv_func(256, k), tmp_path, 1, 256, k) <= 1e-3
+
+
+def test_staged_gemv_with_fewer_rows_per_block_on_lavapipe_vs_numpy(lavapipe, tmp_path):
+    """100 rows: the CUDA preset's 4 x 2 rows per block do not divide them, so blocks take 2 x 2
+    (and the staging copy runs on that smaller block)."""
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    assert q4_matmul_error_on_lavapipe(DequantGEMV(cuda_knobs_for_wgsl()), gemv_func(100, 4096), tmp_path, 1, 100, 4096) <= 1e-3
 
 
 def test_gfx90a_prefill_schedule_without_matrix_cores_on_lavapipe_vs_numpy(lavapipe, tmp_path):

@@ -12,8 +12,11 @@ subtract, a scale multiply and an FMA, about 5 VALU instructions. The implementa
   products of fp16 values are exact in float32, so only the sums round, as before;
 - the group's sum is scaled once (one FMA per 32 weights instead of a multiply per weight).
 About 2.3-2.8 instructions per weight (gfx1100, gfx90a) instead of 4.4-4.9. Where no dot instruction
-exists (CUDA, WebGPU) the same pairs are multiplied and added in float32: the runnable variant that
-the tests (lavapipe) and benchmarks execute.
+exists (WebGPU, and CUDA without `fp16_products`) the same pairs are multiplied and added in float32:
+the runnable variant that the tests (lavapipe) execute. CUDA's preset sums each word's 8 products
+in fp16 pairs (HFMA2) and only then in float32, with one LOP3 per code pair (inline PTX) and one
+shift per word: 0.74x the instructions, 0.68x those on the FMA pipe, which was what stalled the
+GEMV once its activation reads moved to shared memory (Nsight Compute, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -82,46 +85,103 @@ def _float32_dot2(a, b, acc):
     return acc + lane(a, 0) * lane(b, 0) + lane(a, 1) * lane(b, 1)
 
 
+def _activation_pair(X, j, p):
+    """The activations of word j's codes p and p + 4."""
+    return tirx.Shuffle([X[0, 0, 8 * j + p], X[0, 0, 8 * j + p + 4]], [0, 1])
+
+
+def _pairs(X, W, j):
+    """Word j's four (activation pair, code pair bits) operands: codes p and p + 4 of the word."""
+    for p in range(4):
+        bits = (W[0, j] >> tirx.const(4 * p, "uint32")) & tirx.const(0x000F000F, "uint32") | tirx.const(HALF_MAGIC * 0x10001, "uint32")
+        yield _activation_pair(X, j, p), bits
+
+
 def _group_sum(X, W, pair, dot2):
     """sum over the group of x * (code - MAX_CODE), in pairs (code p, code p + 4) of each word."""
     acc = tirx.const(0.0, "float32")
     for j in range(WORDS):
-        for p in range(4):
-            bits = (W[0, j] >> tirx.const(4 * p, "uint32")) & tirx.const(0x000F000F, "uint32") | tirx.const(HALF_MAGIC * 0x10001, "uint32")
-            activations = tirx.Shuffle([X[0, 0, 8 * j + p], X[0, 0, 8 * j + p + 4]], [0, 1])
+        for activations, bits in _pairs(X, W, j):
             acc = dot2(activations, pair(bits), acc)
     return acc
 
 
-def _implementation(pair, dot2):
+LOP3_SOURCE = """
+__forceinline__ __device__ unsigned mlcgen_magic_{mask:08x}(unsigned a) {{
+  unsigned r;  // (a & mask) | fp16 1024 pair in one LOP3: C would give two, one per immediate
+  asm("lop3.b32 %0, %1, 0x{mask:08x}, 0x64006400, 0xea;" : "=r"(r) : "r"(a));
+  return r;
+}}
+"""
+
+
+def _cuda_code_pairs(word):
+    """A word's 8 codes as 4 fp16 pairs (code - MAX_CODE), codes (p, p + 4) in pair p, with one
+    shift per word: codes 0/4 and 2/6 sit in the low nibble of each 16-bit half of the word and of
+    the word >> 8 (1024 + code); codes 1/5 and 3/7 in the next nibble (1024 + 16 code, scaled by
+    1/16 in the same fp16 multiply-add that subtracts)."""
+    from tvm.backend.cuda.op import cuda_func_call
+
+    def magic(value, mask):
+        bits = cuda_func_call(f"mlcgen_magic_{mask:08x}", value, source_code=LOP3_SOURCE.format(mask=mask), return_type="uint32")
+        return tirx.reinterpret("float16x2", bits)
+
+    def const(value):
+        return tirx.Broadcast(tirx.const(value, "float16"), 2)
+
+    high = word >> tirx.const(8, "uint32")
+    low_nibble = lambda w: magic(w, 0x000F000F) - const(1024 + MAX_CODE)
+    next_nibble = lambda w: magic(w, 0x00F000F0) * const(1 / 16) - const(64 + MAX_CODE)
+    return [low_nibble(word), next_nibble(word), low_nibble(high), next_nibble(high)]
+
+
+def _group_sum_fp16_words(X, W):
+    """The same with each word's 8 products summed in fp16 pairs (4 HFMA2 on CUDA), then added to
+    the float32 sum: two thirds of the FMA-pipe instructions of float32 products (no activation
+    conversions) and fewer integer ones. A lane sums 4 products in fp16 (11-bit mantissa) before
+    they meet float32."""
+    acc = tirx.const(0.0, "float32")
+    for j in range(WORDS):
+        word = None
+        for p, codes in enumerate(_cuda_code_pairs(W[0, j])):
+            product = _activation_pair(X, j, p) * codes
+            word = product if word is None else word + product
+        acc = acc + tirx.Shuffle([word], [0]).astype("float32") + tirx.Shuffle([word], [1]).astype("float32")
+    return acc
+
+
+def _implementation(group_sum_of):
     @T.prim_func(s_tir=True)
     def implementation(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
         C, X, W, S = T.meta_var(_buffers(c, x, w, s))
         with T.sblock("root"):
             T.reads(C[0, 0, 0, 0], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
             T.writes(C[0, 0, 0, 0])
-            group_sum = T.meta_var(_group_sum(X, W, pair, dot2))
+            group_sum = T.meta_var(group_sum_of(X, W))
             C[0, 0, 0, 0] = C[0, 0, 0, 0] + group_sum * T.Cast("float32", S[0, 0])
 
     return implementation
 
 
-INTRINSICS = {  # target kind -> (pair, dot2); any other kind: fp16 pairs, float32 multiply-adds
-    "rocm": (_fp16_pair, _amd_dot2),
-    "webgpu": (_wgsl_pair, _float32_dot2),
-    "other": (_fp16_pair, _float32_dot2),
+GROUP_SUMS = {  # (target kind, fp16 products) -> the group's sum; any other kind: as "cuda"
+    ("rocm", False): lambda X, W: _group_sum(X, W, _fp16_pair, _amd_dot2),
+    ("webgpu", False): lambda X, W: _group_sum(X, W, _wgsl_pair, _float32_dot2),
+    ("cuda", False): lambda X, W: _group_sum(X, W, _fp16_pair, _float32_dot2),
+    ("cuda", True): _group_sum_fp16_words,
 }
 
 
 @cache
-def _registered(kind: str) -> str:
+def _registered(kind: str, fp16_products: bool) -> str:
     """Registers the intrinsic on first use: parsing its TVMScript takes ~1 s, which every import
     of the targets (a CPU build included) paid when it happened at import."""
-    name = f"mlcgen_q4_group_dot2_{kind}"
-    TensorIntrin.register(name, _description(), _implementation(*INTRINSICS[kind]), override=True)
+    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}"
+    TensorIntrin.register(name, _description(), _implementation(GROUP_SUMS[kind, fp16_products]), override=True)
     return name
 
 
-def intrinsic_for(target) -> str:
-    kind = target.kind.name
-    return _registered(kind if kind in INTRINSICS else "other")
+def intrinsic_for(target, fp16_products: bool = False) -> str:
+    kind = target.kind.name if target.kind.name in ("rocm", "webgpu") else "cuda"
+    if (kind, fp16_products) not in GROUP_SUMS:
+        raise ValueError(f"fp16 products are implemented for CUDA only, not for {target.kind.name}")
+    return _registered(kind, fp16_products)
