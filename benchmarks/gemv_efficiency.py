@@ -8,7 +8,8 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
   knobs are marked `*`;
 - `cuda/...+packed`: knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
   CUDA has no fp16-pair dot instruction with a float32 sum; rows whose vectors the lanes do not
-  divide, like the down projection's, keep the float32 form);
+  divide, like the down projection's, keep the float32 form); `+staged`: the activation staged in
+  shared memory; `+fp16`: each word's products summed in fp16 pairs (the cuda preset);
 - `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
   the closest runnable variant of the AMD kernels here (float32 multiply-adds where AMD has
   v_dot2_f32_f16; the wave64 variant's 64-lane row sum becomes two warps and a shared-memory step).
@@ -31,14 +32,13 @@ from pathlib import Path
 import numpy as np
 
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
-          "lm_head": (32000, 4096)}
+          "lm_head": (32000, 4096), "down_8b": (4096, 14336)}
 LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency figure
-SWEEP = [(32, 4, 4, 2, 1), (32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 2, 4, 2, 4), (32, 4, 4, 1, 4), (16, 4, 4, 2, 2),
-         (16, 4, 4, 1, 4), (8, 8, 4, 2, 2), (8, 4, 4, 1, 4), (32, 4, 2, 2, 2), (64, 4, 4, 2, 2), (64, 2, 4, 2, 2), (128, 2, 4, 2, 2)]
+SWEEP = [(32, 4, 4, 2, 2)]
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
-PACKED_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 4, 4, 4, 2), (32, 2, 4, 2, 2), (32, 8, 4, 2, 2), (32, 4, 4, 2, 4),
-                (32, 4, 4, 4, 1), (64, 4, 4, 2, 2), (64, 4, 4, 2, 4), (64, 2, 4, 2, 2), (64, 8, 4, 2, 2), (64, 4, 4, 1, 2),
-                (64, 4, 4, 4, 2), (128, 2, 4, 2, 2), (128, 1, 4, 2, 2)]  # the same with packed_fp16 (vector_words 4 only)
+PACKED_SWEEP = [(32, 4, 4, 2, 2)]  # the same with packed_fp16 (vector_words 4 only)
+STAGED_SWEEP = [((32, 4, 4, 4, 2), False), ((32, 4, 4, 4, 2), True), ((32, 8, 4, 4, 2), True), ((32, 2, 4, 4, 2), True),
+                ((32, 4, 4, 2, 2), True), ((32, 8, 4, 4, 1), True)]  # packed, activation staged; True: fp16 products
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 
@@ -76,10 +76,12 @@ def build(out: Path) -> None:
     cuda_target = cuda.tvm_target("sm_90")
     preset = cuda.PRESETS["sm_90"].gemv
     schedules = {"dlight-f16": (cuda_target, None, "float16"), "dlight": (cuda_target, None, "float32")}
-    for knobs, packed in [(k, False) for k in SWEEP] + [(k, True) for k in PACKED_SWEEP]:
-        g = GemvKnobs(*knobs, packed_fp16=packed)
+    variants = [(k, False, False, False) for k in SWEEP] + [(k, True, False, False) for k in PACKED_SWEEP]
+    for knobs, packed, staged, fp16 in variants + [(k, True, True, fp16) for k, fp16 in STAGED_SWEEP]:
+        g = GemvKnobs(*knobs, packed_fp16=packed, stage_activation=staged, fp16_products=fp16)
         mark = "*" if g == preset else ""
-        schedules[f"cuda/{'-'.join(map(str, knobs))}{'+packed' if packed else ''}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
+        name = "-".join(map(str, knobs)) + ("+packed" if packed else "") + ("+staged" if staged else "") + ("+fp16" if fp16 else "")
+        schedules[f"cuda/{name}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
     for arch in ("gfx1100", "gfx90a"):
         schedules[arch] = (cuda_target, DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
     out.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,11 @@ def gemv_libraries(out: Path) -> None:
 
     index = {}
     for preset in ("nvidia", "generic"):
-        for knobs, packed in [(k, False) for k in GEMV_SWEEP] + [(k, True) for k in GEMV_SWEEP[:2]]:
-            g = GemvKnobs(*knobs, activation_lanes=4, packed_fp16=packed)
-            name = f"{preset}/{'-'.join(map(str, knobs))}{'+packed' if packed else ''}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
+        variants = [(k, False, False) for k in GEMV_SWEEP] + [(k, True, False) for k in GEMV_SWEEP[:2]]
+        for knobs, packed, staged in variants + [(k, p, True) for k in GEMV_SWEEP[:2] for p in (False, True)]:
+            g = GemvKnobs(*knobs, activation_lanes=4, packed_fp16=packed, stage_activation=staged)
+            flags = ("+packed" if packed else "") + ("+staged" if staged else "")
+            name = f"{preset}/{'-'.join(map(str, knobs))}{flags}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
             target = vulkan.tvm_target(preset)
             with target:
                 funcs = {shape: gemv_func(n, k, "float32").with_attr("global_symbol", shape) for shape, (n, k) in GEMV_SHAPES.items()}
