@@ -3,7 +3,9 @@
     python benchmarks/decode_profile.py DIST [--steps 64]
 
 Prints: engine.decode tok/s (what `mlcgen bench` measures), the VM decode call alone without the
-logits copy to the host, and TVM's per-kernel profile of one decode call, largest first.
+logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache begin
+and end, decode call, logits copy, argmax), and TVM's per-kernel profile of one decode call,
+largest first.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main(dist: str, steps: int = 64) -> None:
     for name in sorted(times, key=times.get, reverse=True)[:25]:
         print(f"{name[:48]:48} {counts[name] // 4:6d} {times[name] / 4 * 1e6:9.1f} {times[name] / total:6.1%}")
     print(f"{'total (synchronized)':48} {sum(counts.values()) // 4:6d} {total / 4 * 1e6:9.1f}")
+
 
 def host_phases(engine, steps: int) -> None:
     """Engine.decode's phases one by one, the device synchronized after each: what each costs the
