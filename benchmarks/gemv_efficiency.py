@@ -37,8 +37,8 @@ LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency
 SWEEP = [(32, 4, 4, 2, 2)]
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
 PACKED_SWEEP = [(32, 4, 4, 2, 2)]  # the same with packed_fp16 (vector_words 4 only)
-STAGED_SWEEP = [((32, 4, 4, 4, 2), False), ((32, 4, 4, 4, 2), True), ((32, 8, 4, 4, 2), True), ((32, 2, 4, 4, 2), True),
-                ((32, 4, 4, 2, 2), True), ((32, 8, 4, 4, 1), True)]  # packed, activation staged; True: fp16 products
+STAGED_SWEEP = [((32, 4, 4, 4, 2), False), ((32, 4, 4, 4, 2), True), ((32, 4, 4, 2, 2), True), ((32, 4, 4, 1, 2), True),
+                ((32, 8, 4, 4, 2), True)]  # packed, activation staged; True: fp16 products
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 

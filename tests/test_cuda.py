@@ -67,3 +67,23 @@ def test_preset_decode_gemv_stages_the_activation_and_sums_products_in_fp16_pair
     assert "lop3.b32" in source and "0x64006400" in source
     assert "mlcgen_magic_000f000f(" in source and "mlcgen_magic_00f000f0(" in source  # low and next nibbles
     assert "((float)(make_half2(" not in source  # activations stay fp16: no float32 products
+
+
+def test_down_projection_rows_are_padded_into_the_preset_gemv():
+    """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes x 4 steps): padded
+    to 384 groups, the activation staged with zeros past the row (384 rows of 5 uint4 in shared
+    memory), the padded groups' weight and scale reads clamped to the row's last group (343), and
+    still the fp16-pair form."""
+    import tvm
+    from conftest import gemv_func
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = cuda.tvm_target("sm_90")
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(256, 11008)}))
+    source = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    assert re.search(r"__shared__ alignas\(\d+\) uint4 x\w*_shared_ptr\[1920\]", source)
+    assert ", 343)" in source and "mlcgen_magic_000f000f(" in source

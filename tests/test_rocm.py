@@ -136,12 +136,15 @@ def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_rows_the_lanes_do_not_divide_keep_the_float32_form(arch, tmp_path):
+def test_rows_the_lanes_do_not_divide_are_padded_into_the_packed_form(arch, tmp_path):
     """Llama-2-7B's down projection: 344 groups per row, which 32 or 64 lanes cannot share in whole
-    steps (tensorize takes no partial step); it compiles in float32 form, not with fewer lanes."""
+    steps (tensorize takes no partial step): the reduction is padded, and the row still computes
+    in packed pairs with dot instructions, without scratch (results: test_vulkan.py, 43 groups)."""
     path = gemv_code_object(arch, rocm.PRESETS[arch].gemv, 4096, 11008, tmp_path / "down.hsaco")
+    _, kernels = amdgpu_inspect.kernel_resources(path)
     mix = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
-    assert mix["v_dot"] == 0 and mix["b128" if arch == "gfx1100" else "dwordx4"] > 0
+    assert mix["v_dot"] > 0 and mix["v_dot"] % 16 == 0 and mix["b128" if arch == "gfx1100" else "dwordx4"] > 0
+    assert kernels["main_kernel"]["private_segment_fixed_size"] == 0
 
 
 def test_gfx90a_prefill_matmuls_run_on_matrix_cores(builds):

@@ -138,7 +138,7 @@ def cuda_knobs_for_wgsl():
                                    rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
                          ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm90"])
 # 3072 = 96 groups: 2 or 4 unrolled steps of 32 lanes do not fit; 1376 = 43 groups: the lanes do not
-# divide the row, so the packed form falls back to float32 (Llama-2-7B's down projection in small)
+# divide the row, so the packed form pads it (Llama-2-7B's down projection in small: 344 groups)
 @pytest.mark.parametrize("k", [4096, 3072, 1376])
 def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import math
+
 import tvm
-from tvm import s_tir, tirx
+from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from ...compiler.layers import DEQUANTIZE
 from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
+GROUP = packed_dot.GROUP  # weights per packed step of a lane: one scale group
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,30 @@ class DequantGEMV(ScheduleRule):
         self.knobs = knobs
 
     def apply(self, func, target, tunable):
+        inlined = self._inlined(func)
+        if inlined is None:
+            return None
+        sch, matmul, padding, epilogues = inlined
+        *spatial, reduce = sch.get_loops(matmul)
+        k = self.knobs
+        if k.packed_fp16:
+            rows = math.prod(int(sch.get(loop).extent) for loop in spatial)
+            k = self._packed_knobs(rows, int(sch.get(reduce).extent) // GROUP)
+            step = k.threads_per_row * k.unroll * GROUP
+            if int(sch.get(reduce).extent) % step:
+                sch, matmul, padding, epilogues = self._inlined(func, pad_to=step)
+        return self._schedule(sch, matmul, padding, epilogues, target, k)
+
+    def _inlined(self, func, pad_to: int = 0):
+        """(schedule, matmul block, blocks before it, blocks after it) with the dequantize inlined,
+        or None where `func` is not a q4 GEMV. With `pad_to`, the reduction is first padded to a
+        multiple of it (_pad_reduction): the block before the matmul pads its activation."""
         q4 = q4_schedule(func)
         if q4 is None:
             return None
         sch, dequantize = q4
+        if pad_to:
+            dequantize.append(self._pad_reduction(sch, pad_to))
         for block in dequantize:
             sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -69,10 +93,35 @@ class DequantGEMV(ScheduleRule):
         if len(reductions) != 1 or not self._is_q4_gemv(sch, reductions[0]):
             return None
         (matmul,) = reductions
-        epilogues = blocks[blocks.index(matmul) + 1:]
-        if blocks.index(matmul) != 0:
+        if blocks.index(matmul) != bool(pad_to):
             return None  # producers before the matmul (none in the q4 layers) are not handled
-        return self._schedule(sch, matmul, epilogues, target)
+        index = blocks.index(matmul)
+        return sch, matmul, blocks[:index], blocks[index + 1:]
+
+    @staticmethod
+    def _pad_reduction(sch, multiple: int):
+        """Pads the matmul's reduction to a multiple of `multiple` weights, so that the lanes' steps
+        tile every row and the packed group needs no predicate (tensorize takes none): Llama-2-7B's
+        down projection has 344 groups a row, which 32 lanes do not divide. The activation is read
+        through a padding block, zero past the row (the schedule inlines it where the activation is
+        staged); the weight and scale reads of the padded groups are clamped to the row's last
+        group, in bounds and finite, so their products are exactly zero. Returns the dequantized
+        weight's padding block, now a plain read, to be inlined."""
+        matmul = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                      if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars))
+        iters = sch.get(matmul).iter_vars
+        groups = int(iters[-1].dom.extent) // GROUP
+        sch.pad_einsum(matmul, [1] * (len(iters) - 1) + [multiple])
+        padding = sch.get_sblock(DEQUANTIZE + "_pad")
+        block = sch.get(padding)
+        k = block.body.indices[-1]
+        weight = block.body.value.args[1]  # if_then_else(k < K, dequantize[n, k], 0)
+        clamped = [*weight.indices[:-1], tirx.min(k // GROUP, groups - 1) * GROUP + k % GROUP]
+        read = tirx.BufferRegion(weight.source, [ir.Range.from_min_extent(i, 1) for i in clamped])
+        body = tirx.BufferStore(block.body.buffer, tirx.BufferLoad(weight.source, clamped), block.body.indices)
+        plain = s_tir.SBlock(block.iter_vars, [read], block.writes, block.name_hint, body)
+        sch.state.replace(sch.get_sref(padding), plain, {block: plain})
+        return padding
 
     @staticmethod
     def _is_q4_gemv(sch, block) -> bool:
@@ -87,18 +136,16 @@ class DequantGEMV(ScheduleRule):
         return any(r.source.dtype == "uint32" and len(r.source.shape) == 2 for r in stmt.reads)
 
     def _packed_knobs(self, rows: int, vectors: int) -> GemvKnobs:
-        """The knobs for the packed form at `rows` x `vectors` (128-bit weight vectors per row), or
-        the float32 form's where it cannot have them. Tensorize takes no predicated iterations,
-        so steps must tile the row exactly: fewer steps unrolled where the row needs it (halved
-        until they tile it), fewer rows per block likewise; where the lanes themselves do not
-        divide the row (Llama-2-7B's down projection: 344 vectors) the float32 form stays, since
-        fewer lanes per row starve the GPU of parallel work (8 lanes: 0.14 of copy bandwidth on an
-        H200 against 0.37; docs/benchmarks.md), unstaged (15.6 us there against 16.4 staged)."""
+        """The knobs for the packed form at `rows` x `vectors` (128-bit weight vectors per row).
+        Tensorize takes no predicated iterations, so steps must tile the row exactly: fewer steps
+        unrolled where the row needs it (halved until they tile it), fewer rows per block likewise.
+        Where the lanes themselves do not divide the row (Llama-2-7B's down projection: 344
+        vectors), `apply` pads the row instead (_pad_reduction): fewer lanes per row starve the GPU
+        of parallel work (8 lanes: 0.14 of copy bandwidth on an H200 against 0.37 for the float32
+        form; docs/benchmarks.md)."""
         k = self.knobs
-        if vectors % k.threads_per_row:
-            return replace(k, packed_fp16=False, stage_activation=False, fp16_products=False)
         unroll = k.unroll
-        while vectors % (unroll * k.threads_per_row):
+        while vectors % k.threads_per_row == 0 and vectors % (unroll * k.threads_per_row):
             unroll //= 2
         own_rows = k.rows_per_thread if rows % k.rows_per_thread == 0 else 1
         block_rows = k.rows_per_block
@@ -130,13 +177,10 @@ class DequantGEMV(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
 
-    def _schedule(self, sch, matmul, epilogues, target):
-        words = self.knobs.vector_words
+    def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs):
+        words = k.vector_words
         *spatial, reduce = sch.get_loops(matmul)
         row = sch.fuse(*spatial)
-        k = self.knobs
-        if k.packed_fp16:
-            k = self._packed_knobs(int(sch.get(row).extent), int(sch.get(reduce).extent) // (8 * words))
         block_rows, thread_row, own_row = sch.split(row, [None, k.rows_per_block, k.rows_per_thread])
         # reduce = ((step * unroll + u) * lanes + lane) * 8 * words + element
         step, u, lane, element = sch.split(reduce, [None, k.unroll, k.threads_per_row, 8 * words])
@@ -158,6 +202,8 @@ class DequantGEMV(ScheduleRule):
                 inner = sch.get_loops(cache)[-1]
                 lanes = words if buffer.source.dtype == "uint32" else k.activation_lanes
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
+        for block in padding:  # the activation's zero padding, where it is first read: staged or per lane
+            sch.compute_inline(block)
         sch.unroll(u)
         sch.unroll(own_row)
         sch.set_scope(partial, 0, "local")
