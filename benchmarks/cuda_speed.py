@@ -98,8 +98,9 @@ def timed_decode(step, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def kernel_profile(step, steps: int) -> dict[str, float]:
-    """Device seconds per step, by kernel name."""
+def kernel_profile(step, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Device seconds per step by kernel name, and the seconds per step the GPU sat idle before
+    each (from the previous kernel's or copy's end to its start: launch gaps and host time)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -107,11 +108,15 @@ def kernel_profile(step, steps: int) -> dict[str, float]:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
     totals: dict[str, float] = {}
-    for e in prof.events():
-        if e.device_type.name == "CUDA" and not e.name.startswith(("Memcpy", "Memset", "cuda")):
+    idle: dict[str, float] = {}
+    for before, e in zip([None, *events], events):
+        if before is not None:
+            idle[e.name] = idle.get(e.name, 0.0) + max(0, e.time_range.start - before.time_range.end) / 1e6 / steps
+        if not e.name.startswith(("Memcpy", "Memset", "cuda")):
             totals[e.name] = totals.get(e.name, 0.0) + e.device_time / 1e6 / steps
-    return totals
+    return totals, idle
 
 
 def kernel_rows(manifest: dict, per_kernel: dict[str, float], context: int) -> list[dict]:
@@ -178,13 +183,15 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         engine.reset()
         engine.prefill(ids[:PREFILL])
 
-    result["prefill_kernels"] = sorted(kernel_profile(prefill_once, 3).items(), key=lambda kv: -kv[1])
+    result["prefill_kernels"] = sorted(kernel_profile(prefill_once, 3)[0].items(), key=lambda kv: -kv[1])
 
     engine.reset()
     engine.prefill(ids[: 128 - 16])
     step()
-    rows = kernel_rows(manifest, kernel_profile(step, 16), 128)
+    per_kernel, idle = kernel_profile(step, 16)
+    rows = kernel_rows(manifest, per_kernel, 128)
     result["kernels"] = rows
+    result["idle_before"] = sorted(((k, s * 1e6) for k, s in idle.items()), key=lambda kv: -kv[1])
     result["kernel_us"] = sum(r["us"] for r in rows)
     del engine
     return result
@@ -310,6 +317,8 @@ def report(r: dict) -> None:
         step_us = 1e6 / me["decode"][128]
         print(f"\n{name} decode step at ctx 128: {step_us:.0f} us wall, {me['kernel_us']:.0f} us in kernels")
         print_kernel_rows(me["kernels"])
+        print(f"GPU idle {sum(us for _, us in me['idle_before']):.0f} us a step; before: " +
+              ", ".join(f"{kernel} {us:.0f}" for kernel, us in me["idle_before"][:8]))
     for name, m in r["models"].items():
         kernels = m["mlcgen"]["prefill_kernels"]
         print(f"\n{name} prefill of {PREFILL} tokens: {PREFILL / m['mlcgen']['prefill'] * 1e3:.1f} ms wall, "

@@ -37,8 +37,9 @@ LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency
 SWEEP = [(32, 4, 4, 2, 2)]
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
 PACKED_SWEEP = [(32, 4, 4, 2, 2)]  # the same with packed_fp16 (vector_words 4 only)
-STAGED_SWEEP = [((32, 4, 4, 4, 2), False), ((32, 4, 4, 4, 2), True), ((32, 4, 4, 2, 2), True), ((32, 4, 4, 1, 2), True),
-                ((32, 8, 4, 4, 2), True)]  # packed, activation staged; True: fp16 products
+STAGED_SWEEP = [((32, 4, 4, 4, 2), False), ((32, 4, 4, 4, 2), True), ((32, 4, 4, 2, 2), True), ((32, 4, 4, 4, 1), True),
+                ((32, 2, 4, 4, 2), True), ((64, 2, 4, 2, 2), True)]  # packed, activation staged; True: fp16 products
+UNSTAGED_FP16 = [(32, 4, 4, 4, 2)]  # packed, fp16 products, activation read from global memory
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 
@@ -77,6 +78,7 @@ def build(out: Path) -> None:
     preset = cuda.PRESETS["sm_90"].gemv
     schedules = {"dlight-f16": (cuda_target, None, "float16"), "dlight": (cuda_target, None, "float32")}
     variants = [(k, False, False, False) for k in SWEEP] + [(k, True, False, False) for k in PACKED_SWEEP]
+    variants += [(k, True, False, True) for k in UNSTAGED_FP16]
     for knobs, packed, staged, fp16 in variants + [(k, True, True, fp16) for k, fp16 in STAGED_SWEEP]:
         g = GemvKnobs(*knobs, packed_fp16=packed, stage_activation=staged, fp16_products=fp16)
         mark = "*" if g == preset else ""
