@@ -8,7 +8,7 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
   knobs are marked `*`;
 - `cuda/...+packed`: knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
   CUDA has no fp16-pair dot instruction with a float32 sum; rows whose vectors the lanes do not
-  divide, like the down projection's, keep the float32 form); `+staged`: the activation staged in
+  divide, like the down projection's, are padded to whole steps); `+staged`: the activation staged in
   shared memory; `+fp16`: each word's products summed in fp16 pairs (the cuda preset);
 - `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
   the closest runnable variant of the AMD kernels here (float32 multiply-adds where AMD has

@@ -26,7 +26,8 @@ class Preset:
     # its activation loads, 4 warps per block; the activation staged in shared memory; each word's
     # products summed in fp16 pairs (HFMA2) before the float32 sum (schedules/packed_dot.py). From
     # the sweeps in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): the four 7B
-    # layer matmuls 47.9-48.3 us against 52.4 with float32 products, 55.9 unstaged and 62.5 for
+    # layer matmuls 43.8-44.0 us (the down projection padded to whole steps; 47.9-48.3 with it in
+    # float32 form) against 52.4 with float32 products, 55.9 unstaged and 62.5 for
     # the float32 form; lm_head 22.1 against 27.2. 8 warps per block: 47.1-47.2 for the 7B four but
     # 15.2 us against 14.2 for Llama-3-8B's down projection. Fewer or more lanes per row, 8-word
     # loads, 4 rows per lane and weights through shared memory (cp.async) were all slower.
