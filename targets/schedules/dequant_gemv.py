@@ -23,9 +23,8 @@ kernels (docs/benchmarks.md); this rule exists to do better and to follow the AM
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import math
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import ir, s_tir, tirx
@@ -94,7 +93,7 @@ class DequantGEMV(ScheduleRule):
             return None
         (matmul,) = reductions
         if blocks.index(matmul) != bool(pad_to):
-            return None  # producers before the matmul (none in the q4 layers) are not handled
+            return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
         index = blocks.index(matmul)
         return sch, matmul, blocks[:index], blocks[index + 1:]
 
