@@ -87,3 +87,14 @@ def test_down_projection_rows_are_padded_into_the_preset_gemv():
     source = tvm.compile(mod, target).mod.imports[0].inspect_source()
     assert re.search(r"__shared__ alignas\(\d+\) uint4 x\w*_shared_ptr\[1920\]", source)
     assert ", 343)" in source and "mlcgen_magic_000f000f(" in source
+
+
+@pytest.mark.parametrize("vectors, unroll", [(344, 4), (152, 1), (28, 1), (96, 1), (448, 2), (128, 4)])
+def test_padded_rows_unroll_no_more_steps_than_an_eighth_of_padding_allows(vectors, unroll):
+    """Rows the 32 lanes divide unroll as many steps as tile them; padded rows keep the preset's 4
+    only where whole steps add at most an eighth (344 -> 384 groups), else fewer (Qwen2-0.5B's 28
+    groups pad to 32, not 128)."""
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    assert DequantGEMV(cuda.PRESETS["sm_90"].gemv)._packed_knobs(4096, vectors).unroll == unroll
