@@ -16,6 +16,7 @@ from tvm import relax, te, tirx, target as tvm_target
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
+from ..compiler.layers import gate_up_silu
 from ..errors import ConfigError
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -200,8 +201,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = quant.linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        gate, up = nn.op.split(self.gate_up_proj(x), 2, axis=-1)  # [b, s, f] each
-        return self.down_proj(nn.op.silu(gate) * up)
+        return self.down_proj(gate_up_silu(self.gate_up_proj, x))  # [b, s, f]
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -146,6 +146,31 @@ def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path)
     assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), gemv_func(256, k), tmp_path, 1, 256, k) <= 1e-3
 
 
+@pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["steamdeck"].gemv,
+                                   rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx90a", "cuda-sm90"])
+@pytest.mark.parametrize("k", [4096, 1376])
+def test_gate_up_gemv_with_its_swiglu_epilogue_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
+    """The decode gate/up projection with silu(gate) * up as its epilogue (compiler/layers.py): each
+    lane computes gate row r and up row r + 96 of a 192-row weight; 1376 = 43 groups pads the rows."""
+    from tvm import te
+
+    from mlcgen.compiler.layers import q4_matmul_swiglu_te
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    q4 = get_quantization("q4f16_1")
+    x = te.placeholder((1, 1, k), "float16", "x")
+    w = te.placeholder((192, k // 8), "uint32", "w")
+    s = te.placeholder((192, k // 32), "float16", "s")
+    func = te.create_prim_func([x, w, s, q4_matmul_swiglu_te(q4, x, w, s, "float16")])
+
+    def swiglu(y):
+        gate, up = y[..., :96].astype(np.float16).astype(np.float32), y[..., 96:].astype(np.float16).astype(np.float32)
+        return gate / (1 + np.exp(-gate)) * up
+
+    assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), func, tmp_path, 1, 192, k, epilogue=swiglu) <= 1e-3
+
+
 def test_staged_gemv_with_fewer_rows_per_block_on_lavapipe_vs_numpy(lavapipe, tmp_path):
     """100 rows: the CUDA preset's 4 x 2 rows per block do not divide them, so blocks take 2 x 2
     (and the staging copy runs on that smaller block)."""
@@ -259,10 +284,11 @@ def test_fused_add_rms_norm_schedule_on_lavapipe_vs_numpy(hidden, lavapipe, tmp_
     assert rel_err(normed.numpy().astype(np.float32), want_normed) <= 1e-3
 
 
-def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=False) -> float:
-    """Schedules `func` (y[1, tokens, n] = x[1, tokens, k] @ dequantize(w[n, k]).T, fp16 out) with the
-    schedule rule for the generic Vulkan target, runs it on lavapipe on random weights and returns
-    its relative error against numpy (the weight rounded to fp16 first where the kernel does so)."""
+def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=False, epilogue=None) -> float:
+    """Schedules `func` (y[1, tokens, n] = x[1, tokens, k] @ dequantize(w[n, k]).T, fp16 out, then
+    `epilogue` of y where given) with the schedule rule for the generic Vulkan target, runs it on
+    lavapipe on random weights and returns its relative error against numpy (the weight rounded
+    to fp16 first where the kernel does so)."""
     from tvm.s_tir import dlight as dl
 
     target = vulkan_target.tvm_target("generic")
@@ -276,12 +302,14 @@ def q4_matmul_error_on_lavapipe(rule, func, tmp_path, tokens, n, k, fp16_weight=
     qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
     x = rng.standard_normal((1, tokens, k), dtype=np.float32).astype(np.float16)
     dev = tvm.device("webgpu", 0)
-    y = tvm.runtime.empty((1, tokens, n), "float16", dev)
-    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
+    epilogue = epilogue or (lambda y: y)
     weight = q4.unpack(qw, qs)
     if fp16_weight:
         weight = weight.astype(np.float16).astype(np.float32)
-    return rel_err(y.numpy().astype(np.float32)[0], x.astype(np.float32)[0] @ weight.T)
+    expected = epilogue(x.astype(np.float32)[0] @ weight.T)
+    y = tvm.runtime.empty((1, tokens, expected.shape[-1]), "float16", dev)
+    lib["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev), y)
+    return rel_err(y.numpy().astype(np.float32)[0], expected)
 
 
 def test_vector_loads_go_through_wide_views_at_any_alignment(lavapipe, tmp_path):

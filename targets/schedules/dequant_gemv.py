@@ -30,7 +30,7 @@ import tvm
 from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from ...compiler.layers import DEQUANTIZE
+from ...compiler.layers import DEQUANTIZE, SWIGLU
 from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
@@ -67,6 +67,8 @@ class DequantGEMV(ScheduleRule):
         sch, matmul, padding, epilogues = inlined
         *spatial, reduce = sch.get_loops(matmul)
         k = self.knobs
+        if self._swiglu(sch, epilogues):
+            k = replace(k, rows_per_thread=2)  # a lane's two rows: gate row r and up row r + N/2
         if k.packed_fp16:
             rows = math.prod(int(sch.get(loop).extent) for loop in spatial)
             k = self._packed_knobs(rows, int(sch.get(reduce).extent) // GROUP)
@@ -89,9 +91,10 @@ class DequantGEMV(ScheduleRule):
             sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         reductions = [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
-        if len(reductions) != 1 or not self._is_q4_gemv(sch, reductions[0]):
-            return None
-        (matmul,) = reductions
+        matmuls = [b for b in reductions if self._is_q4_gemv(sch, b)]
+        if len(matmuls) != 1 or len(reductions) - 1 != self._swiglu(sch, reductions):
+            return None  # one q4 matmul; the only other reduction allowed is the SwiGLU pair's product
+        (matmul,) = matmuls
         if blocks.index(matmul) != bool(pad_to):
             return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
         index = blocks.index(matmul)
@@ -121,6 +124,20 @@ class DequantGEMV(ScheduleRule):
         plain = s_tir.SBlock(block.iter_vars, [read], block.writes, block.name_hint, body)
         sch.state.replace(sch.get_sref(padding), plain, {block: plain})
         return padding
+
+    @staticmethod
+    def _swiglu(sch, epilogues) -> bool:
+        return any(sch.get(b).name_hint == SWIGLU for b in epilogues)
+
+    @staticmethod
+    def _pair_gate_and_up_rows(sch, matmul):
+        """For the SwiGLU epilogue (compiler/layers.py), whose row r needs matmul rows r and r + N/2:
+        the matmul iterated and stored as [2, N/2]. Returns its loops: batch, token, gate or up,
+        row, reduction."""
+        half = int(sch.get(matmul).iter_vars[-2].dom.extent) // 2  # iters: batch, token, row, reduction
+        sch.transform_block_layout(matmul, lambda b, t, n, k: (b, t, n // half, n % half, k))
+        sch.transform_layout(matmul, ("write", 0), lambda b, t, n: (b, t, n // half, n % half))
+        return sch.get_loops(matmul)
 
     @staticmethod
     def _is_q4_gemv(sch, block) -> bool:
@@ -183,9 +200,14 @@ class DequantGEMV(ScheduleRule):
 
     def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs):
         words = k.vector_words
-        *spatial, reduce = sch.get_loops(matmul)
-        row = sch.fuse(*spatial)
-        block_rows, thread_row, own_row = sch.split(row, [None, k.rows_per_block, k.rows_per_thread])
+        paired = self._swiglu(sch, epilogues)
+        if paired:  # a lane's two rows: gate row r and up row r + N/2
+            *spatial, own_row, row, reduce = self._pair_gate_and_up_rows(sch, matmul)
+            sch.reorder(row, own_row)
+            block_rows, thread_row = sch.split(sch.fuse(*spatial, row), [None, k.rows_per_block])
+        else:
+            *spatial, reduce = sch.get_loops(matmul)
+            block_rows, thread_row, own_row = sch.split(sch.fuse(*spatial), [None, k.rows_per_block, k.rows_per_thread])
         # reduce = ((step * unroll + u) * lanes + lane) * 8 * words + element
         step, u, lane, element = sch.split(reduce, [None, k.unroll, k.threads_per_row, 8 * words])
         sch.reorder(step, lane, u, element)
@@ -202,7 +224,8 @@ class DequantGEMV(ScheduleRule):
                 if len(buffer.source.shape) == 3 and k.stage_activation and self._fits_shared(buffer, target, 8 * words):
                     self._stage_activation(sch, k, partial, index, block_rows, 8 * words)
                 cache = sch.cache_read(partial, index, "local")
-                sch.compute_at(cache, u, preserve_unit_loops=True)
+                # a lane's words for each of its rows; for gate and up rows (far apart), row by row
+                sch.compute_at(cache, own_row if paired and buffer.source.dtype == "uint32" else u, preserve_unit_loops=True)
                 inner = sch.get_loops(cache)[-1]
                 lanes = words if buffer.source.dtype == "uint32" else k.activation_lanes
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
@@ -222,10 +245,12 @@ class DequantGEMV(ScheduleRule):
         for block in epilogues:  # cast, residual add, ...: intermediates inline into the output block
             try:
                 sch.compute_inline(block)
-            except s_tir.ScheduleError:
+            except s_tir.ScheduleError:  # the output block, or the SwiGLU product (a reduction)
                 sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
+                if block != epilogues[-1]:
+                    sch.set_scope(block, 0, "local")
         if k.packed_fp16:  # last: tensorize replaces the partial-sum block
-            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products))
+            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4))
         else:
             sch.unroll(element)
         return sch

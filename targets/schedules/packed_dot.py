@@ -35,26 +35,29 @@ MAX_CODE = GroupQuant4.max_code
 HALF_MAGIC = 0x6400  # fp16 1024.0: a 4-bit code ORed into its mantissa gives 1024 + code
 
 
-def _buffers(c, x, w, s):
-    """The block's regions: its row's float32 partial sum, the lane's activations and packed words
-    (registers), the group's scale (global)."""
-    return (T.match_buffer(c, (1, 1, 1, 1), "float32", offset_factor=1, scope="local"),
+def _buffers(c, x, w, s, sum_dims):
+    """The block's regions: its row's float32 partial sum (a point of the lanes' sums: lane, batch,
+    token, row; the gate/up-paired GEMV splits the row in two), the lane's activations and packed
+    words (registers), the group's scale (global)."""
+    return (T.match_buffer(c, (1,) * sum_dims, "float32", offset_factor=1, scope="local"),
             T.match_buffer(x, (1, 1, GROUP), "float16", offset_factor=1, scope="local"),
             T.match_buffer(w, (1, WORDS), "uint32", offset_factor=1, scope="local"),
             T.match_buffer(s, (1, 1), "float16", offset_factor=1))
 
 
-def _description():
+def _description(sum_dims: int):
+    point = (0,) * sum_dims
+
     @T.prim_func(s_tir=True)
     def description(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims))
         with T.sblock("root"):
-            T.reads(C[0, 0, 0, 0], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
-            T.writes(C[0, 0, 0, 0])
+            T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
+            T.writes(C[point])
             for k in range(GROUP):
                 with T.sblock("update"):
                     vk = T.axis.reduce(GROUP, k)
-                    C[0, 0, 0, 0] = C[0, 0, 0, 0] + T.Cast("float32", X[0, 0, vk]) * (
+                    C[point] = C[point] + T.Cast("float32", X[0, 0, vk]) * (
                         (T.reinterpret("float32", W[0, vk // 8] >> T.Cast("uint32", vk % 8 * 4) & T.uint32(15) | T.uint32(FLOAT_MAGIC))
                          - T.float32(2**23 + MAX_CODE)) * T.Cast("float32", S[0, 0]))
 
@@ -150,15 +153,17 @@ def _group_sum_fp16_words(X, W):
     return acc
 
 
-def _implementation(group_sum_of):
+def _implementation(group_sum_of, sum_dims: int):
+    point = (0,) * sum_dims
+
     @T.prim_func(s_tir=True)
     def implementation(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims))
         with T.sblock("root"):
-            T.reads(C[0, 0, 0, 0], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
-            T.writes(C[0, 0, 0, 0])
+            T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
+            T.writes(C[point])
             group_sum = T.meta_var(group_sum_of(X, W))
-            C[0, 0, 0, 0] = C[0, 0, 0, 0] + group_sum * T.Cast("float32", S[0, 0])
+            C[point] = C[point] + group_sum * T.Cast("float32", S[0, 0])
 
     return implementation
 
@@ -172,16 +177,16 @@ GROUP_SUMS = {  # (target kind, fp16 products) -> the group's sum; any other kin
 
 
 @cache
-def _registered(kind: str, fp16_products: bool) -> str:
+def _registered(kind: str, fp16_products: bool, sum_dims: int) -> str:
     """Registers the intrinsic on first use: parsing its TVMScript takes ~1 s, which every import
     of the targets (a CPU build included) paid when it happened at import."""
-    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}"
-    TensorIntrin.register(name, _description(), _implementation(GROUP_SUMS[kind, fp16_products]), override=True)
+    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}_{sum_dims}d"
+    TensorIntrin.register(name, _description(sum_dims), _implementation(GROUP_SUMS[kind, fp16_products], sum_dims), override=True)
     return name
 
 
-def intrinsic_for(target, fp16_products: bool = False) -> str:
+def intrinsic_for(target, fp16_products: bool = False, sum_dims: int = 4) -> str:
     kind = target.kind.name if target.kind.name in ("rocm", "webgpu") else "cuda"
     if (kind, fp16_products) not in GROUP_SUMS:
         raise ValueError(f"fp16 products are implemented for CUDA only, not for {target.kind.name}")
-    return _registered(kind, fp16_products)
+    return _registered(kind, fp16_products, sum_dims)
