@@ -15,7 +15,10 @@ schedule's job is to keep enough wide loads in flight:
 - with `stage_activation`, the block first copies the activation into shared memory, padded so that
   the lanes' 16-byte reads of their groups do not collide on banks: read straight from global
   memory, each such read of a warp spans 32 lanes x 64 bytes, four times the cache wavefronts of a
-  contiguous 512-byte read, on the same path as the weight stream.
+  contiguous 512-byte read, on the same path as the weight stream;
+- rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
+  the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
+  each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
 The knobs come from the target preset (targets/cuda.py, targets/rocm.py), where each value says
 where it comes from. dlight's GEMV rule reached 0.49 of copy bandwidth on the H100 on these
 kernels (docs/benchmarks.md); this rule exists to do better and to follow the AMD wave size.
@@ -109,8 +112,8 @@ class DequantGEMV(ScheduleRule):
         staged); the weight and scale reads of the padded groups are clamped to the row's last
         group, in bounds and finite, so their products are exactly zero. Returns the dequantized
         weight's padding block, now a plain read, to be inlined."""
-        matmul = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
-                      if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars))
+        matmul = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))  # the first reduction:
+                      if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars))  # a SwiGLU epilogue follows it
         iters = sch.get(matmul).iter_vars
         groups = int(iters[-1].dom.extent) // GROUP
         sch.pad_einsum(matmul, [1] * (len(iters) - 1) + [multiple])
@@ -126,8 +129,9 @@ class DequantGEMV(ScheduleRule):
         return padding
 
     @staticmethod
-    def _swiglu(sch, epilogues) -> bool:
-        return any(sch.get(b).name_hint == SWIGLU for b in epilogues)
+    def _swiglu(sch, blocks) -> bool:
+        """Whether `blocks` hold the SwiGLU epilogue of a gate/up projection (compiler/layers.py)."""
+        return any(sch.get(b).name_hint == SWIGLU for b in blocks)
 
     @staticmethod
     def _pair_gate_and_up_rows(sch, matmul):
