@@ -43,6 +43,10 @@ namespace ffi = tvm::ffi;
 constexpr uint32_t kMaxGridDim = 65535;     // WebGPU's default maxComputeWorkgroupsPerDimension
 constexpr size_t kUniformSlot = 256;        // minUniformBufferOffsetAlignment on every adapter we met
 constexpr size_t kArenaSlots = 4096;        // dispatches per submission before a forced flush
+// After the host has waited for the GPU (a read-back), the first dispatches go out in a submission
+// of kFirstBatch and each later one doubles: the GPU starts on a decode step while the host is
+// still recording it, instead of idling until the read-back at its end submits all of it.
+constexpr size_t kFirstBatch = 16;
 constexpr size_t kArenaBytes = kArenaSlots * kUniformSlot;
 constexpr size_t kQueries = 4096;           // WebGPU's maximum query set size
 
@@ -187,7 +191,7 @@ class Context {
       wgpuDevicePoll(device, true, nullptr);
       wgpuInstanceProcessEvents(instance_);
     }
-    CountWait(start);
+    Waited(start);
     CheckError("reading back");
     TVM_FFI_ICHECK(status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
     std::memcpy(dst, wgpuBufferGetConstMappedRange(staging, 0, words), nbytes);
@@ -208,7 +212,10 @@ class Context {
   // in WebGPU); copies end it.
   void Dispatch(const std::string* name, WGPUComputePipeline pipeline, WGPUBindGroup group, const uint32_t* pod,
                 size_t pod_words, const uint32_t grid[3]) {
-    if (arena_used_ == kArenaSlots || (profiling_ && stamps_.size() + 2 > kQueries)) Flush();
+    if (arena_used_ == batch_ || (profiling_ && stamps_.size() + 2 > kQueries)) {
+      Flush();
+      batch_ = std::min(2 * batch_, kArenaSlots);
+    }
     if (!pass_) {
       pass_ = wgpuCommandEncoderBeginComputePass(Encoder(), nullptr);
       Stamp(nullptr);
@@ -274,7 +281,7 @@ class Context {
     Flush();
     auto start = std::chrono::steady_clock::now();
     wgpuDevicePoll(device, true, nullptr);
-    CountWait(start);
+    Waited(start);
     CheckError("running kernels");
   }
 
@@ -424,8 +431,10 @@ class Context {
     stamps_.clear();
   }
 
-  void CountWait(std::chrono::steady_clock::time_point start) {
+  // The host waited for the GPU: it is idle, so the next work goes out soon (kFirstBatch).
+  void Waited(std::chrono::steady_clock::time_point start) {
     wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    batch_ = kFirstBatch;
   }
 
   static void CheckAligned(size_t offset, const char* what) {
@@ -477,6 +486,7 @@ class Context {
   WGPUBuffer arena_ = nullptr, staging_ = nullptr, resolved_ = nullptr, stamps_read_ = nullptr;
   WGPUQuerySet queries_ = nullptr;
   bool profiling_ = false;
+  size_t batch_ = kFirstBatch;  // dispatches in the submission being recorded before it goes out
   std::vector<const std::string*> stamps_;  // per timestamp: the kernel it ends, or null (a pass began)
   size_t arena_used_ = 0, staging_size_ = 0;
   std::vector<uint8_t> arena_host_;
