@@ -212,7 +212,7 @@ class Context {
   // in WebGPU); copies end it.
   void Dispatch(const std::string* name, WGPUComputePipeline pipeline, WGPUBindGroup group, const uint32_t* pod,
                 size_t pod_words, const uint32_t grid[3]) {
-    if (arena_used_ == batch_ || (profiling_ && stamps_.size() + 2 > kQueries)) {
+    if (arena_used_ >= batch_ || (profiling_ && stamps_.size() + 2 > kQueries)) {
       Flush();
       batch_ = std::min(2 * batch_, kArenaSlots);
     }
