@@ -93,15 +93,19 @@ class DequantGEMV(ScheduleRule):
         for block in dequantize:
             sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        reductions = [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
+        reductions = self._reductions(sch, blocks)
         matmuls = [b for b in reductions if self._is_q4_gemv(sch, b)]
         if len(matmuls) != 1 or len(reductions) - 1 != self._swiglu(sch, reductions):
             return None  # one q4 matmul; the only other reduction allowed is the SwiGLU pair's product
-        (matmul,) = matmuls
-        if blocks.index(matmul) != bool(pad_to):
+        index = blocks.index(matmuls[0])
+        if index != bool(pad_to):
             return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
-        index = blocks.index(matmul)
-        return sch, matmul, blocks[:index], blocks[index + 1:]
+        return sch, matmuls[0], blocks[:index], blocks[index + 1:]
+
+    @staticmethod
+    def _reductions(sch, blocks) -> list:
+        """The blocks with a reduction axis, in order: the matmul, then any SwiGLU product."""
+        return [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
 
     @staticmethod
     def _pad_reduction(sch, multiple: int):
@@ -112,8 +116,7 @@ class DequantGEMV(ScheduleRule):
         staged); the weight and scale reads of the padded groups are clamped to the row's last
         group, in bounds and finite, so their products are exactly zero. Returns the dequantized
         weight's padding block, now a plain read, to be inlined."""
-        matmul = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))  # the first reduction:
-                      if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars))  # a SwiGLU epilogue follows it
+        matmul = DequantGEMV._reductions(sch, sch.get_child_blocks(sch.get_sblock("root")))[0]
         iters = sch.get(matmul).iter_vars
         groups = int(iters[-1].dom.extent) // GROUP
         sch.pad_einsum(matmul, [1] * (len(iters) - 1) + [multiple])
