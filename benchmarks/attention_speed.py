@@ -41,9 +41,11 @@ def build(out: Path) -> None:
     index = {}
     for shape, (heads, kv_heads, head_dim) in SHAPES.items():
         kernels = {"tvm": None}
+        preset_blocks = preset.grouped_blocks if heads > kv_heads and preset.grouped_blocks else preset.blocks
         for knobs in SWEEP:
             k = AttentionKnobs(*knobs)
-            kernels["split/" + "-".join(map(str, knobs)) + ("*" if k == preset else "")] = k
+            mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (preset.vector, preset.threads, preset.unroll, preset_blocks) else ""
+            kernels["split/" + "-".join(map(str, knobs)) + mark] = k
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:
                 func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target) if knobs is None

@@ -5,8 +5,8 @@
 
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
 decode tok/s at contexts 128, 1024 and 4096 (64 timed steps ending at that context, logits copied
-to the host each step as a chat does), prefill tok/s for 512 tokens, GPU memory in use against
-params + KV cache, a per-kernel breakdown of one decode step (CUPTI kernel durations through
+to the host each step as a chat does; the median of 5 such runs, as the host's speed varies),
+prefill tok/s for 512 tokens, GPU memory in use against params + KV cache, a per-kernel breakdown of one decode step (CUPTI kernel durations through
 torch.profiler; bytes each kernel must move, from the build's manifest; attention's bytes are the
 KV cache it reads), and the kernels of one 512-token prefill by time. The bound is (weight + KV bytes read per token) / copy bandwidth measured in
 the same run. Baselines in the same run: HF transformers eager fp16, and an int4 weight-only
@@ -16,6 +16,7 @@ model (PyTorch's tinygemm `_weight_int4pack_mm`, group 32, bf16 activations) on 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ CONTEXTS = (128, 1024, 4096)
 CONTEXT_WINDOW = 4096
 PREFILL = 512
 STEPS = 64
+REPEATS = 5  # decode timed this many times from the same context: the median, and the spread printed
 
 
 def hf_config(name: str) -> dict:
@@ -157,14 +159,18 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     def step():
         token[0] = int(engine.decode(token[0]).argmax())
 
-    weights = dist.params_bytes(manifest)
-    result = {"decode": {}, "bound": {}}
-    for context in CONTEXTS:
+    def decode_from(context: int) -> float:
         engine.reset()
         engine.prefill(ids[: context - STEPS - 8])
         for _ in range(8):
             step()
-        result["decode"][context] = timed_decode(step, STEPS)
+        return timed_decode(step, STEPS)
+
+    weights = dist.params_bytes(manifest)
+    result = {"decode": {}, "decode_spread": {}, "bound": {}}
+    for context in CONTEXTS:
+        runs = sorted(decode_from(context) for _ in range(REPEATS))  # the host's speed varies between runs
+        result["decode"][context], result["decode_spread"][context] = statistics.median(runs), (runs[0], runs[-1])
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
     torch.cuda.synchronize()
     used = free_before - torch.cuda.mem_get_info()[0]
@@ -302,6 +308,8 @@ def report(r: dict) -> None:
         me = m["mlcgen"]
         cells = [f"{me['decode'][c]:.1f} ({me['decode'][c] / me['bound'][c]:.0%} of {me['bound'][c]:.0f})" for c in CONTEXTS]
         print(f"| {name} | mlcgen q4f16_1 | {me['prefill']:.0f} | {' | '.join(cells)} |")
+        spread = ", ".join(f"ctx {c}: {lo:.1f}-{hi:.1f}" for c, (lo, hi) in me["decode_spread"].items())
+        print(f"| | (decode: median of {REPEATS} runs of {STEPS} steps; {spread}) | | | | |")
         for system, p in m["pytorch"].items():
             if "error" in p:
                 print(f"| {name} | PyTorch {system} | failed: {p['error'][:80]} | | | |")

@@ -43,6 +43,7 @@ def main(dist: str, steps: int = 64) -> None:
     vm_only = steps / (time.perf_counter() - start)
     print(f"engine.decode: {full:.1f} tok/s; VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
     host_phases(engine, steps)
+    host_enqueue(engine, embed, steps)
 
     # Per-call times: synchronize around every VM call (adds sync cost to each; relative sizes hold).
     times, counts, started = {}, {}, [0.0]
@@ -66,6 +67,49 @@ def main(dist: str, steps: int = 64) -> None:
     for name in sorted(times, key=times.get, reverse=True)[:25]:
         print(f"{name[:48]:48} {counts[name] // 4:6d} {times[name] / 4 * 1e6:9.1f} {times[name] / total:6.1%}")
     print(f"{'total (synchronized)':48} {sum(counts.values()) // 4:6d} {total / 4 * 1e6:9.1f}")
+
+
+def host_enqueue(engine, embed, steps: int) -> None:
+    """Is a decode step bound by the host? The host's time to issue one step (begin_forward, the
+    VM call, end_forward; nothing waits for the GPU) against the step with the GPU's work; then the
+    host's time in each VM call, unsynchronized (the profiler's callback runs between calls)."""
+    import tvm_ffi
+    from tvm.runtime import ShapeTuple
+
+    from mlcgen.runtime.engine import _builtin
+
+    def step():
+        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
+        engine._entries["decode"](embed, engine.cache, engine.params)
+        _builtin("kv_state_end_forward")(engine.cache)
+
+    issued = whole = 0.0
+    for _ in range(steps):
+        engine.device.sync()
+        start = time.perf_counter()
+        step()
+        issued += time.perf_counter() - start
+        engine.device.sync()
+        whole += time.perf_counter() - start
+    print(f"host issuing a step: {issued / steps * 1e6:.0f} us; the step with the GPU: {whole / steps * 1e6:.0f} us")
+
+    times, counts, started = {}, {}, [0.0]
+
+    def instrument(func, name, before_run, ret_value, *args):
+        if before_run:
+            started[0] = time.perf_counter()
+        else:
+            times[name] = times.get(name, 0.0) + time.perf_counter() - started[0]
+            counts[name] = counts.get(name, 0) + 1
+        return 0
+
+    engine.vm.set_instrument(tvm_ffi.convert(instrument))
+    for _ in range(steps):
+        step()
+    engine.device.sync()
+    print(f"host time in each VM call, unsynchronized ({steps} steps):")
+    for name in sorted(times, key=times.get, reverse=True)[:12]:
+        print(f"  {name[:48]:48} {counts[name] // steps:4d} calls {times[name] / counts[name] * 1e6:7.1f} us each {times[name] / steps * 1e6:8.1f} us/step")
 
 
 def host_phases(engine, steps: int) -> None:

@@ -36,8 +36,10 @@ class Preset:
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
     # per block, 4 rows in flight per lane; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA
     # model. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens: within 12% of the
-    # best setting of each case at 7B, 22% at 8B (benchmarks/attention_speed.py, docs/benchmarks.md).
-    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528)
+    # best setting of each case at 7B (benchmarks/attention_speed.py, docs/benchmarks.md). Grouped
+    # (GQA) models aim at twice the (query head, split) pairs: Llama-3-8B shape 5.9 / 10.6 / 18.0 us
+    # a call at 128 / 1024 / 4096 tokens against 5.8 / 9.9 / 22.7 with 528 (H200, 2026-12-01).
+    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056)
 
 
 PRESETS = {

@@ -227,9 +227,17 @@ def paged_decode_reference(q, pages, indptr, values, lengths, window):
     return out, lse
 
 
+def cuda_attention_knobs_for_wgsl():
+    """The cuda preset's decode-attention knobs (its own split target for grouped models) with 4-wide loads."""
+    from mlcgen.targets import cuda
+
+    return dataclasses.replace(cuda.PRESETS["sm_90"].attention, vector=4)
+
+
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
-                                   rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a")],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a"])
+                                   rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a"),
+                                   cuda_attention_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm_90"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim,sliding", [(8, 2, 64, False), (4, 4, 128, True)], ids=["gqa", "mha-window"])
 def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, sliding, lavapipe, tmp_path):
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged

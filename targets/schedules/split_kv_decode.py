@@ -43,6 +43,7 @@ class AttentionKnobs:
     # fewer partials to merge (Llama-3-8B shape at 1024 tokens on the H200: 10.7 us a call
     # against 18.3 when counting blocks; benchmarks/attention_speed.py, docs/benchmarks.md)
     blocks: int = 512
+    grouped_blocks: int | None = None  # the same for models whose query heads share KV heads; None: `blocks`
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -59,6 +60,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
     from tvm.script import tirx as T
 
     group = heads // kv_heads
+    blocks = knobs.grouped_blocks if group > 1 and knobs.grouped_blocks else knobs.blocks
     vec, unroll = knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
     symbol = NAMES[1] if sliding_window else NAMES[0]
@@ -81,7 +83,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
         length_info = _declare_length_info(length_info_handle, B, sliding_window, length_offset)
-        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(knobs.blocks, B * heads), T.ceildiv(nnz_pages, B)))
+        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(blocks, B * heads), T.ceildiv(nnz_pages, B)))
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
 
@@ -112,12 +114,13 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                             per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
                             begin: T.let[T.int32] = split * per_split
                             end: T.let[T.int32] = T.min(begin + per_split, rows)
-                            for g, i in T.grid(group, vec):
-                                q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
-                            for g in T.serial(group):
+                            for g in T.unroll(group):
+                                for i in T.unroll(vec):
+                                    q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
+                            for g in T.unroll(group):
                                 m[g] = T.float32(-5e4)
                                 d[g] = T.float32(0)
-                                for i in T.serial(vec):
+                                for i in T.unroll(vec):
                                     o[g, i] = T.float32(0)
 
                             for step in T.serial(T.truncdiv(per_split + slots * unroll - 1, slots * unroll)):
@@ -134,6 +137,8 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                                         for i in T.vectorized(vec):
                                             k[u, i] = T.Cast(dtype, 0)
                                             v[u, i] = T.Cast(dtype, 0)
+                                # Serial, where the other loops over the group are unrolled (so that their
+                                # arrays stay in registers): TVM cannot unroll a cross-lane sum; nvcc does.
                                 for g, u in T.grid(group, unroll):
                                     dot[0] = T.float32(0)
                                     for i in T.unroll(vec):
@@ -144,7 +149,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                                         T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
                                         T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
                                     score[g, u] = row_sum[0]
-                                for g in T.serial(group):
+                                for g in T.unroll(group):
                                     m_new[0] = m[g]
                                     for u in T.unroll(unroll):
                                         if begin + (step * unroll + u) * slots + ty < end:
@@ -163,7 +168,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
 
                             # The block's row slots meet in shared memory, one query head at a
                             # time (bounded shared memory for any group size); slot 0 writes the split.
-                            for g in T.serial(group):
+                            for g in T.unroll(group):
                                 for i in T.vectorized(vec):
                                     slot_o[ty, tx * vec + i] = o[g, i]
                                 if tx == 0:
