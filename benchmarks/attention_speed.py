@@ -9,6 +9,11 @@ Each kernel is checked against torch (float32) and timed over calls that rotate 
 pages (more than the L2 holds), as decode does: GPU time of all its kernels per call (CUPTI,
 through torch.profiler; the split kernel is two launches). GB/s counts the K and V bytes one call
 must read. The cuda preset's knobs are marked `*`.
+
+Then prefill: TVM's ragged prefill-attention kernel (causal, the new tokens among themselves) for
+a 512-token prompt, as TVM generates it (16 blocks per KV head) and regenerated for more blocks
+(schedules/prefill_attention.py; the cuda preset's figure marked `*`), against torch's causal
+attention in float32.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ SWEEP = [(8, 128, 4, 528), (8, 128, 2, 528), (8, 128, 8, 528), (8, 256, 4, 528),
          (8, 128, 4, 1056), (8, 128, 4, 2112), (4, 128, 4, 528), (8, 256, 2, 1056), (8, 128, 4, 136), (8, 128, 8, 136),
          (8, 64, 4, 136), (8, 128, 8, 264), (8, 64, 8, 528), (8, 128, 8, 1056)]
 PAGE = 16
+PREFILL_TOKENS = 512
+PREFILL_BLOCKS = (None, 512, 1024)  # None: TVM's kernel as generated
 
 
 def build(out: Path) -> None:
     import tvm
     from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode
+    from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged
+
+    from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
 
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, split_kv_decode
@@ -53,6 +63,16 @@ def build(out: Path) -> None:
             file = f"{shape}-{i}.so"
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
             index[file] = {"shape": shape, "kernel": name}
+    for shape, (heads, kv_heads, head_dim) in SHAPES.items():
+        for blocks in PREFILL_BLOCKS:
+            with target:
+                func = _attention_prefill_ragged(kv_heads, heads, head_dim, head_dim, "float16", {}, target)
+                if blocks:
+                    func = prefill_kernel(RAGGED, func, blocks, target)
+            file = f"prefill-{shape}-{blocks}.so"
+            tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
+            mark = "*" if blocks == cuda.PRESETS["sm_90"].prefill_blocks else ""
+            index[file] = {"shape": shape, "kernel": f"blocks {blocks}{mark}" if blocks else "tvm", "prefill": True}
     (out / "index.json").write_text(json.dumps(index, indent=1))
     print(f"built {len(index)} kernels into {out}")
 
@@ -100,7 +120,7 @@ def run(out: Path) -> None:
             o_t, lse_t = tvm.runtime.from_dlpack(output), tvm.runtime.from_dlpack(lse)
             nbytes = n * 2 * kv_heads * head_dim * 2
             for file, meta in index.items():
-                if meta["shape"] != shape:
+                if meta["shape"] != shape or meta.get("prefill"):
                     continue
                 f = tvm.runtime.load_module(str(out / file))["main"]
 
@@ -129,6 +149,53 @@ def run(out: Path) -> None:
             mine = [r for r in rows if r["shape"] == shape and r["kernel"] == kernel]
             cells = " | ".join(f"{r['us']:6.1f} us ({r['gbs']:5.0f})" for r in mine)
             print(f"  {kernel:22} {cells}   err {max(r['rel_err'] for r in mine):.1e}")
+    run_prefill(out, index)
+
+
+def gpu_us(call, reps: int = 50) -> float:
+    """Mean GPU time of call() from CUPTI kernel records."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    return sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA" and "kernel" in e.name) / reps
+
+
+def run_prefill(out: Path, index: dict) -> None:
+    import torch
+    import tvm
+
+    n = PREFILL_TOKENS
+    print(f"\nprefill attention, {n} new tokens, causal: us per call (TFLOPS), rel_err vs torch")
+    for shape, (heads, kv_heads, head_dim) in SHAPES.items():
+        q = torch.randn(n, heads, head_dim, device="cuda", dtype=torch.float16)
+        k, v = (torch.randn(n, kv_heads, head_dim, device="cuda", dtype=torch.float16) for _ in range(2))
+        group = heads // kv_heads
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q.float().transpose(0, 1), k.float().repeat_interleave(group, 1).transpose(0, 1),
+            v.float().repeat_interleave(group, 1).transpose(0, 1), is_causal=True).transpose(0, 1)
+        indptr = torch.tensor([0, n], dtype=torch.int32, device="cuda")
+        positions, offset = torch.arange(n, dtype=torch.int32, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda")
+        output = torch.empty_like(q)
+        lse = torch.empty(n, heads, device="cuda", dtype=torch.float32)
+        args = [tvm.runtime.from_dlpack(t) for t in (q, indptr, k, v, indptr, positions, offset, output, lse)]
+        flops = 2 * n * n * head_dim * heads  # two matmuls over the causal half
+        for file, meta in index.items():
+            if meta["shape"] != shape or not meta.get("prefill"):
+                continue
+            f = tvm.runtime.load_module(str(out / file))["main"]
+            call = lambda: f(*args, 1, 0, 1.0, 1e4, head_dim**-0.5)  # noqa: E731 (causal, RoPE applied before)
+            output.fill_(float("nan"))
+            call()
+            err = float((output.float() - want).norm() / want.norm())
+            us = gpu_us(call)
+            print(f"  {shape:10} {meta['kernel']:12} {us:8.1f} us ({flops / us / 1e6:5.1f})   err {err:.1e}")
 
 
 if __name__ == "__main__":

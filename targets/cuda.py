@@ -40,6 +40,9 @@ class Preset:
     # (GQA) models aim at twice the (query head, split) pairs: Llama-3-8B shape 5.9 / 10.6 / 18.0 us
     # a call at 128 / 1024 / 4096 tokens against 5.8 / 9.9 / 22.7 with 528 (H200, 2026-12-01).
     attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056)
+    # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
+    # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
+    prefill_blocks: int = 512
 
 
 PRESETS = {
@@ -78,7 +81,7 @@ def after_memory_planning_passes(target) -> list:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["arch"])]
-    return gpu.schedule_passes(target, preset.gemv, preset.attention)
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, prefill_blocks=preset.prefill_blocks)
 
 
 def device_code():

@@ -1,6 +1,8 @@
 """Schedules shared by the GPU targets, applied to every PrimFunc in two rounds.
 
-First the KV cache's decode attention is replaced by our split-KV kernel (schedules/split_kv_decode.py).
+First the KV cache's decode attention is replaced by our split-KV kernel (schedules/split_kv_decode.py),
+and where the target asks for it, TVM's prefill attention is regenerated with more thread blocks
+(schedules/prefill_attention.py).
 Then our rules: AddRMSNorm takes the fused residual-add + RMSNorm, DequantGEMV the decode matmuls
 (batch 1, q4 dequantize inside the reduction) with the target preset's knobs, MfmaDequantMatmul the
 prefill matmuls on AMD matrix cores where the preset has them, else DequantMatmul (dlight's
@@ -17,13 +19,15 @@ from .schedules.dequant_gemv import GemvKnobs
 from .schedules.split_kv_decode import AttentionKnobs
 
 
-def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False) -> list:
+def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False,
+                    prefill_blocks: int | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
     from ..compiler.passes import inline_dequantize
     from .schedules.add_rms_norm import AddRMSNorm
     from .schedules.dequant_gemv import DequantGEMV
     from .schedules.dequant_matmul import DequantMatmul
+    from .schedules.prefill_attention import use_prefill_blocks
     from .schedules.split_kv_decode import use_split_kv_decode
 
     prefill = [DequantMatmul()]
@@ -33,6 +37,7 @@ def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_c
         prefill.insert(0, MfmaDequantMatmul())
     return [
         use_split_kv_decode(attention),
+        use_prefill_blocks(prefill_blocks),
         dl.ApplyDefaultSchedule(AddRMSNorm(), DequantGEMV(gemv), *prefill),
         inline_dequantize,
         dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),

@@ -19,6 +19,10 @@ def test_cuda_build_uses_cuda_graphs_and_our_norm_and_attention_kernels(builds):
     assert '"mlcgen.kernel": "add_rms_norm"' in script and 'thread="blockIdx.x"' in script
     decode = [f.script() for gv, f in mod.functions_items() if gv.name_hint == "batch_decode_paged_kv"]
     assert len(decode) == 1 and 'T.sblock("partial")' in decode[0] and 'T.sblock("merge")' in decode[0]  # split-KV
+    # prefill attention: TVM's kernels with the preset's 512 blocks (2 KV heads: 256 each, not 16)
+    prefill = {gv.name_hint: f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("batch_prefill")}
+    assert {"batch_prefill_ragged_kv", "batch_prefill_paged_kv"} <= set(prefill)
+    assert all('T.thread_binding(256, thread="blockIdx.x")' in script for script in prefill.values())
     dist = builds.dist("gqa_tied", "q4f16_1", target="cuda")
     assert (dist / "lib.so").stat().st_size > 0
 

@@ -266,6 +266,35 @@ def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, 
     assert np.abs(lse.numpy() - want_lse).max() <= 1e-4
 
 
+def test_prefill_attention_with_more_blocks_on_lavapipe_vs_numpy(lavapipe, tmp_path):
+    """TVM's ragged prefill-attention kernel regenerated for more thread blocks than it has query
+    tiles (schedules/prefill_attention.py): causal GQA attention of 37 new tokens against numpy."""
+    from tvm.relax.frontend.nn.llm import _prefill_kernels
+
+    from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
+
+    heads, kv_heads, d, n = 8, 2, 64, 37
+    target = vulkan_target.tvm_target("generic")
+    with target:
+        func = prefill_kernel(RAGGED, _prefill_kernels._attention_prefill_ragged(kv_heads, heads, d, d, "float16", {}, target), 64, target)
+    assert 'T.thread_binding(32, thread="blockIdx.x")' in func.script()  # 64 blocks over 2 KV heads, not 16 each
+    tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(tmp_path / "prefill.so"))
+    lib, dev = tvm.runtime.load_module(str(tmp_path / "prefill.so")), tvm.device("webgpu", 0)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((n, heads, d)).astype(np.float16)
+    k, v = (rng.standard_normal((n, kv_heads, d)).astype(np.float16) for _ in range(2))
+    indptr, positions = np.array([0, n], np.int32), np.arange(n, dtype=np.int32)
+    out, lse = tvm.runtime.empty(q.shape, "float16", dev), tvm.runtime.empty((n, heads), "float32", dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (q, indptr, k, v, indptr, positions, np.zeros(1, np.int32))), out, lse,
+                1, 0, 1.0, 1e4, d**-0.5)  # causal, no rotary (applied before), rope scale/theta unused
+    group = heads // kv_heads
+    s = np.einsum("ihd,jhd->hij", q.astype(np.float64), np.repeat(k, group, axis=1).astype(np.float64)) * d**-0.5
+    s[:, np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] = -np.inf
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("hij,jhd->ihd", p / p.sum(-1, keepdims=True), np.repeat(v, group, axis=1).astype(np.float64))
+    assert rel_err(out.numpy().astype(np.float64), want) <= 2e-3
+
+
 @pytest.mark.parametrize("hidden", [4096, 96])  # 4-wide runs per thread; a row too short for them
 def test_fused_add_rms_norm_schedule_on_lavapipe_vs_numpy(hidden, lavapipe, tmp_path):
     """The residual sum bit for bit (fp16), and its RMS norm, against numpy."""

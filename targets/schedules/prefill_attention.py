@@ -1,0 +1,68 @@
+"""More thread blocks for TVM's prefill-attention kernels on GPUs with many compute units.
+
+TVM's paged KV cache computes prefill attention with its own kernels (`batch_prefill_ragged_kv`
+for the new tokens among themselves, `batch_prefill_paged_kv` over the cached pages). Each is
+launched with 16 blocks per KV head (its NUM_BLKS), and a block walks the 32-row query tiles of
+its head one after another. A grouped model has few KV heads: Llama-3-8B's 8 give 128 blocks of
+4 warps for an H200's 132 SMs, and its 512-token prefill spent twice the attention time of
+Llama-2-7B's (32 heads, 512 blocks) on the same work (docs/benchmarks.md).
+
+`use_prefill_blocks(blocks)` regenerates those kernels with TVM's own generators, asking for at
+least `blocks` blocks in all (never fewer than TVM's 16 per KV head): the tiles are then shared by
+more blocks; blocks without a tile return at once. Rotary embedding is applied before these
+kernels (RopeMode.NORMAL or NONE: their rotary_mode is 0), so they are generated without the
+model's rope scaling, as the decode kernel is (schedules/split_kv_decode.py).
+"""
+
+from __future__ import annotations
+
+import math
+from unittest import mock
+
+TVM_BLOCKS_PER_KV_HEAD = 16  # NUM_BLKS in TVM's prefill kernel configuration
+RAGGED = "batch_prefill_ragged_kv"
+PAGED = ("batch_prefill_paged_kv", "batch_prefill_paged_kv_sliding_window")
+
+
+def blocks_per_kv_head(kv_heads: int, blocks: int) -> int:
+    return max(TVM_BLOCKS_PER_KV_HEAD, math.ceil(blocks / kv_heads))
+
+
+def prefill_kernel(name: str, func, blocks: int, target):
+    """TVM's kernel `name` (a PrimFunc of the KV cache: ragged or paged prefill) regenerated with
+    blocks_per_kv_head blocks for each KV head."""
+    from tvm.relax.frontend.nn.llm import _prefill_kernels as tvm_prefill
+
+    q, kv = func.params[0].ty, func.params[2].ty  # ragged: q, q_indptr, k, v; paged: q, q_indptr, pages
+    heads, head_dim, dtype = int(q.shape[1]), int(q.shape[2]), str(q.dtype)
+    kv_heads = int(kv.shape[1] if name == RAGGED else kv.shape[2])
+    config = tvm_prefill._get_prefill_kernel_config
+
+    def more_blocks(*args, **kwargs):
+        return (blocks_per_kv_head(kv_heads, blocks), *config(*args, **kwargs)[1:])
+
+    with mock.patch.object(tvm_prefill, "_get_prefill_kernel_config", more_blocks):
+        if name == RAGGED:
+            v = func.params[3].ty
+            return tvm_prefill._attention_prefill_ragged(kv_heads, heads, head_dim, int(v.shape[2]), dtype, {}, target)
+        return tvm_prefill._attention_prefill(kv_heads, heads, head_dim, dtype, name == PAGED[1], {}, target)
+
+
+def use_prefill_blocks(blocks: int | None):
+    """A module pass: the KV cache's prefill-attention PrimFuncs regenerated for at least `blocks`
+    thread blocks (None: TVM's kernels unchanged)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="UsePrefillBlocks")
+    def replace(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if blocks is None:
+            return mod
+        target = tvm.target.Target.current()
+        for gvar, func in list(mod.functions_items()):
+            name = func.attrs.get("global_symbol") if isinstance(func, tirx.PrimFunc) else None
+            if name in (RAGGED, *PAGED):
+                mod[gvar] = prefill_kernel(name, func, blocks, target)
+        return mod
+
+    return replace
