@@ -12,8 +12,8 @@ must read. The cuda preset's knobs are marked `*`.
 
 Then prefill: TVM's ragged prefill-attention kernel (causal, the new tokens among themselves) for
 a 512-token prompt, as TVM generates it (16 blocks per KV head) and regenerated for more blocks
-(schedules/prefill_attention.py; the cuda preset's figure marked `*`), against torch's causal
-attention in float32.
+and other tile shapes (schedules/prefill_attention.py; the cuda preset's marked `*`), against
+torch's causal attention in float32.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ SWEEP = [(8, 128, 4, 528), (8, 128, 2, 528), (8, 128, 8, 528), (8, 256, 4, 528),
          (8, 64, 4, 136), (8, 128, 8, 264), (8, 64, 8, 528), (8, 128, 8, 1056)]
 PAGE = 16
 PREFILL_TOKENS = 512
-PREFILL_BLOCKS = (None, 512, 1024)  # None: TVM's kernel as generated
+# (blocks, (warps, query rows, KV rows) per tile or None: TVM's); blocks None: TVM's kernel as generated
+PREFILL_VARIANTS = [(None, None), (512, None), (512, (8, 64, 32)), (512, (4, 32, 64))]  # others: docs/benchmarks.md
 
 
 def build(out: Path) -> None:
@@ -40,9 +41,8 @@ def build(out: Path) -> None:
     from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode
     from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged
 
-    from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
-
     from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
     from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, split_kv_decode
 
     target = cuda.tvm_target("sm_90")
@@ -64,15 +64,16 @@ def build(out: Path) -> None:
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
             index[file] = {"shape": shape, "kernel": name}
     for shape, (heads, kv_heads, head_dim) in SHAPES.items():
-        for blocks in PREFILL_BLOCKS:
+        for i, (blocks, tiles) in enumerate(PREFILL_VARIANTS):
             with target:
                 func = _attention_prefill_ragged(kv_heads, heads, head_dim, head_dim, "float16", {}, target)
                 if blocks:
-                    func = prefill_kernel(RAGGED, func, blocks, target)
-            file = f"prefill-{shape}-{blocks}.so"
+                    func = prefill_kernel(RAGGED, func, blocks, target, tiles)
+            file = f"prefill-{shape}-{i}.so"
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
-            mark = "*" if blocks == cuda.PRESETS["sm_90"].prefill_blocks else ""
-            index[file] = {"shape": shape, "kernel": f"blocks {blocks}{mark}" if blocks else "tvm", "prefill": True}
+            mark = "*" if blocks == cuda.PRESETS["sm_90"].prefill_blocks and tiles is None else ""
+            name = f"blocks {blocks}" + ("" if tiles is None else " tiles " + "-".join(map(str, tiles))) + mark
+            index[file] = {"shape": shape, "kernel": name if blocks else "tvm", "prefill": True}
     (out / "index.json").write_text(json.dumps(index, indent=1))
     print(f"built {len(index)} kernels into {out}")
 
@@ -195,7 +196,7 @@ def run_prefill(out: Path, index: dict) -> None:
             call()
             err = float((output.float() - want).norm() / want.norm())
             us = gpu_us(call)
-            print(f"  {shape:10} {meta['kernel']:12} {us:8.1f} us ({flops / us / 1e6:5.1f})   err {err:.1e}")
+            print(f"  {shape:10} {meta['kernel']:26} {us:8.1f} us ({flops / us / 1e6:5.1f})   err {err:.1e}")
 
 
 if __name__ == "__main__":

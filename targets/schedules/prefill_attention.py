@@ -28,9 +28,10 @@ def blocks_per_kv_head(kv_heads: int, blocks: int) -> int:
     return max(TVM_BLOCKS_PER_KV_HEAD, math.ceil(blocks / kv_heads))
 
 
-def prefill_kernel(name: str, func, blocks: int, target):
+def prefill_kernel(name: str, func, blocks: int, target, tiles: tuple[int, int, int] | None = None):
     """TVM's kernel `name` (a PrimFunc of the KV cache: ragged or paged prefill) regenerated with
-    blocks_per_kv_head blocks for each KV head."""
+    blocks_per_kv_head blocks for each KV head; with `tiles` (warps, query rows, KV rows per tile)
+    in place of TVM's choice (benchmarks/attention_speed.py sweeps them)."""
     from tvm.relax.frontend.nn.llm import _prefill_kernels as tvm_prefill
 
     q, kv = func.params[0].ty, func.params[2].ty  # ragged: q, q_indptr, k, v; paged: q, q_indptr, pages
@@ -39,7 +40,10 @@ def prefill_kernel(name: str, func, blocks: int, target):
     config = tvm_prefill._get_prefill_kernel_config
 
     def more_blocks(*args, **kwargs):
-        return (blocks_per_kv_head(kv_heads, blocks), *config(*args, **kwargs)[1:])
+        _, load_vec, group, lanes, warps, tile_x, tile_y, tile_z = config(*args, **kwargs)
+        if tiles:
+            warps, tile_x, tile_z = tiles
+        return blocks_per_kv_head(kv_heads, blocks), load_vec, group, lanes, warps, tile_x, tile_y, tile_z
 
     with mock.patch.object(tvm_prefill, "_get_prefill_kernel_config", more_blocks):
         if name == RAGGED:
