@@ -37,6 +37,10 @@ class Preset:
     lds_bytes: int = 65536  # LDS per workgroup: 64 KiB on both
     gemv: GemvKnobs = GemvKnobs()  # decode GEMV knobs: set per card in PRESETS
     attention: AttentionKnobs = AttentionKnobs()  # decode attention knobs: set per card in PRESETS
+    # TVM's prefill attention: at least this many blocks (schedules/prefill_attention.py), ~4 per CU
+    # where TVM gives 16 per KV head (Llama-3-8B: 128). Measured on the H200 (the 8B's prefill
+    # attention in half the time, docs/benchmarks.md), not on AMD cards.
+    prefill_blocks: int | None = None
     mfma: bool = False  # prefill matmuls on the matrix cores (schedules/mfma_matmul.py)
 
 
@@ -53,7 +57,7 @@ PRESETS = {
     # reduces within half a wave32 (DPP) and each wave takes 2 rows; 4 waves per block; ~4 blocks per CU.
     "gfx1100": Preset("gfx1100", "Radeon RX 7900 XTX", 32, 96, 960.0, 24, 2.5,
                       gemv=GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True),
-                      attention=AttentionKnobs(vector=8, threads=128, unroll=4, blocks=96 * 4)),
+                      attention=AttentionKnobs(vector=8, threads=128, unroll=4, blocks=96 * 4), prefill_blocks=96 * 4),
     # Instinct MI210, CDNA2: 104 CUs, 64 GB HBM2e at 1.6 TB/s, 1.7 GHz peak (AMD spec sheet); wave64, MFMA.
     # Decode GEMV: one wave64 per row (as above, for CDNA's 64 lanes), global_load_dwordx4; 4 rows
     # = 256 threads = one wave per SIMD of a CU; 2 rows per lane as on gfx1100.
@@ -62,7 +66,7 @@ PRESETS = {
     # block = one per SIMD; ~4 blocks per CU.
     "gfx90a": Preset("gfx90a", "Instinct MI210", 64, 104, 1638.4, 64, 1.7,
                      gemv=GemvKnobs(threads_per_row=64, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, packed_fp16=True),
-                     attention=AttentionKnobs(vector=8, threads=256, unroll=4, blocks=104 * 4),
+                     attention=AttentionKnobs(vector=8, threads=256, unroll=4, blocks=104 * 4), prefill_blocks=104 * 4,
                      mfma=True),
 }
 # Without an AMD GPU present, `--target rocm` builds for the RX 7900 XTX: the consumer card the
@@ -143,7 +147,8 @@ def after_memory_planning_passes(target) -> list:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["mcpu"])]
-    return gpu.schedule_passes(target, preset.gemv, preset.attention, matrix_cores=preset.mfma)
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, matrix_cores=preset.mfma,
+                               prefill_blocks=preset.prefill_blocks)
 
 
 def _tir_pipeline():

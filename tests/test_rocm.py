@@ -70,6 +70,20 @@ def test_inspect_cli_prints_table_and_labelled_projection(rocm_build):
     assert row["bound_tok_s"] == pytest.approx(rocm.PRESETS[arch].bandwidth_gbs * 1e9 / row["bytes_per_token"])
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_prefill_attention_takes_the_presets_blocks(builds, arch):
+    """TVM's prefill-attention kernels regenerated for ~4 blocks per CU (schedules/prefill_attention.py)."""
+    from mlcgen.compiler import pipeline
+    from mlcgen.compiler.build import export_ir, plan
+
+    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", f"rocm:{arch}")
+    target = p.target_module.tvm_target(p.preset)
+    mod = pipeline.run(export_ir(p, target), p.target_module, target)
+    per_kv_head = rocm.PRESETS[arch].prefill_blocks // 2  # gqa_tied has 2 KV heads
+    prefill = [f.script() for gv, f in mod.functions_items() if gv.name_hint in ("batch_prefill_ragged_kv", "batch_prefill_paged_kv")]
+    assert len(prefill) == 2 and all(f'T.thread_binding({per_kv_head}, thread="blockIdx.x")' in script for script in prefill)
+
+
 def test_plain_rocm_target_says_which_arch(builds):
     dist = builds.dist("gqa_tied", "q4f16_1", target="rocm")
     target = json.loads((dist / "manifest.json").read_text())["target"]
