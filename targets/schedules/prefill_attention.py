@@ -49,7 +49,8 @@ def prefill_kernel(name: str, func, blocks: int, target, tiles: tuple[int, int, 
         if name == RAGGED:
             v = func.params[3].ty
             return tvm_prefill._attention_prefill_ragged(kv_heads, heads, head_dim, int(v.shape[2]), dtype, {}, target)
-        return tvm_prefill._attention_prefill(kv_heads, heads, head_dim, dtype, name == PAGED[1], {}, target)
+        return tvm_prefill._attention_prefill(kv_heads, heads, head_dim, dtype, name == PAGED[1], {}, target,
+                                              page_size=int(kv.shape[3]))
 
 
 def use_prefill_blocks(blocks: int | None):
