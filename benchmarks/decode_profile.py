@@ -4,8 +4,9 @@
 
 Prints: engine.decode tok/s (what `mlcgen bench` measures), the VM decode call alone without the
 logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache begin
-and end, decode call, logits copy, argmax), and TVM's per-kernel profile of one decode call,
-largest first.
+and end, decode call, logits copy, argmax), the host's time to issue a step against the whole
+step (is decode bound by the host?) with its time in each VM call, and the VM calls' times with
+the device synchronized around each, largest first.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import numpy as np
 
 def main(dist: str, steps: int = 64) -> None:
     import tvm
-    import tvm_ffi
-    from tvm.runtime import ShapeTuple
 
-    from mlcgen.runtime.engine import Engine, _builtin
+    from mlcgen.runtime.engine import Engine
 
     engine = Engine(dist, random_weights=True)
     engine.prefill(np.arange(16) % 1000)
@@ -36,32 +35,15 @@ def main(dist: str, steps: int = 64) -> None:
     embed = engine.vm["embed"](ids, engine.params)._create_view((1, 1, engine.hidden_size))
     start = time.perf_counter()
     for _ in range(steps):
-        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
-        engine.vm["decode"](embed, engine.cache, engine.params)
-        _builtin("kv_state_end_forward")(engine.cache)
+        decode_step(engine, embed)
     engine.device.sync()
     vm_only = steps / (time.perf_counter() - start)
     print(f"engine.decode: {full:.1f} tok/s; VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
     host_phases(engine, steps)
-    host_enqueue(engine, embed, steps)
+    host_issue(engine, embed, steps)
 
     # Per-call times: synchronize around every VM call (adds sync cost to each; relative sizes hold).
-    times, counts, started = {}, {}, [0.0]
-
-    def instrument(func, name, before_run, ret_value, *args):
-        engine.device.sync()
-        if before_run:
-            started[0] = time.perf_counter()
-        else:
-            times[name] = times.get(name, 0.0) + time.perf_counter() - started[0]
-            counts[name] = counts.get(name, 0) + 1
-        return 0
-
-    engine.vm.set_instrument(tvm_ffi.convert(instrument))
-    for _ in range(4):
-        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
-        engine.vm["decode"](embed, engine.cache, engine.params)
-        _builtin("kv_state_end_forward")(engine.cache)
+    times, counts = vm_call_times(engine, embed, 4, synchronized=True)
     total = sum(times.values())
     print(f"{'call':48} {'calls':>6} {'us/step':>9} {'share':>6}")
     for name in sorted(times, key=times.get, reverse=True)[:25]:
@@ -69,33 +51,27 @@ def main(dist: str, steps: int = 64) -> None:
     print(f"{'total (synchronized)':48} {sum(counts.values()) // 4:6d} {total / 4 * 1e6:9.1f}")
 
 
-def host_enqueue(engine, embed, steps: int) -> None:
-    """Is a decode step bound by the host? The host's time to issue one step (begin_forward, the
-    VM call, end_forward; nothing waits for the GPU) against the step with the GPU's work; then the
-    host's time in each VM call, unsynchronized (the profiler's callback runs between calls)."""
-    import tvm_ffi
+def decode_step(engine, embed) -> None:
+    """One decode step's calls, as Engine.decode makes them, on an embedding already on the device."""
     from tvm.runtime import ShapeTuple
 
     from mlcgen.runtime.engine import _builtin
 
-    def step():
-        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1]))
-        engine._entries["decode"](embed, engine.cache, engine.params)
-        _builtin("kv_state_end_forward")(engine.cache)
+    _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([engine.SEQ_ID]), ShapeTuple([1]))
+    engine._entries["decode"](embed, engine.cache, engine.params)
+    _builtin("kv_state_end_forward")(engine.cache)
 
-    issued = whole = 0.0
-    for _ in range(steps):
-        engine.device.sync()
-        start = time.perf_counter()
-        step()
-        issued += time.perf_counter() - start
-        engine.device.sync()
-        whole += time.perf_counter() - start
-    print(f"host issuing a step: {issued / steps * 1e6:.0f} us; the step with the GPU: {whole / steps * 1e6:.0f} us")
+
+def vm_call_times(engine, embed, steps: int, synchronized: bool) -> tuple[dict, dict]:
+    """Seconds and calls per VM function over `steps` decode steps, from the VM's instrument
+    callback (it runs between calls); synchronized: the device is synchronized around each call."""
+    import tvm_ffi
 
     times, counts, started = {}, {}, [0.0]
 
     def instrument(func, name, before_run, ret_value, *args):
+        if synchronized:
+            engine.device.sync()
         if before_run:
             started[0] = time.perf_counter()
         else:
@@ -105,8 +81,25 @@ def host_enqueue(engine, embed, steps: int) -> None:
 
     engine.vm.set_instrument(tvm_ffi.convert(instrument))
     for _ in range(steps):
-        step()
+        decode_step(engine, embed)
     engine.device.sync()
+    return times, counts
+
+
+def host_issue(engine, embed, steps: int) -> None:
+    """Is a decode step bound by the host? The host's time to issue one step (begin_forward, the
+    VM call, end_forward; nothing waits for the GPU) against the step with the GPU's work; then the
+    host's time in each VM call, unsynchronized."""
+    issued = whole = 0.0
+    for _ in range(steps):
+        engine.device.sync()
+        start = time.perf_counter()
+        decode_step(engine, embed)
+        issued += time.perf_counter() - start
+        engine.device.sync()
+        whole += time.perf_counter() - start
+    print(f"host issuing a step: {issued / steps * 1e6:.0f} us; the step with the GPU: {whole / steps * 1e6:.0f} us")
+    times, counts = vm_call_times(engine, embed, steps, synchronized=False)
     print(f"host time in each VM call, unsynchronized ({steps} steps):")
     for name in sorted(times, key=times.get, reverse=True)[:12]:
         print(f"  {name[:48]:48} {counts[name] // steps:4d} calls {times[name] / counts[name] * 1e6:7.1f} us each {times[name] / steps * 1e6:8.1f} us/step")
