@@ -15,7 +15,9 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
    output and its log-sum-exp (base 2, as the KV cache's merge kernels expect).
 The split count is chosen on the host from the batch size and page count, so that there are about
-`blocks` (query head, split) pairs (a few per compute unit) but no split shorter than a page.
+`blocks` (query head, split) pairs (a few per compute unit; a preset may ask grouped models for
+more, `grouped_blocks`) but no split shorter than a page. A group's query heads are unrolled
+loops, so that their queries, softmax states and outputs stay in registers.
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
