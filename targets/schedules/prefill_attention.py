@@ -40,7 +40,10 @@ def prefill_kernel(name: str, func, blocks: int, target, tiles: tuple[int, int, 
     config = tvm_prefill._get_prefill_kernel_config
 
     def more_blocks(*args, **kwargs):
-        _, load_vec, group, lanes, warps, tile_x, tile_y, tile_z = config(*args, **kwargs)
+        values = config(*args, **kwargs)
+        if len(values) != 8:  # TVM 0.27's (NUM_BLKS, LOAD_VEC, group, bdx, warps, tile_x, tile_y, tile_z)
+            raise RuntimeError(f"TVM's prefill kernel configuration is not the one targets/schedules/prefill_attention.py knows: {values}")
+        _, load_vec, group, lanes, warps, tile_x, tile_y, tile_z = values
         if tiles:
             warps, tile_x, tile_z = tiles
         return blocks_per_kv_head(kv_heads, blocks), load_vec, group, lanes, warps, tile_x, tile_y, tile_z
