@@ -43,7 +43,7 @@ def build(out: Path) -> None:
 
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
-    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, split_kv_decode
+    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, pairs_to_aim_for, split_kv_decode
 
     target = cuda.tvm_target("sm_90")
     preset = cuda.PRESETS["sm_90"].attention
@@ -51,7 +51,7 @@ def build(out: Path) -> None:
     index = {}
     for shape, (heads, kv_heads, head_dim) in SHAPES.items():
         kernels = {"tvm": None}
-        preset_blocks = preset.grouped_blocks if heads > kv_heads and preset.grouped_blocks else preset.blocks
+        preset_blocks = pairs_to_aim_for(preset, heads, kv_heads)
         for knobs in SWEEP:
             k = AttentionKnobs(*knobs)
             mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (preset.vector, preset.threads, preset.unroll, preset_blocks) else ""

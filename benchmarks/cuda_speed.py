@@ -6,11 +6,13 @@
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
 decode tok/s at contexts 128, 1024 and 4096 (64 timed steps ending at that context, logits copied
 to the host each step as a chat does; the median of 5 such runs, as the host's speed varies),
-prefill tok/s for 512 tokens, GPU memory in use against params + KV cache, a per-kernel breakdown of one decode step (CUPTI kernel durations through
-torch.profiler; bytes each kernel must move, from the build's manifest; attention's bytes are the
-KV cache it reads), and the kernels of one 512-token prefill by time. The bound is (weight + KV bytes read per token) / copy bandwidth measured in
-the same run. Baselines in the same run: HF transformers eager fp16, and an int4 weight-only
-model (PyTorch's tinygemm `_weight_int4pack_mm`, group 32, bf16 activations) on the same module.
+prefill tok/s for 512 tokens, GPU memory in use against params + KV cache, a per-kernel breakdown
+of one decode step (CUPTI kernel durations through torch.profiler; bytes each kernel must move,
+from the build's manifest; attention's bytes are the KV cache it reads; the GPU's idle time before
+each kernel), and the kernels of one 512-token prefill by time. The bound is (weight + KV bytes
+read per token) / copy bandwidth measured in the same run. Baselines in the same run: HF
+transformers eager fp16, and an int4 weight-only model (PyTorch's tinygemm `_weight_int4pack_mm`,
+group 32, bf16 activations) on the same module.
 """
 
 from __future__ import annotations

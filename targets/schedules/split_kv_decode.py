@@ -48,6 +48,11 @@ class AttentionKnobs:
     grouped_blocks: int | None = None  # the same for models whose query heads share KV heads; None: `blocks`
 
 
+def pairs_to_aim_for(knobs: AttentionKnobs, heads: int, kv_heads: int) -> int:
+    """The (query head, split) pairs the split count aims at for this model's head grouping."""
+    return knobs.grouped_blocks if heads > kv_heads and knobs.grouped_blocks else knobs.blocks
+
+
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
     """Lanes sharing a KV row (a power of two that divides the block), else None: keep TVM's kernel."""
     lanes = head_dim // knobs.vector
@@ -62,7 +67,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
     from tvm.script import tirx as T
 
     group = heads // kv_heads
-    blocks = knobs.grouped_blocks if group > 1 and knobs.grouped_blocks else knobs.blocks
+    blocks = pairs_to_aim_for(knobs, heads, kv_heads)
     vec, unroll = knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
     symbol = NAMES[1] if sliding_window else NAMES[0]
