@@ -1,9 +1,9 @@
 """Prefill matmul throughput on the GPU machine: the q4f16_1 matmul of a 512-token prompt (dequantize
-in the weight-tile load) at Llama-2-7B and Llama-3-8B shapes, scheduled by
-- `dlight-wmma`: dlight's Matmul rule on the fp16 dequantize (WMMA; schedules/dequant_matmul.py),
-- `mma/...`: our mma.sync rule (schedules/mma_matmul.py) with a sweep of MmaKnobs (warps_i,
-  warps_j, tiles_i, tiles_j, k_tiles, stages); the cuda preset's are marked `*`,
+in the weight-tile load) at Llama-2-7B and Llama-3-8B shapes, as the cuda preset schedules it
+(`dlight-wmma`: dlight's Matmul rule on the fp16 dequantize, WMMA; schedules/dequant_matmul.py),
 against torch's fp16 matmul (cuBLAS) of the same shape on the dequantized weight, in the same run.
+(An mma.sync rule with a sweep of tile shapes ran in this benchmark at commit 83378ee: at best level
+with dlight's; docs/benchmarks.md, 2026-12-01 session 11.)
 Each is checked against torch's float32 matmul (no TF32) of the same operands (relative error;
 output poisoned with NaN first), also at a prompt length that is not a multiple of the tiles
 (`ragged` column), and timed with CUDA events over 30 back-to-back calls, weights rotated through
@@ -27,17 +27,22 @@ RAGGED = 300  # checked too: the last token tile is partly padding
 SHAPES = {"7b/qkv": (12288, 4096), "o": (4096, 4096), "7b/gate_up": (22016, 4096), "7b/down": (4096, 11008),
           "8b/qkv": (6144, 4096), "8b/gate_up": (28672, 4096), "8b/down": (4096, 14336)}
 MODELS = {"llama2-7b": ("7b/qkv", "o", "7b/gate_up", "7b/down"), "llama3-8b": ("8b/qkv", "o", "8b/gate_up", "8b/down")}
-SWEEP = [(2, 2, 4, 4, 2, 3), (2, 2, 4, 4, 4, 3), (2, 4, 4, 2, 4, 3), (4, 2, 2, 4, 4, 3), (2, 4, 2, 2, 4, 3),
-         (2, 4, 4, 2, 8, 3), (2, 4, 4, 2, 4, 4),
-         (2, 2, 4, 4, 4, 4), (2, 4, 4, 2, 4, 5)]
 L2_BYTES = 50 << 20
 
 
 def prefill_func(n: int, k: int):
-    from mlcgen.compiler.layers import q4_prefill_matmul_func
+    """The prefill matmul as compiler/layers.py writes it, with the model's symbolic sequence length
+    (int64 shapes, as the model's)."""
+    from tvm import te, tirx
+
+    from mlcgen.compiler.layers import q4_matmul_te
     from mlcgen.compiler.quantization import get_quantization
 
-    return q4_prefill_matmul_func(get_quantization("q4f16_1"), n, k)
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    x = te.placeholder((i64(1), tirx.Var("seq_len", "int64"), i64(k)), "float16", "x")
+    w = te.placeholder((i64(n), i64(k // 8)), "uint32", "w")
+    s = te.placeholder((i64(n), i64(k // 32)), "float16", "s")
+    return te.create_prim_func([x, w, s, q4_matmul_te(get_quantization("q4f16_1"), x, w, s, "float16")])
 
 
 def build(out: Path) -> None:
@@ -46,13 +51,9 @@ def build(out: Path) -> None:
 
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.dequant_matmul import DequantMatmul
-    from mlcgen.targets.schedules.mma_matmul import MmaDequantMatmul, MmaKnobs
 
     target = cuda.tvm_target("sm_90")
-    preset = cuda.PRESETS["sm_90"].mma
     schedules = {"dlight-wmma": DequantMatmul()}
-    for knobs in SWEEP:
-        schedules["mma/" + "-".join(map(str, knobs)) + ("*" if MmaKnobs(*knobs) == preset else "")] = MmaDequantMatmul(MmaKnobs(*knobs))
     out.mkdir(parents=True, exist_ok=True)
     index = {}
     for shape, (n, k) in SHAPES.items():
@@ -60,11 +61,7 @@ def build(out: Path) -> None:
             with target, tvm.transform.PassContext(config=cuda.PASS_CONFIG):
                 mod = dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": prefill_func(n, k)}))
                 assert mod["main"].attrs.get("tirx.is_scheduled"), f"{name} did not apply to {shape}"
-                try:
-                    lib = tvm.compile(mod, target, tir_pipeline=cuda.TIR_PIPELINE)
-                except tvm.error.InternalError as e:  # a sweep point TVM cannot lower: reported, not run
-                    print(f"{shape} {name}: does not compile: {str(e).splitlines()[-1]}")
-                    continue
+                lib = tvm.compile(mod, target, tir_pipeline=cuda.TIR_PIPELINE)
             file = f"{shape.replace('/', '-')}-{i}.so"
             lib.export_library(str(out / file))
             index[file] = {"shape": shape, "schedule": name}

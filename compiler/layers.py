@@ -33,16 +33,6 @@ def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
     return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
 
 
-def q4_prefill_matmul_func(scheme, n: int, k: int):
-    """The [1, seq_len, K] x [N, K] q4 matmul on its own, as a model's prefill calls it (int64
-    shapes, symbolic seq_len): what schedule tests and benchmarks compile."""
-    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
-    x = te.placeholder((i64(1), tirx.Var("seq_len", "int64"), i64(k)), scheme.model_dtype, "x")
-    w = te.placeholder((i64(n), i64(k // scheme.PACK)), "uint32", "w")
-    s = te.placeholder((i64(n), i64(k // scheme.group_size)), scheme.model_dtype, "s")
-    return te.create_prim_func([x, w, s, q4_matmul_te(scheme, x, w, s, scheme.model_dtype)])
-
-
 DEQUANTIZE = "dequantize"  # block name: schedules find the weight's dequantize by it
 SWIGLU = "swiglu"  # block name: the decode GEMV pairs row r of the matmul with row r + N/2 for it
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from . import gpu
 from .schedules.dequant_gemv import GemvKnobs
-from .schedules.mma_matmul import MmaKnobs
 from .schedules.split_kv_decode import AttentionKnobs
 
 DEVICE = "cuda"
@@ -44,9 +43,6 @@ class Preset:
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512
-    # Prefill matmul (mma.sync, schedules/mma_matmul.py): 128 x 128 block tiles of 4 warps with
-    # 64 x 64 each, K in steps of 32, three activation buffers in flight.
-    mma: MmaKnobs = MmaKnobs(warps_i=2, warps_j=4, tiles_i=4, tiles_j=2, k_tiles=4, stages=3)
 
 
 PRESETS = {
@@ -62,7 +58,6 @@ def default_preset() -> tuple[str, str]:
 def tvm_target(preset: str):
     from tvm.target import Target
 
-    gpu.register_warp_buffer_pipeline(TIR_PIPELINE)
     p = PRESETS[preset]
     return Target({"kind": "cuda", "arch": p.arch, "max_num_threads": p.max_threads, "thread_warp_size": 32,
                    "max_shared_memory_per_block": p.shared_bytes}, host={"kind": "llvm"})
@@ -73,10 +68,9 @@ def tvm_target(preset: str):
 QUANTIZATIONS = ("q4f16_1",)
 QUANTIZATION_NOTE = "float-weight and float32-activation builds crash on the GPU; q4f16_1 is the verified scheme"
 # Decode is hundreds of small kernels: CUDA graphs replay each run of them between KV-cache calls
-# with one launch instead of one per kernel. The prefill matmul's activation tiles are copied by
-# cp.async (its software pipeline's asynchronous stage).
-PASS_CONFIG = {"relax.backend.use_cuda_graph": True, "tirx.use_async_copy": True}
-TIR_PIPELINE = "mlcgen_warp_buffers"  # the mma kernels' register buffers (targets/gpu.py)
+# with one launch instead of one per kernel.
+PASS_CONFIG = {"relax.backend.use_cuda_graph": True}
+TIR_PIPELINE = "default"
 
 
 def after_memory_planning_passes(target) -> list:
@@ -87,14 +81,7 @@ def after_memory_planning_passes(target) -> list:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["arch"])]
-    return gpu.schedule_passes(target, preset.gemv, preset.attention, prefill_blocks=preset.prefill_blocks,
-                               matrix_core_rule=lambda: _mma_rule(preset.mma))
-
-
-def _mma_rule(knobs):
-    from .schedules.mma_matmul import MmaDequantMatmul
-
-    return MmaDequantMatmul(knobs)
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, prefill_blocks=preset.prefill_blocks)
 
 
 def device_code():

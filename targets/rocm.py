@@ -127,7 +127,7 @@ def tvm_target(preset: str):
     from tvm.target import Target
 
     ensure_toolchain()
-    gpu.register_warp_buffer_pipeline(TIR_PIPELINE)
+    tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
     p = PRESETS[preset]
     return Target({"kind": "rocm", "mcpu": p.mcpu, "thread_warp_size": p.wave_size, "max_num_threads": p.max_threads,
                    "max_threads_per_block": p.max_threads, "max_shared_memory_per_block": p.lds_bytes},
@@ -138,7 +138,7 @@ def tvm_target(preset: str):
 QUANTIZATIONS = ("q4f16_1",)
 QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only (others crashed on CUDA)"
 PASS_CONFIG: dict = {}
-TIR_PIPELINE = "mlcgen_warp_buffers"  # the MFMA kernels' register buffers (targets/gpu.py)
+TIR_PIPELINE = "mlcgen_rocm"
 
 
 def after_memory_planning_passes(target) -> list:
@@ -147,14 +147,31 @@ def after_memory_planning_passes(target) -> list:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["mcpu"])]
-    return gpu.schedule_passes(target, preset.gemv, preset.attention, matrix_core_rule=_mfma_rule if preset.mfma else None,
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, matrix_cores=preset.mfma,
                                prefill_blocks=preset.prefill_blocks)
 
 
-def _mfma_rule():
-    from .schedules.mfma_matmul import MfmaDequantMatmul
+def _tir_pipeline():
+    """TVM's s_tir lowering with two changes for the MFMA kernels' register ("warp") buffers:
+    - no TIR common-subexpression elimination: it hides the lane index in a temporary, and
+      LowerWarpMemory then cannot find its coefficient (LLVM eliminates the same expressions later);
+    - LowerWarpMemory once per warp buffer: TVM 0.27's pass lowers only the first one of a
+      statement sequence (it takes the rest as that buffer's body without visiting them), and
+      an MFMA kernel has three (A, B, the accumulator): two more runs before TVM's own."""
+    import tvm
+    from tvm.s_tir import pipeline
 
-    return MfmaDequantMatmul()
+    lower, host, device = pipeline.default_s_tir_pipeline()
+
+    @tvm.transform.module_pass(opt_level=0)
+    def lower_without_cse(mod, ctx):
+        with tvm.transform.PassContext(config={**ctx.config, "tirx.disable_cse_tir": True}):
+            return lower(mod)
+
+    def device_passes():
+        return tvm.transform.Sequential([tvm.tirx.transform.LowerWarpMemory()] * 2 + [device()])
+
+    return lower_without_cse, host, device_passes
 
 
 CODE_OBJECT = "kernels.hsaco"

@@ -7,7 +7,6 @@ import pytest
 
 from mlcgen.compiler import pipeline
 from mlcgen.compiler.build import export_ir, plan
-from mlcgen.compiler.quantization import get_quantization
 from mlcgen.errors import ConfigError
 
 
@@ -103,28 +102,3 @@ def test_padded_rows_unroll_no_more_steps_than_an_eighth_of_padding_allows(vecto
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
     assert DequantGEMV(cuda.PRESETS["sm_90"].gemv)._packed_knobs(4096, vectors).unroll == unroll
-
-
-def test_preset_prefill_matmul_runs_mma_sync_with_operands_and_sums_in_registers():
-    """The sm_90 preset's prefill matmul at a 7B shape: activation tiles copied by cp.async, the weight
-    dequantized into shared memory, operands loaded by ldmatrix into registers and multiplied by
-    mma.sync. Every register ("warp") buffer is lowered to its per-thread share (32 fp16 for an
-    operand's four 16 x 16 tiles, 128 floats for 4 x 4 accumulator tiles): TVM's own TIR pipeline
-    leaves all but the first in local memory, 32 times that size (targets/gpu.py). Its results
-    are checked against torch on the GPU machine (benchmarks/prefill_gemm.py)."""
-    import tvm
-    from tvm.s_tir import dlight as dl
-
-    from mlcgen.compiler.layers import q4_prefill_matmul_func
-    from mlcgen.targets import cuda
-    from mlcgen.targets.schedules.mma_matmul import MmaDequantMatmul
-
-    target = cuda.tvm_target("sm_90")
-    func = q4_prefill_matmul_func(get_quantization("q4f16_1"), 4096, 4096)
-    with target, tvm.transform.PassContext(config=cuda.PASS_CONFIG):
-        mod = dl.ApplyDefaultSchedule(MmaDequantMatmul(cuda.PRESETS["sm_90"].mma))(tvm.IRModule({"main": func}))
-        source = tvm.compile(mod, target, tir_pipeline=cuda.TIR_PIPELINE).mod.imports[0].inspect_source()
-    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in source
-    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in source and "cp.async.cg.shared.global" in source
-    registers = dict(re.findall(r"alignas\(64\) (?:half|float) (\w+_warp_ptr)(?:_\d+)?\[(\d+)\]", source))
-    assert registers and all(int(n) <= 128 for n in registers.values()), registers
