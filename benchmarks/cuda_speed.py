@@ -4,8 +4,10 @@
     python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
 
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
-decode tok/s at contexts 128, 1024 and 4096 (64 timed steps ending at that context, logits copied
-to the host each step as a chat does; the median of 5 such runs, as the host's speed varies),
+decode tok/s at contexts 128, 1024 and 4096 (64 timed greedy steps ending at that context, as
+`Engine.decode_greedy` runs them: the argmax on the device, the host a step ahead; the median of 5
+such runs, as the host's speed varies; at 128 also decode + the logits to the host + numpy's argmax
+each step, as a sampling chat does),
 prefill tok/s for 512 tokens, GPU memory in use against params + KV cache, a per-kernel breakdown
 of one decode step (CUPTI kernel durations through torch.profiler; bytes each kernel must move,
 from the build's manifest; attention's bytes are the KV cache it reads; the GPU's idle time before
@@ -91,26 +93,26 @@ def kv_bytes_per_token(cfg: dict, context: int) -> int:
     return 2 * 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * context
 
 
-def timed_decode(step, steps: int) -> float:
+def timed(call) -> float:
+    """Seconds of call(), the device synchronized before and after."""
     import torch
 
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    call()
     torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def kernel_profile(step, steps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Device seconds per step by kernel name, and the seconds per step the GPU sat idle before
-    each (from the previous kernel's or copy's end to its start: launch gaps and host time)."""
+def kernel_profile(call, steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Device seconds per step by kernel name over call(), which runs `steps` steps, and the
+    seconds per step the GPU sat idle before each (from the previous kernel's or copy's end to its
+    start: launch gaps and host time)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
+        call()
         torch.cuda.synchronize()
     events = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
     totals: dict[str, float] = {}
@@ -158,15 +160,21 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     ids = rng.integers(3, manifest["model"]["config"]["vocab_size"], size=CONTEXT_WINDOW)
     token = [1]
 
-    def step():
+    def step():  # one step as a sampling chat takes it: logits to the host
         token[0] = int(engine.decode(token[0]).argmax())
 
-    def decode_from(context: int) -> float:
+    def greedy():  # STEPS steps, the argmax on the device
+        token[0] = engine.decode_greedy(token[0], STEPS)[-1]
+
+    def host_argmax():
+        for _ in range(STEPS):
+            step()
+
+    def decode_from(context: int, run=greedy) -> float:
         engine.reset()
         engine.prefill(ids[: context - STEPS - 8])
-        for _ in range(8):
-            step()
-        return timed_decode(step, STEPS)
+        token[0] = engine.decode_greedy(1, 8)[-1]  # warm up
+        return STEPS / timed(run)
 
     weights = dist.params_bytes(manifest)
     result = {"decode": {}, "decode_spread": {}, "bound": {}}
@@ -174,6 +182,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         runs = sorted(decode_from(context) for _ in range(REPEATS))  # the host's speed varies between runs
         result["decode"][context], result["decode_spread"][context] = statistics.median(runs), (runs[0], runs[-1])
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
+    result["decode_host_argmax"] = statistics.median(decode_from(128, host_argmax) for _ in range(REPEATS))
     torch.cuda.synchronize()
     used = free_before - torch.cuda.mem_get_info()[0]
     result["memory"] = {"used": used, "params": weights, "kv_cache": dist.kv_cache_bytes(manifest)}
@@ -191,12 +200,13 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         engine.reset()
         engine.prefill(ids[:PREFILL])
 
-    result["prefill_kernels"] = sorted(kernel_profile(prefill_once, 3)[0].items(), key=lambda kv: -kv[1])
+    result["prefill_kernels"] = sorted(kernel_profile(lambda: [prefill_once() for _ in range(3)], 3)[0].items(),
+                                       key=lambda kv: -kv[1])
 
     engine.reset()
     engine.prefill(ids[: 128 - 16])
-    step()
-    per_kernel, idle = kernel_profile(step, 16)
+    token[0] = engine.decode_greedy(1, 1)[-1]
+    per_kernel, idle = kernel_profile(lambda: engine.decode_greedy(token[0], 16), 16)
     rows = kernel_rows(manifest, per_kernel, 128)
     result["kernels"] = rows
     result["idle_before"] = sorted(((k, s * 1e6) for k, s in idle.items()), key=lambda kv: -kv[1])
@@ -249,7 +259,12 @@ def measure_hf(model, ids) -> dict:
 
     for _ in range(4):
         step()
-    return {"prefill": max(prefill), "decode128": timed_decode(step, STEPS - 4)}
+
+    def steps():
+        for _ in range(STEPS - 4):
+            step()
+
+    return {"prefill": max(prefill), "decode128": (STEPS - 4) / timed(steps)}
 
 
 def to_int4(model, group: int = 32) -> None:
@@ -311,7 +326,8 @@ def report(r: dict) -> None:
         cells = [f"{me['decode'][c]:.1f} ({me['decode'][c] / me['bound'][c]:.0%} of {me['bound'][c]:.0f})" for c in CONTEXTS]
         print(f"| {name} | mlcgen q4f16_1 | {me['prefill']:.0f} | {' | '.join(cells)} |")
         spread = ", ".join(f"ctx {c}: {lo:.1f}-{hi:.1f}" for c, (lo, hi) in me["decode_spread"].items())
-        print(f"| | (decode: median of {REPEATS} runs of {STEPS} steps; {spread}) | | | | |")
+        print(f"| | (decode: median of {REPEATS} runs of {STEPS} greedy steps; {spread}; logits to the host "
+              f"and numpy's argmax each step: {me['decode_host_argmax']:.1f} at ctx 128) | | | | |")
         for system, p in m["pytorch"].items():
             if "error" in p:
                 print(f"| {name} | PyTorch {system} | failed: {p['error'][:80]} | | | |")

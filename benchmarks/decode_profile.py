@@ -1,9 +1,10 @@
 """Where a decode step's time goes, on the GPU machine (random weights, TVM runtime only).
 
-    python benchmarks/decode_profile.py DIST [--steps 64]
+    python benchmarks/decode_profile.py DIST [STEPS]        # STEPS: 64 by default
 
-Prints: engine.decode tok/s (what `mlcgen bench` measures), the VM decode call alone without the
-logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache begin
+Prints: engine.decode + numpy argmax tok/s (a sampling chat's step), Engine.decode_greedy's (what
+`mlcgen bench` measures: the argmax on the device, the host a step ahead), the VM decode call
+alone without the logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache begin
 and end, decode call, logits copy, argmax), the host's time to issue a step against the whole
 step (is decode bound by the host?) with its time in each VM call, and the VM calls' times with
 the device synchronized around each, largest first.
@@ -30,6 +31,9 @@ def main(dist: str, steps: int = 64) -> None:
     for _ in range(steps):
         token = int(engine.decode(token).argmax())
     full = steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    token = engine.decode_greedy(token, steps)[-1]
+    greedy = steps / (time.perf_counter() - start)
 
     ids = tvm.runtime.tensor(np.array([token], np.int32), engine.device)
     embed = engine.vm["embed"](ids, engine.params)._create_view((1, 1, engine.hidden_size))
@@ -38,7 +42,8 @@ def main(dist: str, steps: int = 64) -> None:
         decode_step(engine, embed)
     engine.device.sync()
     vm_only = steps / (time.perf_counter() - start)
-    print(f"engine.decode: {full:.1f} tok/s; VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
+    print(f"engine.decode + host argmax: {full:.1f} tok/s; engine.decode_greedy: {greedy:.1f} tok/s; "
+          f"VM decode call alone: {vm_only:.1f} tok/s ({steps} steps, context ~{engine.length})")
     host_phases(engine, steps)
     host_issue(engine, embed, steps)
 

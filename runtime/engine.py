@@ -178,6 +178,40 @@ class Engine:
         self._token.copyfrom(ids)
         return self._forward("decode", self._token)
 
+    def decode_greedy(self, token_id: int, steps: int, stop_ids=()) -> list[int]:
+        """Greedy decoding: append `token_id`, then each next token (argmax of the logits) up to
+        `steps` tokens or one in `stop_ids` (returned, not appended), as decode + argmax on the host
+        would. The argmax runs on the device and feeds the next step's embedding there: no logits
+        copy to the host, and the host issues each step before it reads the previous step's token
+        back. A stop token read back one step late has already been appended by the step that ran
+        ahead; it is popped again."""
+        self._check_ids(np.array([token_id]))
+        try:
+            greedy = self.vm["greedy"]
+        except AttributeError:
+            raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
+                              "rebuild it with `mlcgen build`") from None
+        self._token.copyfrom(np.array([token_id], dtype=np.int32))
+        fed, out, pending = self._token, [], []
+        for _ in range(steps):
+            self._check_room(1)
+            fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
+            pending.append(fed)
+            if len(pending) == 2 and self._read_back(pending, out, stop_ids):
+                self.pop(1)  # the step that ran ahead appended the stop token
+                return out
+        while pending:
+            if self._read_back(pending, out, stop_ids):
+                break
+        return out
+
+    @staticmethod
+    def _read_back(pending: list, out: list, stop_ids) -> bool:
+        """Move the oldest pending token to `out`; True if it is a stop token."""
+        token = int(pending.pop(0).numpy()[0])
+        out.append(token)
+        return token in stop_ids
+
     def _check_ids(self, ids: np.ndarray) -> None:
         vocab = self.manifest["model"]["config"]["vocab_size"]
         bad = ids[(ids < 0) | (ids >= vocab)]
@@ -189,14 +223,18 @@ class Engine:
             raise ValueError(f"context window exceeded: {self.length} tokens in the cache + {n} new > {self.context_window}")
 
     def _forward(self, entry: str, ids) -> np.ndarray:
-        """ids: int32 token ids on the device."""
+        return self._run(entry, ids).numpy().reshape(-1)
+
+    def _run(self, entry: str, ids):
+        """ids: int32 token ids on the device; the last token's logits [1, 1, vocab], on the device
+        (nothing waits for the device here)."""
         n = ids.shape[0]
         embed = self._entries["embed"](ids, self.params)._create_view((1, n, self.hidden_size))
         _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([n]))
         logits, _ = self._entries[entry](embed, self.cache, self.params)
         _builtin("kv_state_end_forward")(self.cache)
         self.length += n
-        return logits.numpy().reshape(-1)
+        return logits
 
 
 def _brief(value) -> str:

@@ -81,6 +81,53 @@ def test_kv_cache_prefill_then_decode_equals_one_prefill(builds):
     assert eng.length == len(prompt)
 
 
+def test_decode_greedy_on_the_device_equals_decode_and_host_argmax(builds):
+    """Engine.decode_greedy (argmax on the device, the host a step ahead) gives the tokens of
+    decode + numpy argmax, leaves the cache as that loop does (a stop token returned, not
+    appended), and decoding continues from it identically."""
+    prompt = [5, 9, 13, 21, 34, 55]
+    ref, dev = engine(builds.dist("gqa_tied", "q4f16_1")), engine(builds.dist("gqa_tied", "q4f16_1"))
+    first = int(ref.prefill(prompt).argmax())
+    assert int(dev.prefill(prompt).argmax()) == first
+    tokens, token = [], first
+    for _ in range(12):
+        token = int(ref.decode(token).argmax())
+        tokens.append(token)
+    assert dev.decode_greedy(first, 12) == tokens and dev.length == ref.length == len(prompt) + 12
+    assert rel_err(dev.decode(tokens[-1]), ref.decode(tokens[-1])) < 1e-6
+    # stopping: at the first token that occurs twice in `tokens`, stop on it (read one step late)
+    stop = next(t for i, t in enumerate(tokens) if t in tokens[:i]) if len(set(tokens)) < len(tokens) else tokens[5]
+    for eng in (ref, dev):
+        eng.reset(), eng.prefill(prompt)
+    stopped = dev.decode_greedy(first, 12, stop_ids={stop})
+    assert stopped == tokens[: tokens.index(stop) + 1]
+    assert dev.length == len(prompt) + len(stopped)  # `first` and the tokens before the stop token
+    assert dev.decode_greedy(first, 0) == []
+
+
+@pytest.mark.parametrize("vocab", [100, 3000])
+def test_greedy_entry_kernels_pick_numpys_argmax_across_chunks(vocab):
+    """The greedy entry's two kernels (a block per 1024 logits, then the chunks' winner) against
+    numpy's argmax, the largest value planted twice (two chunks apart at 3000 logits: the first
+    wins) and a partial last chunk."""
+    import tvm
+    from tvm import te, tirx
+
+    from mlcgen.models.llama import _chunk_argmax, _final_argmax
+
+    x = te.placeholder((tirx.IntImm("int64", 1), tirx.IntImm("int64", 1), tirx.IntImm("int64", vocab)), "float32", "x")
+    best = _chunk_argmax(x)
+    chunks = tvm.compile(te.create_prim_func([x, best]), "llvm")
+    b = te.placeholder(best.shape, "float32", "b")
+    final = tvm.compile(te.create_prim_func([b, _final_argmax(b)]), "llvm")
+    logits = np.random.default_rng(vocab).standard_normal((1, 1, vocab)).astype(np.float32)
+    logits[0, 0, [vocab // 3 + 7, vocab - 2]] = logits.max() + 1
+    mid, out = tvm.runtime.empty(best.shape, "float32"), tvm.runtime.empty((1, 1), "int32")
+    chunks(tvm.runtime.tensor(logits), mid)
+    final(mid, out)
+    assert out.numpy()[0, 0] == np.argmax(logits) == vocab // 3 + 7
+
+
 def test_prefill_longer_than_chunk_matches_one_shot(builds):
     prompt = list(range(3, 23))  # 20 tokens, chunk of 8 -> 3 calls
     chunked = engine(builds.dist("gqa_tied", "q0f32", prefill_chunk=8))
