@@ -51,7 +51,7 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe):
     assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
     gpu.reset()
     gpu.prefill(prompt)
-    assert gpu.decode_greedy(cpu_tokens[0], 31) == cpu_tokens[1:]  # the argmax kernel on the device
+    assert gpu.decode_greedy(cpu_tokens[0], len(cpu_tokens) - 1) == cpu_tokens[1:]  # the argmax kernels on the device
     counters = vulkan.counters()
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
 
@@ -107,7 +107,7 @@ def test_weights_past_the_binding_limit_run_as_row_chunks(lavapipe, tmp_path, mo
     assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
     gpu.reset()
     gpu.prefill(prompt)
-    assert gpu.decode_greedy(cpu_tokens[0], 31) == cpu_tokens[1:]  # the argmax kernel on the device
+    assert gpu.decode_greedy(cpu_tokens[0], len(cpu_tokens) - 1) == cpu_tokens[1:]  # the argmax kernels on the device
 
 
 def test_chat_cli_on_vulkan(builds, lavapipe):
