@@ -133,6 +133,28 @@ def kernel_seconds(call, reps: int) -> float:
     return float(np.median(times)) / 1e6
 
 
+def rotation(nbytes: int) -> int:
+    """How many copies of an operand of `nbytes` calls rotate through so that each reads it from
+    DRAM: 3x the L2 cache."""
+    return max(1, math.ceil(3 * L2_BYTES / nbytes))
+
+
+def weight_copies(qw: np.ndarray, qs: np.ndarray, dev, nbytes: int) -> list:
+    """rotation(nbytes) device copies of a q4 weight (packed words, scales)."""
+    import tvm
+
+    return [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(rotation(nbytes))]
+
+
+def libraries(out: Path, index: dict, shape: str):
+    """(meta, loaded library) of each library in `index` built for `shape`."""
+    import tvm
+
+    for file, meta in index.items():
+        if meta["shape"] == shape:
+            yield meta, tvm.runtime.load_module(str(out / file))
+
+
 def copy_row(shape: str, n: int, k: int, nbytes: int, copies: int, copy_gbs: float) -> dict:
     """What a plain streaming kernel reaches at this size: an fp16 copy moving as many bytes (half
     read, half written) as the matmul reads, sources rotated the same way."""
@@ -165,13 +187,10 @@ def run(out: Path) -> None:
         x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
         ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
         nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * (4 if shape == "lm_head" else 2)
-        copies = max(1, math.ceil(3 * L2_BYTES / nbytes))
-        weights = [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(copies)]
+        weights = weight_copies(qw, qs, dev, nbytes)
+        copies = len(weights)
         x_dev = tvm.runtime.tensor(x, dev)
-        for file, meta in index.items():
-            if meta["shape"] != shape:
-                continue
-            lib = tvm.runtime.load_module(str(out / file))
+        for meta, lib in libraries(out, index, shape):
             y = tvm.runtime.empty((1, 1, n), "float32" if shape == "lm_head" else "float16", dev)
             lib["main"](x_dev, *weights[0], y)
             err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))

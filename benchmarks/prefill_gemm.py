@@ -16,7 +16,6 @@ more copies than the L2 cache holds.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ RAGGED = 300  # checked too: the last token tile is partly padding
 SHAPES = {"7b/qkv": (12288, 4096), "o": (4096, 4096), "7b/gate_up": (22016, 4096), "7b/down": (4096, 11008),
           "8b/qkv": (6144, 4096), "8b/gate_up": (28672, 4096), "8b/down": (4096, 14336)}
 MODELS = {"llama2-7b": ("7b/qkv", "o", "7b/gate_up", "7b/down"), "llama3-8b": ("8b/qkv", "o", "8b/gate_up", "8b/down")}
-L2_BYTES = 50 << 20
 
 
 def prefill_func(n: int, k: int):
@@ -73,6 +71,7 @@ def run(out: Path) -> None:
     import torch
     import tvm
 
+    from gemv_efficiency import libraries, rotation, weight_copies
     from mlcgen.compiler.quantization import get_quantization
     from mlcgen.runtime import cuda as cuda_runtime
 
@@ -92,19 +91,16 @@ def run(out: Path) -> None:
         ref = x_t[0].float() @ w32.T
         w16 = w32.half()
         del w32
-        copies = max(1, math.ceil(3 * L2_BYTES / (qw.nbytes + qs.nbytes)))
-        weights = [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(copies)]
+        weights = weight_copies(qw, qs, dev, qw.nbytes + qs.nbytes)
+        copies = len(weights)
         x_dev = tvm.runtime.tensor(x, dev)
-        for file, meta in index.items():
-            if meta["shape"] != shape:
-                continue
-            lib = tvm.runtime.load_module(str(out / file))
+        for meta, lib in libraries(out, index, shape):
             err, ragged_err = (rel_err(lib, x, weights[0], ref, tokens, dev) for tokens in (TOKENS, RAGGED))
             y = tvm.runtime.empty((1, TOKENS, n), "float16", dev)
             seconds = gpu_seconds(lambda i: lib["main"](x_dev, *weights[i % copies], y))
             rows.append({"shape": shape, "schedule": meta["schedule"], "rel_err": err, "ragged_err": ragged_err,
                          "us": seconds * 1e6, "tflops": flop / seconds / 1e12})
-        w16_copies = [w16] + [w16.clone() for _ in range(max(0, math.ceil(3 * L2_BYTES / w16.numel() / 2) - 1))]
+        w16_copies = [w16] + [w16.clone() for _ in range(rotation(w16.numel() * 2) - 1)]
         out_t = torch.empty((TOKENS, n), dtype=torch.float16, device="cuda")
         seconds = gpu_seconds(lambda i: torch.matmul(x_t[0], w16_copies[i % len(w16_copies)].T, out=out_t))
         err = float((out_t.float() - ref).norm() / ref.norm())
