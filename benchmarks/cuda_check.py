@@ -1,5 +1,6 @@
 """The CUDA build of a small model against the CPU build's logits (written here, checked on the
-GPU machine): the same prompt prefilled, then 32 teacher-forced decode steps.
+GPU machine): a prompt prefilled, then teacher-forced decode steps; once with a 7-token prompt
+(the compiled prefill kernels) and once with a 32-token prompt through the cuBLAS prefill entry.
 
     python benchmarks/cuda_check.py make OUT MODEL_DIR     # here: builds cpu + cuda, saves reference logits
     python benchmarks/cuda_check.py check OUT              # GPU machine
@@ -13,35 +14,48 @@ from pathlib import Path
 import numpy as np
 
 IDS = [3, 17, 42, 5, 8, 11, 2] + list(range(20, 52))
+PROMPTS = {"prefill": 7, "prefill_cublas": 32}  # entry: prompt length; the rest of IDS is decoded
+TOLERANCE = 1e-2  # relative logit error, q4f16_1 (fp16 activations) against the CPU build
+
+
+def steps(engine, prompt: int) -> np.ndarray:
+    engine.reset()
+    return np.stack([engine.prefill(IDS[:prompt])] + [engine.decode(t) for t in IDS[prompt:]])
 
 
 def make(out: Path, model_dir: Path) -> None:
     from mlcgen.compiler.build import build
     from mlcgen.runtime import Engine
+    from mlcgen.runtime import cublas, plugins
 
-    for quant in ("q0f32", "q4f16_1"):
-        cpu = build(model_dir, quant, "cpu", output=out / f"cpu-{quant}", log=None)
-        build(model_dir, quant, "cuda", output=out / f"cuda-{quant}", log=None)
-        engine = Engine(cpu)
-        logits = [engine.prefill(IDS[:7])] + [engine.decode(t) for t in IDS[7:]]
-        np.save(out / f"reference-{quant}.npy", np.stack(logits))
-        for f in (out / f"cpu-{quant}").iterdir():  # only the CUDA folder travels
-            f.unlink()
-        (out / f"cpu-{quant}").rmdir()
+    cpu = build(model_dir, "q4f16_1", "cpu", output=out / "cpu", log=None)
+    build(model_dir, "q4f16_1", "cuda", output=out / "cuda", log=None)
+    engine = Engine(cpu)
+    for name, prompt in PROMPTS.items():
+        np.save(out / f"reference-{prompt}.npy", steps(engine, prompt))
+    for f in cpu.iterdir():  # only the CUDA folder travels
+        f.unlink()
+    cpu.rmdir()
+    plugins.carry(out, cublas.build_plugin())
 
 
 def check(out: Path) -> None:
     from mlcgen.runtime import Engine
+    from mlcgen.runtime import plugins
 
-    for quant, tolerance in (("q0f32", 1e-4), ("q4f16_1", 1e-2)):
-        if not (out / f"reference-{quant}.npy").exists():
-            continue
-        ref = np.load(out / f"reference-{quant}.npy")
-        engine = Engine(out / f"cuda-{quant}")
-        got = np.stack([engine.prefill(IDS[:7])] + [engine.decode(t) for t in IDS[7:]])
+    plugins.use_carried(out)
+    engine = Engine(out / "cuda")
+    if engine.prefill_entry != "prefill_cublas":
+        raise SystemExit("the cuBLAS prefill entry did not load (see the warning above)")
+    for name, prompt in PROMPTS.items():
+        engine.prefill_entry = name
+        ref, got = np.load(out / f"reference-{prompt}.npy"), steps(engine, prompt)
         err = max(float(np.linalg.norm(g - r) / np.linalg.norm(r)) for g, r in zip(got, ref))
         same = bool((got.argmax(-1) == ref.argmax(-1)).all())
-        print(f"cuda {quant}: max relative logit error vs cpu {err:.2e} (bound {tolerance}), argmax identical: {same}")
+        print(f"cuda q4f16_1, {name} ({prompt} tokens, {len(IDS) - prompt} decode steps): max relative logit error "
+              f"vs cpu {err:.2e} (bound {TOLERANCE}), argmax identical: {same}")
+        if err > TOLERANCE or not same:
+            raise SystemExit(f"{name}: the CUDA build disagrees with the CPU build")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ MODELS = {
 CONTEXTS = (128, 1024, 4096)
 CONTEXT_WINDOW = 4096
 PREFILL = 512
+PREFILL_SIZES = (4, 16, 64, 128, 256, 512)  # each prefill entry timed at these prompt lengths
 STEPS = 64
 REPEATS = 5  # decode timed this many times from the same context: the median, and the spread printed
 
@@ -66,8 +67,11 @@ def compile_from_config(model: str, quantization: str, target: str, out: Path, c
 
 
 def build(out: Path) -> None:
+    from mlcgen.runtime import cublas, plugins
+
     for name in MODELS:
         compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL)
+    plugins.carry(out, cublas.build_plugin())
 
 
 # ---------------------------------------------------------------- GPU machine
@@ -147,6 +151,32 @@ def print_kernel_rows(rows: list[dict], limit: int = 16) -> None:
         print(f"| {k['kernel']} | {k['us']:.1f} | {mb} | {gbs} |")
 
 
+def prefill_entries(engine, ids) -> dict:
+    """tok/s of each prefill entry (the compiled kernels, and cuBLAS where the library has it) at
+    each PREFILL_SIZES length, best of 3; the relative difference of their last-token logits and
+    of the next decode step's logits after a PREFILL-token prompt."""
+    import tvm
+
+    entries = list(dict.fromkeys(["prefill", engine.prefill_entry]))
+    speed, logits = {}, {}
+    for entry in entries:
+        speed[entry] = {}
+        for n in PREFILL_SIZES:
+            tokens = tvm.runtime.tensor(ids[:n].astype(np.int32), engine.device)
+            best = 0.0
+            for _ in range(3):
+                engine.reset()
+                best = max(best, n / timed(lambda: engine._forward(entry, tokens)))
+            speed[entry][n] = best
+        logits[entry] = (engine._forward(entry, tokens), engine.decode(int(ids[PREFILL])))
+    rel = {}
+    if len(entries) == 2:
+        (a, a_next), (b, b_next) = logits.values()
+        rel = {"prefill": float(np.linalg.norm(b - a) / np.linalg.norm(a)),
+               "next_decode": float(np.linalg.norm(b_next - a_next) / np.linalg.norm(a_next))}
+    return {"tok_s": speed, "rel_diff": rel}
+
+
 def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     import torch
 
@@ -195,6 +225,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         engine.prefill(ids[:PREFILL])
         prefill.append(PREFILL / (time.perf_counter() - start))
     result["prefill"] = max(prefill)
+    result["prefill_entries"] = prefill_entries(engine, ids)
 
     def prefill_once():
         engine.reset()
@@ -303,7 +334,9 @@ def run(out: Path) -> None:
     import torch
 
     from mlcgen.runtime import cuda as cuda_runtime
+    from mlcgen.runtime import plugins
 
+    plugins.use_carried(out)
     cuda_runtime.enable()
     torch.cuda.init()
     bandwidth = copy_gbs()
@@ -345,6 +378,13 @@ def report(r: dict) -> None:
         print_kernel_rows(me["kernels"])
         print(f"GPU idle {sum(us for _, us in me['idle_before']):.0f} us a step; before: " +
               ", ".join(f"{kernel} {us:.0f}" for kernel, us in me["idle_before"][:8]))
+    for name, m in r["models"].items():
+        entries = m["mlcgen"]["prefill_entries"]
+        print(f"\n{name} prefill tok/s by prompt length (best of 3; the engine prefills with the last entry); "
+              f"logits of the two entries differ by {entries['rel_diff']}")
+        print("| entry | " + " | ".join(f"{n} tokens" for n in PREFILL_SIZES) + " |\n|---|" + "---|" * len(PREFILL_SIZES))
+        for entry, by_size in entries["tok_s"].items():
+            print(f"| {entry} | " + " | ".join(f"{by_size[n]:.0f}" for n in PREFILL_SIZES) + " |")
     for name, m in r["models"].items():
         kernels = m["mlcgen"]["prefill_kernels"]
         print(f"\n{name} prefill of {PREFILL} tokens: {PREFILL / m['mlcgen']['prefill'] * 1e3:.1f} ms wall, "

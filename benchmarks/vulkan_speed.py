@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -100,15 +99,13 @@ def gemv_libraries(out: Path) -> None:
 
 
 def build(out: Path) -> None:
-    from mlcgen.runtime import vulkan
+    from mlcgen.runtime import plugins, vulkan
 
     for model, preset in dict.fromkeys((model, preset) for model, preset, _ in CONFIGS.values()):
         compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL)
     copy_kernel(out)
     gemv_libraries(out)
-    plugins = out / "plugins"  # the GPU machine has no TVM headers to build it: carry this one
-    plugins.mkdir(exist_ok=True)
-    shutil.copy2(vulkan.build_plugin(), plugins / vulkan.plugin_path().name)
+    plugins.carry(out, vulkan.build_plugin())
 
 
 # ---------------------------------------------------------------- GPU machine
@@ -157,20 +154,13 @@ def dispatch_floor_us(out: Path) -> dict:
     return result
 
 
-def use_carried_plugin(out: Path) -> None:
-    """The GPU machine has no TVM headers to build the plugin: load the one build() carried."""
-    from mlcgen.runtime import vulkan
-
-    vulkan.CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", out / "plugins"))
-
-
 def measure(out: Path, label: str) -> None:
     """One configuration, in a process of its own (bounds checks are fixed per process; device
     memory counters start from zero): writes measure-<label>.json and its logits."""
-    from mlcgen.runtime import dist, vulkan
+    from mlcgen.runtime import dist, plugins, vulkan
     from mlcgen.runtime.engine import Engine
 
-    use_carried_plugin(out)
+    plugins.use_carried(out)
     model, preset, _ = CONFIGS[label]
     bandwidth = json.loads((out / "results.json").read_text())["vulkan_copy_gbs"]
     start = time.perf_counter()
@@ -263,9 +253,9 @@ def gemv_sweep(out: Path) -> list[dict]:
 
 
 def run(out: Path) -> None:
-    from mlcgen.runtime import vulkan
+    from mlcgen.runtime import plugins, vulkan
 
-    use_carried_plugin(out)
+    plugins.use_carried(out)
     results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs(),
                "dispatch_floor_us": dispatch_floor_us(out)}
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -12,8 +12,11 @@ from tvm.relax.frontend import nn
 
 
 def group_quant_matmul(scheme, x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Tensor, out_dtype: str) -> nn.Tensor:
-    """x[..., K] @ dequantize(q_weight, q_scale)[N, K].T -> [..., N], accumulated in float32."""
-    return nn.op.tensor_expr_op(lambda x, w, s: q4_matmul_te(scheme, x, w, s, out_dtype), "q4_matmul", [x, q_weight, q_scale])
+    """x[..., K] @ dequantize(q_weight, q_scale)[N, K].T -> [..., N], accumulated in float32. The
+    kernel is tagged with the scheme's name, by which a target can offload it (compiler/passes.py
+    offload_prefill_matmuls)."""
+    return nn.op.tensor_expr_op(lambda x, w, s: q4_matmul_te(scheme, x, w, s, out_dtype), "q4_matmul", [x, q_weight, q_scale],
+                                attrs={Q4_MATMUL_ATTR: scheme.name})
 
 
 def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
@@ -33,6 +36,7 @@ def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
     return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
 
 
+Q4_MATMUL_ATTR = "mlcgen.q4_matmul"  # PrimFunc attr: the quantization scheme of a plain q4 matmul
 DEQUANTIZE = "dequantize"  # block name: schedules find the weight's dequantize by it
 SWIGLU = "swiglu"  # block name: the decode GEMV pairs row r of the matmul with row r + N/2 for it
 

@@ -7,7 +7,8 @@ import tvm_ffi
 from tvm import relax, te, topi
 from tvm.relax.dpl import PatternContext, is_op, rewrite_bindings, wildcard
 
-from ..targets.schedules.add_rms_norm import KERNEL, KERNEL_ATTR
+from ..targets.schedules.add_rms_norm import KERNEL_ATTR
+from ..targets.schedules.add_rms_norm import KERNEL as ADD_RMS_NORM
 
 
 def _add_rms_norm_kernel(a: relax.Var, b: relax.Var, weight: relax.Var, epsilon: float) -> tvm.tirx.PrimFunc:
@@ -17,7 +18,7 @@ def _add_rms_norm_kernel(a: relax.Var, b: relax.Var, weight: relax.Var, epsilon:
     normed = topi.nn.rms_norm(total, tw, axis=[len(ta.shape) - 1], epsilon=epsilon)
     func = te.create_prim_func([ta, tb, tw, total, normed]).without_attr("global_symbol")
     # Opaque to FuseOps (it is fused already), and named for the GPU schedule rule that takes it.
-    return func.with_attr({"op_pattern": 8, KERNEL_ATTR: KERNEL})
+    return func.with_attr({"op_pattern": 8, KERNEL_ATTR: ADD_RMS_NORM})
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseAddRMSNorm")
@@ -71,3 +72,76 @@ def inline_dequantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod
+
+
+def offload_prefill_matmuls(entry: str, packed_func: str, slice_bytes: int):
+    """A copy of the `prefill` entry, named `entry`, whose fp16 q4 matmuls over the prompt's tokens
+    are each one call of `packed_func`(x, q_weight, q_scale, dequantize, slice_rows, out), a vendor
+    GEMM (runtime/cublas/plugin.cc). It runs `dequantize` (a kernel compiled here, passed as a
+    function) on row slices of about `slice_bytes` of fp16 weight into a scratch buffer of its
+    own and multiplies each slice into its columns of `out`: no slice is a tensor of the graph, so
+    memory planning holds nothing for them. The runtime prefills with the entry where the library
+    loads (manifest target `library_prefill`)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="OffloadPrefillMatmuls")
+    def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _PrefillMatmulOffload(mod, packed_func, slice_bytes)
+        prefill = relax.utils.copy_with_new_vars(mod["prefill"])
+        rewriter.builder_.add_func(rewriter.visit_expr(prefill).with_attr("global_symbol", entry), entry)
+        return rewriter.builder_.finalize()
+
+    return offload
+
+
+@relax.expr_functor.mutator
+class _PrefillMatmulOffload(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, packed_func: str, slice_bytes: int):
+        super().__init__(mod)
+        self.mod, self.packed_func, self.slice_bytes = mod, packed_func, slice_bytes
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        scheme = self._offloadable(call)
+        if scheme is None:
+            return call
+        x, q_weight, q_scale = call.args[1].fields
+        n, k = int(q_weight.ty.shape[0]), int(x.ty.shape[-1])
+        kernel = self.builder_.add_func(_dequantize_rows(scheme, q_weight.ty, q_scale.ty), "dequantize_rows")
+        slice_rows = relax.prim_value(tvm.tirx.IntImm("int64", _slice_rows(n, k * 2, self.slice_bytes)))
+        return relax.call_dps_packed(self.packed_func, [x, q_weight, q_scale, kernel, slice_rows], call.ty)
+
+    def _offloadable(self, call: relax.Call):
+        """The quantization scheme of a call_tir to a tagged fp16 q4 matmul over a token count not
+        known at compile time (prefill), else None."""
+        from .layers import Q4_MATMUL_ATTR
+        from .quantization import QUANTIZATIONS
+
+        if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar):
+            return None
+        func = self.mod[call.args[0]]
+        attrs = func.attrs or {}
+        if Q4_MATMUL_ATTR not in attrs or call.ty.dtype != "float16" or call.args[1].fields[0].ty.dtype != "float16":
+            return None
+        if all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values):
+            return None  # decode and the last token's lm_head: the GEMV reads the q4 weight once
+        return QUANTIZATIONS[str(attrs[Q4_MATMUL_ATTR])]
+
+
+def _slice_rows(n: int, row_bytes: int, slice_bytes: int) -> int:
+    """Rows per slice: the fewest slices of at most slice_bytes, in multiples of 128 rows (GEMM
+    tiles); the last slice may be shorter."""
+    count = -(-n * row_bytes // slice_bytes)
+    return min(n, -(-n // count // 128) * 128)
+
+
+def _dequantize_rows(scheme, weight_ty, scale_ty) -> tvm.tirx.PrimFunc:
+    """weight[first:first + rows, :] in fp16; `first` a scalar argument, `rows` the output's."""
+    from ..targets.schedules.dequantize_rows import BLOCK, KERNEL
+
+    q_weight = te.placeholder([int(d) for d in weight_ty.shape.values], weight_ty.dtype, "q_weight")
+    q_scale = te.placeholder([int(d) for d in scale_ty.shape.values], scale_ty.dtype, "q_scale")
+    first, rows = tvm.tirx.Var("first", "int64"), tvm.tirx.Var("rows", "int64")
+    k = q_weight.shape[1] * scheme.PACK
+    out = te.compute((rows, k), lambda r, c: scheme.dequantize(q_weight, q_scale, first + r, c, "float16"), name=BLOCK)
+    func = te.create_prim_func([q_weight, q_scale, first, out]).without_attr("global_symbol")
+    return func.with_attr(KERNEL_ATTR, KERNEL)  # for the GPU schedule rule that takes it

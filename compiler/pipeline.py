@@ -14,6 +14,7 @@ from .passes import fuse_add_rms_norm
 def phases(target_module, target) -> list[tuple[str, list]]:
     return [
         ("fuse", [
+            *target_module.offload_passes(target),      # e.g. cuda: a prefill entry whose matmuls run in cuBLAS
             fuse_add_rms_norm,                          # residual add + RMSNorm -> one kernel
             relax.transform.LegalizeOps(),              # high-level Relax ops -> TIR PrimFuncs
             relax.transform.AnnotateTIROpPattern(),     # label PrimFuncs: elementwise, reduction, ...

@@ -7,6 +7,7 @@ params agree, and that every shard is intact.
 from __future__ import annotations
 
 import json
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -48,11 +49,12 @@ class Engine:
         lib_path = self.dist_dir / dist.LIBRARY
         if not lib_path.is_file():
             raise ParamsError(f"{lib_path}: missing; rebuild with `mlcgen build`")
+        self.prefill_entry = self._prefill_entry()  # before the VM, which resolves the library's functions
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self._check_library(lib_path)
         # One FFI array for every call: a Python list would be converted (hundreds of tensors) per call.
         self.params = tvm_ffi.convert(self._random_params() if random_weights else self._load_params(verify_shards))
-        self._entries = {name: self.vm[name] for name in ("embed", "prefill", "decode")}
+        self._entries = {name: self.vm[name] for name in {"embed", "prefill", "decode", self.prefill_entry}}
         self._token = tvm.runtime.empty((1,), "int32", self.device)  # decode's input, reused every step
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
@@ -64,6 +66,23 @@ class Engine:
         )
         self.length = 0  # tokens in the KV cache
         self._add_sequence()
+
+    def _prefill_entry(self) -> str:
+        """The entry prefills run: the manifest's vendor-library entry (CUDA: cuBLAS) once its
+        library is loaded, else `prefill` (the compiled kernels; a warning where the library is
+        missing here: slower, same result). Only one of them runs: the VM's allocator keeps the
+        temporaries of each entry it has run."""
+        entry = self.manifest["target"].get("library_prefill")
+        if not entry:
+            return "prefill"
+        from . import cublas  # the one vendor library so far
+
+        try:
+            cublas.load()
+        except ParamsError as e:
+            warnings.warn(f"{self.dist_dir}: prefills use the compiled kernels: {e}", stacklevel=3)
+            return "prefill"
+        return entry
 
     def _add_sequence(self) -> None:
         _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
@@ -158,9 +177,9 @@ class Engine:
         self._check_room(ids.size)
         start = 0
         while start < ids.size:
-            size = self._chunk_size()
-            logits = self._forward("prefill", tvm.runtime.tensor(ids[start : start + size], self.device))
-            start += size
+            chunk = ids[start : start + self._chunk_size()]
+            logits = self._forward(self.prefill_entry, tvm.runtime.tensor(chunk, self.device))
+            start += chunk.size
         return logits
 
     def _chunk_size(self) -> int:

@@ -1,80 +1,35 @@
 """Running Vulkan-target libraries: WGSL kernels through wgpu's Vulkan backend.
 
 The TVM wheel has neither a Vulkan runtime nor a WebGPU one outside the browser, so this project
-ships its own device plugin (runtime/wgpu/plugin.cc). It is compiled from source with the system
-C++ compiler against the headers the tvm, tvm-ffi and wgpu wheels ship, once per (source, wheel
-versions), into a cache; loading it registers the runtime's `webgpu` device and module loader.
+ships its own device plugin (runtime/wgpu/plugin.cc, compiled on first use: runtime/plugins.py);
+loading it registers the runtime's `webgpu` device and module loader.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import importlib.metadata as md
-import os
-import shutil
-import subprocess
-import tempfile
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 from ..errors import ParamsError
+from . import plugins
 
 SOURCE = Path(__file__).parent / "wgpu" / "plugin.cc"
-CACHE = Path(os.environ.get("MLCGEN_PLUGIN_CACHE", Path.home() / ".cache" / "mlcgen" / "plugins"))
-
-
-def _package_dir(name: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.origin:
-        raise ParamsError(f"the Vulkan runtime needs the Python package {name!r}; pip install mlcgen's dependencies")
-    return Path(spec.origin).parent
+NAME = "mlcgen_wgpu"
 
 
 def wgpu_library() -> Path:
     """wgpu-native, as shipped inside the `wgpu` wheel."""
-    return _package_dir("wgpu") / "resources" / "libwgpu_native-release.so"
+    return plugins.package_dir("wgpu") / "resources" / "libwgpu_native-release.so"
 
 
 def plugin_path() -> Path:
-    """Where the plugin for this source and these wheels lives (built or not)."""
-    import tvm
-    import tvm_ffi
-
-    # tvm's own version string: runtime-only installs (the GPU machine) carry no package metadata
-    versions = f"{tvm.__version__}\n{tvm_ffi.__version__}\n{md.version('wgpu')}"
-    key = hashlib.sha256(SOURCE.read_bytes() + versions.encode()).hexdigest()[:16]
-    return CACHE / f"libmlcgen_wgpu-{key}.so"
+    return plugins.path(SOURCE, NAME, md.version("wgpu"))
 
 
 def build_plugin() -> Path:
-    """Compile the plugin if this source/wheel combination has not been compiled yet (~10 s)."""
-    out = plugin_path()
-    if out.is_file():
-        return out
-    tvm_dir, ffi_dir, wgpu_dir = _package_dir("tvm"), _package_dir("tvm_ffi"), wgpu_library().parent
-    if not (tvm_dir / "include" / "tvm" / "runtime" / "device_api.h").is_file():
-        raise ParamsError(f"{tvm_dir}: no TVM headers (a runtime-only install?); build the Vulkan plugin where the "
-                          f"apache-tvm wheel is installed and point MLCGEN_PLUGIN_CACHE at it")
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise ParamsError("building the Vulkan plugin needs a C++17 compiler (Debian: apt-get install g++)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        tmp_out = Path(tmp) / out.name
-        # wgpu-native's symbols stay undefined here: load() puts the wheel's copy in the global scope
-        # first, so the plugin works wherever the wgpu package is installed.
-        cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-o", str(tmp_out), str(SOURCE),
-               f"-I{tvm_dir / 'include'}", f"-I{ffi_dir / 'include'}", f"-I{wgpu_dir}",
-               f"-L{tvm_dir / 'lib'}", f"-L{ffi_dir / 'lib'}", "-ltvm_runtime", "-ltvm_ffi", "-ldl"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode:
-            raise ParamsError(f"compiling the Vulkan plugin failed ({' '.join(cmd)}):\n{result.stderr[-4000:]}")
-        tmp_out.rename(out)  # atomic: a concurrent loader never sees half a file
-    return out
+    return plugins.build(SOURCE, NAME, md.version("wgpu"), include_dirs=(wgpu_library().parent,))
 
 
 @cache
@@ -82,8 +37,8 @@ def load() -> None:
     """Register the `webgpu` device and module loader with the TVM runtime (once per process)."""
     import tvm  # noqa: F401  (loads libtvm_runtime / libtvm_ffi, which the plugin links against)
 
-    ctypes.CDLL(str(wgpu_library()), mode=ctypes.RTLD_GLOBAL)
-    ctypes.CDLL(str(build_plugin()), mode=ctypes.RTLD_GLOBAL)
+    plugins.load_global(wgpu_library())
+    plugins.load_global(build_plugin())
 
 
 def adapter() -> dict:

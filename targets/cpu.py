@@ -29,6 +29,10 @@ PASS_CONFIG: dict = {}
 TIR_PIPELINE = "default"
 
 
+def offload_passes(target) -> list:
+    return []
+
+
 def after_memory_planning_passes(target) -> list:
     return []
 

@@ -43,6 +43,10 @@ class Preset:
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512
+    # Prefill through cuBLAS: each q4 weight dequantized to fp16 in row slices of at most this many
+    # bytes (one scratch buffer, runtime/cublas/plugin.cc), then a cuBLAS GEMM per slice (wgmma on
+    # Hopper, which TVM 0.27's TIR cannot emit).
+    cublas_slice_bytes: int = 32 << 20
 
 
 PRESETS = {
@@ -71,6 +75,24 @@ QUANTIZATION_NOTE = "float-weight and float32-activation builds crash on the GPU
 # with one launch instead of one per kernel.
 PASS_CONFIG = {"relax.backend.use_cuda_graph": True}
 TIR_PIPELINE = "default"
+
+
+CUBLAS_ENTRY = "prefill_cublas"
+
+
+def offload_passes(target) -> list:
+    from ..compiler.passes import offload_prefill_matmuls
+    from ..runtime.cublas import GEMM
+
+    preset = PRESETS[str(target.attrs["arch"])]
+    return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes)]
+
+
+def runtime_facts(preset: str) -> dict:
+    """Recorded in the manifest: the prefill entry the runtime calls where cuBLAS loads. It is
+    faster than the compiled kernels at every prompt length measured, 4 to 512 tokens (H200,
+    docs/benchmarks.md): their tiles pad short prompts to 128 rows."""
+    return {"library_prefill": CUBLAS_ENTRY}
 
 
 def after_memory_planning_passes(target) -> list:

@@ -3,7 +3,8 @@
 First the KV cache's decode attention is replaced by our split-KV kernel (schedules/split_kv_decode.py),
 and where the target asks for it, TVM's prefill attention is regenerated with more thread blocks
 (schedules/prefill_attention.py).
-Then our rules: AddRMSNorm takes the fused residual-add + RMSNorm, DequantGEMV the decode matmuls
+Then our rules: AddRMSNorm takes the fused residual-add + RMSNorm, DequantizeRows the fp16 weight
+slices of a library prefill (CUDA's cuBLAS entry), DequantGEMV the decode matmuls
 (batch 1, q4 dequantize inside the reduction) with the target preset's knobs, MfmaDequantMatmul the
 prefill matmuls on AMD matrix cores where the preset has them, else DequantMatmul (dlight's
 Matmul, dequantizing into shared memory). Then the dequantize of any q4
@@ -27,6 +28,7 @@ def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_c
     from .schedules.add_rms_norm import AddRMSNorm
     from .schedules.dequant_gemv import DequantGEMV
     from .schedules.dequant_matmul import DequantMatmul
+    from .schedules.dequantize_rows import DequantizeRows
     from .schedules.prefill_attention import use_prefill_blocks
     from .schedules.split_kv_decode import use_split_kv_decode
 
@@ -38,7 +40,7 @@ def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_c
     return [
         use_split_kv_decode(attention),
         use_prefill_blocks(prefill_blocks),
-        dl.ApplyDefaultSchedule(AddRMSNorm(), DequantGEMV(gemv), *prefill),
+        dl.ApplyDefaultSchedule(AddRMSNorm(), DequantizeRows(), DequantGEMV(gemv), *prefill),
         inline_dequantize,
         dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                                 dl.gpu.Fallback()),

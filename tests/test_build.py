@@ -183,3 +183,55 @@ print(int(logits.argmax()))
     assert shard_digests(shipped)[0] == shard_digests(tiny_dist)[0]
     assert manifest(shipped)["conversion"] == manifest(tiny_dist)["conversion"] | {"peak_rss_mb": manifest(shipped)["conversion"]["peak_rss_mb"]}
     assert not [p.name for p in shipped.iterdir() if p.name.startswith(".")]
+
+
+def test_library_prefill_entry_matches_the_compiled_prefill(tmp_path, builds, monkeypatch):
+    """The vendor-library prefill (compiler/passes.py offload_prefill_matmuls, what CUDA builds call
+    cuBLAS through), on the CPU with numpy standing in for the GEMM: the library's dequantize
+    kernel, passed in, fills each row slice of the fp16 weight (the last one shorter); the engine
+    prefills with the entry, and the cache it fills decodes as the compiled prefill's does.
+    Without the library the engine warns, still loads, and prefills with the compiled kernels."""
+    import tvm
+    import tvm_ffi
+
+    from mlcgen.compiler.build import build
+    from mlcgen.compiler.passes import offload_prefill_matmuls
+    from mlcgen.errors import ParamsError
+    from mlcgen.runtime import cublas
+    from mlcgen.targets import cpu
+
+    slices = []
+
+    def q4_matmul_nt(x, q_weight, q_scale, dequantize, slice_rows, out):
+        n, k = q_weight.shape[0], x.shape[-1]
+        y = np.empty((int(np.prod(x.shape[:-1])), n), np.float16)
+        for first in range(0, n, slice_rows):
+            rows = tvm.runtime.empty((min(slice_rows, n - first), k), "float16")
+            dequantize(q_weight, q_scale, first, rows)
+            slices.append((n, first, rows.shape[0]))
+            y[:, first : first + rows.shape[0]] = x.numpy().reshape(-1, k).astype(np.float32) @ rows.numpy().astype(np.float32).T
+        out.copyfrom(y.reshape(out.shape))
+
+    slice_bytes = 64 * 96 * 2  # 64 rows of K = 96: qkv (288 rows) in slices of 128, 128, 32
+    monkeypatch.setattr(cpu, "offload_passes", lambda target: [offload_prefill_matmuls("prefill_lib", cublas.GEMM, slice_bytes)])
+    monkeypatch.setattr(cpu, "runtime_facts", lambda preset: {"library_prefill": "prefill_lib"}, raising=False)
+    monkeypatch.setattr(cublas, "load", lambda: tvm_ffi.register_global_func(cublas.GEMM, q4_matmul_nt, override=True))
+    dist = build(builds.checkpoint("mha_untied"), "q4f16_1", "cpu", output=tmp_path / "lib", log=None)
+    eng = engine(dist)
+    assert eng.prefill_entry == "prefill_lib"
+    prompt = [5, 9, 13, 21, 34, 55, 89]
+    ours = eng.prefill(prompt)
+    assert {(288, 0, 128), (288, 128, 128), (288, 256, 32)} <= set(slices)  # qkv
+    assert len(slices) == 2 * (3 + 1 + 3 + 1)  # layers x slices of (qkv, o, gate/up, down)
+    next_ours = eng.decode(7)
+    eng.reset()
+    compiled = eng._forward("prefill", tvm.runtime.tensor(np.array(prompt, np.int32), eng.device))
+    assert rel_err(ours, compiled) < 1e-2
+    assert rel_err(next_ours, eng.decode(7)) < 1e-2
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cublas, "library", lambda: (_ for _ in ()).throw(ParamsError("no libcublas found")))
+    with pytest.warns(UserWarning, match="prefills use the compiled kernels: cuBLAS is not available: no libcublas found"):
+        eng = engine(dist)
+    assert eng.prefill_entry == "prefill"
+    assert rel_err(eng.prefill(prompt), compiled) < 1e-6

@@ -102,3 +102,45 @@ def test_padded_rows_unroll_no_more_steps_than_an_eighth_of_padding_allows(vecto
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
     assert DequantGEMV(cuda.PRESETS["sm_90"].gemv)._packed_knobs(4096, vectors).unroll == unroll
+
+
+def test_cuda_builds_offload_long_prefills_to_cublas(builds):
+    """The cuda target adds a `prefill_cublas` entry: each q4 matmul over the prompt's tokens is one
+    call of the cuBLAS plugin, given the weight's dequantize kernel (a thread per packed word, one
+    16-byte store); decode keeps its GEMVs; the manifest names the entry for the runtime."""
+    from mlcgen.targets import cuda
+
+    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda")
+    target = p.target_module.tvm_target(p.preset)
+    mod = pipeline.run(export_ir(p, target), p.target_module, target)
+    library_prefill = mod[cuda.CUBLAS_ENTRY].script()
+    slice_rows = re.findall(r'"mlcgen.cublas.q4_matmul_nt", \w+, \w+, \w+, dequantize_rows\d*, (\d+), \w+\)', library_prefill)
+    assert len(slice_rows) == 2 * 4  # layers x (qkv, o, gate/up, down), each weight in one slice (all small):
+    assert set(slice_rows) == {"128", "64", "192"}  # qkv, o and down, gate/up rows
+    kernels = {k["name"]: k["calls"] for k in pipeline.entry_kernel_traffic(mod, cuda.CUBLAS_ENTRY)}
+    assert [calls for name, calls in kernels.items() if "q4_matmul" in name] == [1]  # the last token's lm_head
+    dequantize = [f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("dequantize_rows")]
+    assert len(dequantize) == 4 and all("T.vectorized(8)" in s and 'thread="threadIdx.x"' in s for s in dequantize)
+    assert "mlcgen.cublas" not in mod["prefill"].script() + mod["decode"].script()
+    assert p.manifest["target"]["library_prefill"] == "prefill_cublas"
+
+
+def test_cublas_plugin_compiles_registers_and_checks_its_arguments():
+    """Here without a GPU: the plugin compiles against the wheels' headers (cuBLAS resolved lazily,
+    never called) and refuses tensors that are not float16 on a CUDA device. Its GEMMs run on the
+    GPU machine (benchmarks/cuda_check.py, against the CPU build's logits)."""
+    import ctypes
+    import os
+
+    import numpy as np
+    import tvm
+    import tvm_ffi
+
+    from mlcgen.runtime import cublas
+
+    ctypes.CDLL(str(cublas.build_plugin()), mode=os.RTLD_LAZY | os.RTLD_GLOBAL)
+    matmul = tvm_ffi.get_global_func(cublas.GEMM)
+    x, out = (tvm.runtime.tensor(np.zeros(shape, "float16")) for shape in ((4, 64), (4, 6)))
+    q_weight, q_scale = tvm.runtime.tensor(np.zeros((6, 8), "uint32")), tvm.runtime.tensor(np.zeros((6, 2), "float16"))
+    with pytest.raises(ValueError, match="x and out must be contiguous float16 CUDA tensors"):
+        matmul(x, q_weight, q_scale, lambda *args: None, 2, out)
