@@ -2,14 +2,17 @@
 
     python benchmarks/vulkan_speed.py build .bench/vulkan     # here: libraries, a copy kernel, the plugin
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
+    python benchmarks/vulkan_speed.py run .bench/vulkan "llama2-7b vulkan:nvidia"   # those configurations only, no GEMV sweep
 
 Llama-2-7B shape, q4f16_1, random weights generated on the device, for the presets `vulkan:nvidia`
 (subgroup reductions) and `vulkan` (generic: workgroup-memory reductions), each without (the
 default) and with the bounds checks wgpu's shader compiler can add to every buffer access
 (MLCGEN_WGPU_BOUNDS_CHECKS=1); and the Llama-3-8B shape, whose embedding and lm_head run as row
 chunks.
-Each configuration runs in its own process: decode tok/s at contexts 128 and 1024 (64 timed steps,
-logits copied to the host each step as a chat does), prefill tok/s for 512 tokens, per decode step
+Each configuration runs in its own process: decode tok/s at contexts 128 and 1024 (64 timed greedy
+steps as `Engine.decode_greedy` runs them: the argmax on the device, the host a step ahead; at 128
+also with the logits copied to the host and numpy's argmax each step, as a sampling chat does),
+prefill tok/s for 512 tokens, per decode step
 the kernels dispatched, queue submissions and host time not spent waiting for the GPU, and a
 per-kernel profile of decode at context 128 (GPU timestamps). The bound is (weight + KV bytes read
 per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the same run
@@ -171,25 +174,36 @@ def measure(out: Path, label: str) -> None:
     np.save(out / f"logits-{slug(label)}.npy", engine.prefill(ids[:32]))
     token = [1]
 
-    def step():
+    def step():  # as a sampling chat steps: logits to the host
         token[0] = int(engine.decode(token[0]).argmax())
 
-    weights = dist.params_bytes(manifest)
-    for context in CONTEXTS:
-        engine.reset()
-        engine.prefill(ids[: context - STEPS - 8])
-        for _ in range(8):
-            step()
-        before = vulkan.counters()
-        start = time.perf_counter()
+    def greedy():
+        token[0] = engine.decode_greedy(token[0], STEPS)[-1]
+
+    def host_argmax():
         for _ in range(STEPS):
             step()
-        result["decode"][context] = STEPS / (time.perf_counter() - start)
+
+    def decode_from(context: int, run) -> tuple[float, dict]:
+        """tok/s of run() from `context`, and the plugin's counters per step over it."""
+        engine.reset()
+        engine.prefill(ids[: context - STEPS - 8])
+        token[0] = engine.decode_greedy(1, 8)[-1]  # warm up
+        before = vulkan.counters()
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
         after = vulkan.counters()
-        result["dispatches_per_step"] = (after["dispatches"] - before["dispatches"]) / STEPS
-        result["submissions_per_step"] = (after["submissions"] - before["submissions"]) / STEPS
+        return STEPS / seconds, {k: (after[k] - before[k]) / STEPS for k in ("dispatches", "submissions", "wait_ns")}
+
+    weights = dist.params_bytes(manifest)
+    result["decode_host_argmax"] = decode_from(128, host_argmax)[0]
+    for context in CONTEXTS:
+        result["decode"][context], per_step = decode_from(context, greedy)
+        result["dispatches_per_step"] = per_step["dispatches"]
+        result["submissions_per_step"] = per_step["submissions"]
         # host time not spent waiting for the GPU: recording, validation, Python, the VM
-        result["host_ms_per_step"] = 1e3 / result["decode"][context] - (after["wait_ns"] - before["wait_ns"]) / 1e6 / STEPS
+        result["host_ms_per_step"] = 1e3 / result["decode"][context] - per_step["wait_ns"] / 1e6
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
     engine.reset()
     engine.prefill(ids[: 128 - 16])
@@ -252,7 +266,8 @@ def gemv_sweep(out: Path) -> list[dict]:
     return rows
 
 
-def run(out: Path) -> None:
+def run(out: Path, *labels: str) -> None:
+    """Every configuration and the GEMV sweep, or only the configurations `labels`."""
     from mlcgen.runtime import plugins, vulkan
 
     plugins.use_carried(out)
@@ -260,7 +275,8 @@ def run(out: Path) -> None:
                "dispatch_floor_us": dispatch_floor_us(out)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     results["configs"], logits = {}, {}
-    for label, (_, _, checks) in CONFIGS.items():
+    for label in labels or CONFIGS:
+        checks = CONFIGS[label][2]
         env = {**os.environ, "MLCGEN_WGPU_BOUNDS_CHECKS": "1" if checks else "0"}
         done = subprocess.run([sys.executable, __file__, "measure", str(out), label], env=env)
         if done.returncode:
@@ -273,7 +289,7 @@ def run(out: Path) -> None:
         first = next(iter(same_model.values()))
         results["logit_rel_err_vs_first"] = {k: float(np.abs(v - first).max() / np.abs(first).max()) for k, v in same_model.items()}
         results["same_top1"] = all(v.argmax() == first.argmax() for v in same_model.values())
-    results["gemv"] = gemv_sweep(out)
+    results["gemv"] = [] if labels else gemv_sweep(out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     report(results)
 
@@ -307,6 +323,8 @@ def report(r: dict) -> None:
         cells = [f"{m['decode'][str(c)]:.1f} tok/s ({m['decode'][str(c)] / m['bound'][str(c)]:.0%} of {m['bound'][str(c)]:.0f})" for c in CONTEXTS]
         print(f"| {label} | " + " | ".join(cells) + f" | {m['prefill']:.0f} tok/s | {m['dispatches_per_step']:.0f}, "
               f"{m['submissions_per_step']:.1f}, {m['host_ms_per_step']:.1f} |")
+        print(f"| | (greedy, the argmax on the device; logits to the host and numpy's argmax each step: "
+              f"{m['decode_host_argmax']:.1f} tok/s at ctx 128) | | | |")
     print(f"\nLlama-2-7B logits on the same weights (32-token prefill) vs the first configuration: "
           + ", ".join(f"{k} {v:.1e}" for k, v in r.get("logit_rel_err_vs_first", {}).items()) + f"; same top-1: {r.get('same_top1')}")
     for label, m in r["configs"].items():
@@ -316,6 +334,8 @@ def report(r: dict) -> None:
               f"+ KV {m['kv_cache_bytes'] / 2**20:.0f} MiB; load + random weights {m['load_s']:.0f} s")
         print(f"decode step at ctx 128, per kernel (GPU timestamps; {sum(k['us'] for k in m['kernels']):.0f} us in kernels):")
         print_kernel_rows(m["kernels"], 12)
+    if not r["gemv"]:
+        return
     print("\ndecode GEMV sweep (threads_per_row-rows_per_block-vector_words-unroll-rows_per_thread; * = the preset's):")
     print(f"{'schedule':22} " + " ".join(f"{s:>16}" for s in GEMV_SHAPES) + f" {'layer GB/s':>10} {'max rel_err':>11}")
     for schedule in dict.fromkeys(g["schedule"] for g in r["gemv"]):
@@ -329,5 +349,7 @@ if __name__ == "__main__":
     command, out = sys.argv[1], Path(sys.argv[2])
     if command == "measure":
         measure(out, sys.argv[3])
+    elif command == "run":
+        run(out, *sys.argv[3:])
     else:
-        {"build": build, "run": run}[command](out)
+        build(out)

@@ -121,9 +121,12 @@ class ChatModule:
         stats.finish_reason = "length"
         start = time.perf_counter()
         stopped_by_string = False
+        # Plain argmax runs on the device (Engine.greedy_stream): no logits cross to the host.
+        greedy = config.is_plain_argmax() and self.engine.has_entry("greedy")
+        stream = None
+        token = sampler(logits)
         try:
             for step in range(config.max_gen_len):
-                token = sampler(logits)
                 if token in self.stop_ids and not ignore_stop:
                     stats.finish_reason = "stop"
                     break
@@ -134,17 +137,24 @@ class ChatModule:
                 if stopped_by_string:
                     stats.finish_reason = "stop"
                     break
-                if step + 1 == config.max_gen_len or self.engine.length >= self.engine.context_window:
+                if step + 1 == config.max_gen_len or len(self.cached) >= self.engine.context_window:
                     break
-                logits = self.engine.decode(token)
-                self.cached.append(token)
+                if greedy:
+                    stream = stream or self.engine.greedy_stream(token, config.max_gen_len - 1)
+                    next_token = next(stream)
+                else:
+                    next_token = sampler(self.engine.decode(token))
+                self.cached.append(token)  # what the cache holds, also with the stream's step ahead
                 stats.decode_tokens += 1
+                token = next_token
             if not stopped_by_string:
                 piece = held.feed(detok.flush())[0] + held.flush()
                 if piece:
                     reply.append(piece)
                     yield piece
         finally:  # also when the caller stops early (Ctrl-C): keep what was said
+            if stream:
+                stream.close()  # pops the step it issued ahead
             stats.decode_seconds = time.perf_counter() - start
             stats.dropped_exchanges = self.dropped_exchanges
             self.conversation.messages.append({"role": "assistant", "content": "".join(reply)})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import closing
 from functools import cache
 from pathlib import Path
 
@@ -200,36 +202,51 @@ class Engine:
     def decode_greedy(self, token_id: int, steps: int, stop_ids=()) -> list[int]:
         """Greedy decoding: append `token_id`, then each next token (argmax of the logits) up to
         `steps` tokens or one in `stop_ids` (returned, not appended), as decode + argmax on the host
-        would. The argmax runs on the device and feeds the next step's embedding there: no logits
-        copy to the host, and the host issues each step before it reads the previous step's token
-        back. A stop token read back one step late has already been appended by the step that ran
-        ahead; it is popped again."""
-        self._check_ids(np.array([token_id]))
-        try:
-            greedy = self.vm["greedy"]
-        except AttributeError:
-            raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
-                              "rebuild it with `mlcgen build`") from None
-        self._token.copyfrom(np.array([token_id], dtype=np.int32))
-        fed, out, pending = self._token, [], []
-        for _ in range(steps):
-            self._check_room(1)
-            fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
-            pending.append(fed)
-            if len(pending) == 2 and self._read_back(pending, out, stop_ids):
-                self.pop(1)  # the step that ran ahead appended the stop token
-                return out
-        while pending:
-            if self._read_back(pending, out, stop_ids):
-                break
+        would (greedy_stream)."""
+        out = []
+        with closing(self.greedy_stream(token_id, steps)) as stream:
+            for token in stream:
+                out.append(token)
+                if token in stop_ids:
+                    break
         return out
 
-    @staticmethod
-    def _read_back(pending: list, out: list, stop_ids) -> bool:
-        """Move the oldest pending token to `out`; True if it is a stop token."""
-        token = int(pending.pop(0).numpy()[0])
-        out.append(token)
-        return token in stop_ids
+    def greedy_stream(self, token_id: int, max_tokens: int | None = None) -> Iterator[int]:
+        """Greedy decoding as a stream: append `token_id`, then yield each next token (argmax of the
+        logits), at most max_tokens. The argmax runs on the device and feeds the next step's
+        embedding there: no logits cross to the host, and the host issues each step before it reads
+        the previous step's token back. The cache holds what decode + argmax on the host would:
+        every token yielded but the last one; the step issued ahead is popped again when the caller
+        closes the stream (break in a `with closing(...)` block, or close())."""
+        self._check_ids(np.array([token_id]))
+        if not self.has_entry("greedy"):
+            raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
+                              "rebuild it with `mlcgen build`")
+        greedy = self.vm["greedy"]
+        self._token.copyfrom(np.array([token_id], dtype=np.int32))
+        fed, pending, given = self._token, [], 0
+        start = self.length
+        try:
+            while max_tokens is None or given + len(pending) < max_tokens:
+                if self.length + 1 > self.context_window:
+                    break
+                fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
+                pending.append(fed)
+                if len(pending) == 2:
+                    given += 1
+                    yield int(pending.pop(0).numpy()[0])
+            while pending:
+                given += 1
+                yield int(pending.pop(0).numpy()[0])
+        finally:
+            self.pop(self.length - start - given)  # the cache holds token_id and every token yielded but the last
+
+    def has_entry(self, name: str) -> bool:
+        try:
+            self.vm[name]
+        except AttributeError:
+            return False
+        return True
 
     def _check_ids(self, ids: np.ndarray) -> None:
         vocab = self.manifest["model"]["config"]["vocab_size"]

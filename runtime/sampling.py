@@ -2,6 +2,8 @@
 
 At batch 1 the logits row is already on the host, so this is plain numpy: exact, seedable, and the
 same on every device. (TVM's sampling builtins pay off once sampling stays on the GPU for batches.)
+Greedy decoding without penalties is the exception: ChatModule runs it on the device
+(Engine.greedy_stream), where no logits need to cross to the host.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class GenerationConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"GenerationConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+    def is_plain_argmax(self) -> bool:
+        """Greedy without penalties: what the models' on-device `greedy` entry computes."""
+        return self.temperature == 0 and self.repetition_penalty == 1.0 and self.presence_penalty == 0 and self.frequency_penalty == 0
 
     def updated(self, **changes) -> "GenerationConfig":
         known = {f.name for f in fields(self)}

@@ -182,6 +182,45 @@ def test_conversation_longer_than_the_window_never_crashes(builds):
     assert chat.stats(verbose=True)["truncated_prompt"] and chat.engine.length <= 96
 
 
+def test_greedy_on_the_device_replies_and_caches_as_host_argmax(builds, monkeypatch):
+    """Greedy chat takes the argmax on the device (Engine.greedy_stream, a step ahead); the host
+    argmax path (forced here) gives the same replies, and after every turn the KV cache holds
+    exactly what the chat records: replies cut by the full cache, by a stop string while the
+    device runs a step ahead, by max_gen_len, and one the caller abandons mid-stream."""
+    dist = builds.dist("chat-llama-2", "q0f32", context_window=96, prefill_chunk=32)
+
+    def replies(device: bool) -> list:
+        chat = ChatModule(dist, chat_config=ChatConfig(generation=GenerationConfig(temperature=0, max_gen_len=40)))
+        if not device:
+            monkeypatch.setattr(chat.engine, "has_entry", lambda name: False)
+        out = []
+
+        def turn(prompt, config=None, pieces=None):
+            if pieces is None:
+                out.append((chat.generate(prompt, config), chat.last.finish_reason, chat.last.decode_tokens))
+            else:
+                stream = chat.generate(prompt, config, stream=True)
+                out.append([next(stream) for _ in range(pieces)])
+                stream.close()  # as Ctrl-C does
+            assert chat.engine.length == len(chat.cached)
+
+        for i in range(3):  # the window fills: a reply ends at the cache's end
+            turn(f"Turn {i}: tell me about the lazy dog.")
+        chat.reset_chat()
+        turn("Tell me about the lazy dog.")
+        chat.reset_chat()  # the same reply again, cut by a stop string from its middle
+        turn("Tell me about the lazy dog.", GREEDY.updated(max_gen_len=40, stop=[out[-1][0][12:15]]))
+        turn("And the fox?", GREEDY.updated(max_gen_len=5))
+        turn("And the cat?", pieces=6)
+        return out
+
+    device, host = replies(True), replies(False)
+    assert device == host
+    reasons = [r[1:] for r in device[:6]]
+    assert ("length", 27) in reasons[:3] and reasons[3] == ("length", 39)  # 27 < 39: the full cache cut it
+    assert reasons[4][0] == "stop" and 0 < reasons[4][1] < 39 and reasons[5] == ("length", 4)
+
+
 def test_benchmark_generate_ignores_stop_tokens(chat_dist):
     chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
     chat.benchmark_generate("Hello", 40)
