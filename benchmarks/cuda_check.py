@@ -31,7 +31,7 @@ def make(out: Path, model_dir: Path) -> None:
     cpu = build(model_dir, "q4f16_1", "cpu", output=out / "cpu", log=None)
     build(model_dir, "q4f16_1", "cuda", output=out / "cuda", log=None)
     engine = Engine(cpu)
-    for name, prompt in PROMPTS.items():
+    for prompt in PROMPTS.values():
         np.save(out / f"reference-{prompt}.npy", steps(engine, prompt))
     for f in cpu.iterdir():  # only the CUDA folder travels
         f.unlink()

@@ -72,8 +72,8 @@ class Engine:
     def _prefill_entry(self) -> str:
         """The entry prefills run: the manifest's vendor-library entry (CUDA: cuBLAS) once its
         library is loaded, else `prefill` (the compiled kernels; a warning where the library is
-        missing here: slower, same result). Only one of them runs: the VM's allocator keeps the
-        temporaries of each entry it has run."""
+        missing here: slower, same result). The cuBLAS entry is faster at every prompt length
+        measured (docs/benchmarks.md), so it takes every prefill."""
         entry = self.manifest["target"].get("library_prefill")
         if not entry:
             return "prefill"
