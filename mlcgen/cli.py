@@ -96,7 +96,8 @@ def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
         click.echo(json.dumps(result))
     else:
         click.echo(f"{result['model']} {result['quantization']} on {result['device']}:")
-        click.echo(f"  pp{prompt_len}: {result['prefill_tok_s']:.1f} ± {result['prefill_tok_s_std']:.1f} tok/s")
+        click.echo(f"  pp{prompt_len}: {result['prefill_tok_s']:.1f} ± {result['prefill_tok_s_std']:.1f} tok/s "
+                   f"({result['prefill_entry']})")
         click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s")
 
 

@@ -36,6 +36,7 @@ def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3)
         "prompt_len": prompt_len,
         "gen_len": gen_len,
         "repeat": repeat,
+        "prefill_entry": engine.prefill_entry,  # prefill_cublas on CUDA where cuBLAS loads
         "prefill_tok_s": float(np.mean(prefill)),
         "prefill_tok_s_std": float(np.std(prefill)),
         "decode_tok_s": float(np.mean(decode)),

@@ -91,6 +91,7 @@ def test_bench_json_with_random_weights_and_no_params(tmp_path, chat_dist):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["prompt_len"] == 16 and result["gen_len"] == 8 and result["random_weights"] is True
+    assert result["prefill_entry"] == "prefill"  # a CPU build: no vendor-library entry
     assert result["prefill_tok_s"] > 0 and result["decode_tok_s"] > 0
     print(f"bench (tiny model, CPU): pp16 {result['prefill_tok_s']:.0f} tok/s, tg8 {result['decode_tok_s']:.0f} tok/s")
     missing = subprocess.run([*MLCGEN, "bench", str(shipped)], capture_output=True, text=True, timeout=300)
