@@ -104,7 +104,7 @@ def test_padded_rows_unroll_no_more_steps_than_an_eighth_of_padding_allows(vecto
     assert DequantGEMV(cuda.PRESETS["sm_90"].gemv)._packed_knobs(4096, vectors).unroll == unroll
 
 
-def test_cuda_builds_offload_long_prefills_to_cublas(builds):
+def test_cuda_builds_offload_prefill_matmuls_to_cublas(builds):
     """The cuda target adds a `prefill_cublas` entry: each q4 matmul over the prompt's tokens is one
     call of the cuBLAS plugin, given the weight's dequantize kernel (a thread per packed word, one
     16-byte store); decode keeps its GEMVs; the manifest names the entry for the runtime."""
@@ -123,6 +123,19 @@ def test_cuda_builds_offload_long_prefills_to_cublas(builds):
     assert len(dequantize) == 4 and all("T.vectorized(8)" in s and 'thread="threadIdx.x"' in s for s in dequantize)
     assert "mlcgen.cublas" not in mod["prefill"].script() + mod["decode"].script()
     assert p.manifest["target"]["library_prefill"] == "prefill_cublas"
+
+
+@pytest.mark.parametrize("n, k, rows", [(12288, 4096, 4096), (22016, 4096, 3712), (4096, 11008, 1408), (28672, 4096, 4096),
+                                         (4096, 4096, 4096), (192, 64, 192)])
+def test_prefill_weight_slices_are_the_fewest_of_the_preset_size(n, k, rows):
+    """The 7B / 8B weights in the fewest row slices of about 32 MiB of fp16, whole GEMM tiles of
+    128 rows but the last (7B gate/up: 6 slices, 5 x 3712 + 3456 rows)."""
+    from mlcgen.compiler.passes import _slice_rows
+    from mlcgen.targets import cuda
+
+    slice_bytes = cuda.PRESETS["sm_90"].cublas_slice_bytes
+    assert _slice_rows(n, 2 * k, slice_bytes) == rows
+    assert -(-n // rows) == max(1, -(-n * 2 * k // slice_bytes)) and (rows % 128 == 0 or rows == n)
 
 
 def test_cublas_plugin_compiles_registers_and_checks_its_arguments():
