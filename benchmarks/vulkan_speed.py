@@ -24,7 +24,6 @@ time per dispatch of a trivial kernel (with and without a dependency on the one 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cuda_speed import PREFILL, STEPS, compile_from_config, kernel_rows, kv_bytes_per_token, print_kernel_rows  # noqa: E402
+from gemv_efficiency import gemv_func, weight_copies  # noqa: E402
 
 PRESETS = ("vulkan:nvidia", "vulkan")
 # label: (model shape, preset, bounds checks). Llama-3-8B's embedding and lm_head (250 MiB each)
@@ -48,7 +48,6 @@ GEMV_SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096)
 GEMV_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 8, 4, 1, 2), (32, 4, 4, 1, 4), (16, 4, 4, 1, 2), (16, 8, 4, 2, 2),
               (8, 4, 4, 2, 2), (8, 4, 4, 4, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
 # the first two also with packed_fp16 (schedules/packed_dot.py: fp16 pairs, float32 multiply-adds on WGSL)
-L2_BYTES = 50 << 20  # H100/H200 L2: weights rotate through 3x this
 
 
 def copy_kernel(out: Path) -> None:
@@ -82,7 +81,6 @@ def gemv_libraries(out: Path) -> None:
 
     from mlcgen.targets import vulkan
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV, GemvKnobs
-    from gemv_efficiency import gemv_func
 
     index = {}
     for preset in ("nvidia", "generic"):
@@ -251,8 +249,8 @@ def gemv_sweep(out: Path) -> list[dict]:
         x = rng.standard_normal((1, 1, k), dtype=np.float32).astype(np.float16)
         ref = x.astype(np.float32)[0, 0] @ q4.unpack(qw, qs).T
         nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * 2
-        copies = max(1, math.ceil(3 * L2_BYTES / nbytes))
-        weights = [(tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)) for _ in range(copies)]
+        weights = weight_copies(qw, qs, dev, nbytes)
+        copies = len(weights)
         x_dev, y = tvm.runtime.tensor(x, dev), tvm.runtime.empty((1, 1, n), "float16", dev)
         for file, lib in libs.items():
             lib[shape](x_dev, *weights[0], y)
