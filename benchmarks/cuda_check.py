@@ -1,6 +1,7 @@
-"""The CUDA build of a small model against the CPU build's logits (written here, checked on the
-GPU machine): a prompt prefilled, then teacher-forced decode steps; once with a 7-token prompt
-(the compiled prefill kernels) and once with a 32-token prompt through the cuBLAS prefill entry.
+"""CUDA builds of a small model against its CPU builds' logits (written here, checked on the GPU
+machine): a prompt prefilled, then teacher-forced decode steps. q4f16_1 twice: a 7-token prompt
+through the compiled prefill kernels and a 32-token prompt through the cuBLAS entry; q0f16 (float
+weights: dlight's Matmul and GEMV rules) once.
 
     python benchmarks/cuda_check.py make OUT MODEL_DIR     # here: builds cpu + cuda, saves reference logits
     python benchmarks/cuda_check.py check OUT              # GPU machine
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 IDS = [3, 17, 42, 5, 8, 11, 2] + list(range(20, 52))
-PROMPTS = {"prefill": 7, "prefill_cublas": 32}  # entry: prompt length; the rest of IDS is decoded
-TOLERANCE = 1e-2  # relative logit error, q4f16_1 (fp16 activations) against the CPU build
+RUNS = {"q4f16_1": {"prefill": 7, "prefill_cublas": 32}, "q0f16": {"prefill": 7}}  # entry: prompt length
+TOLERANCE = 1e-2  # relative logit error, fp16 activations against the CPU build
 
 
 def steps(engine, prompt: int) -> np.ndarray:
@@ -28,14 +29,15 @@ def make(out: Path, model_dir: Path) -> None:
     from mlcgen.runtime import Engine
     from mlcgen.runtime import cublas, plugins
 
-    cpu = build(model_dir, "q4f16_1", "cpu", output=out / "cpu", log=None)
-    build(model_dir, "q4f16_1", "cuda", output=out / "cuda", log=None)
-    engine = Engine(cpu)
-    for prompt in PROMPTS.values():
-        np.save(out / f"reference-{prompt}.npy", steps(engine, prompt))
-    for f in cpu.iterdir():  # only the CUDA folder travels
-        f.unlink()
-    cpu.rmdir()
+    for quant, entries in RUNS.items():
+        cpu = build(model_dir, quant, "cpu", output=out / f"cpu-{quant}", log=None)
+        build(model_dir, quant, "cuda", output=out / quant, log=None)
+        engine = Engine(cpu)
+        for prompt in entries.values():
+            np.save(out / f"reference-{quant}-{prompt}.npy", steps(engine, prompt))
+        for f in cpu.iterdir():  # only the CUDA folders travel
+            f.unlink()
+        cpu.rmdir()
     plugins.carry(out, cublas.build_plugin())
 
 
@@ -44,18 +46,22 @@ def check(out: Path) -> None:
     from mlcgen.runtime import plugins
 
     plugins.use_carried(out)
-    engine = Engine(out / "cuda")
-    if engine.prefill_entry != "prefill_cublas":
-        raise SystemExit("the cuBLAS prefill entry did not load (see the warning above)")
-    for name, prompt in PROMPTS.items():
-        engine.prefill_entry = name
-        ref, got = np.load(out / f"reference-{prompt}.npy"), steps(engine, prompt)
-        err = max(float(np.linalg.norm(g - r) / np.linalg.norm(r)) for g, r in zip(got, ref))
-        same = bool((got.argmax(-1) == ref.argmax(-1)).all())
-        print(f"cuda q4f16_1, {name} ({prompt} tokens, {len(IDS) - prompt} decode steps): max relative logit error "
-              f"vs cpu {err:.2e} (bound {TOLERANCE}), argmax identical: {same}")
-        if err > TOLERANCE or not same:
-            raise SystemExit(f"{name}: the CUDA build disagrees with the CPU build")
+    failed = []
+    for quant, entries in RUNS.items():
+        engine = Engine(out / quant)
+        if engine.prefill_entry != list(entries)[-1]:
+            raise SystemExit(f"{quant}: the engine prefills with {engine.prefill_entry}, not {list(entries)[-1]} (see any warning above)")
+        for name, prompt in entries.items():
+            engine.prefill_entry = name
+            ref, got = np.load(out / f"reference-{quant}-{prompt}.npy"), steps(engine, prompt)
+            err = max(float(np.linalg.norm(g - r) / np.linalg.norm(r)) for g, r in zip(got, ref))
+            same = bool((got.argmax(-1) == ref.argmax(-1)).all())
+            print(f"cuda {quant}, {name} ({prompt} tokens, {len(IDS) - prompt} decode steps): max relative logit "
+                  f"error vs cpu {err:.2e} (bound {TOLERANCE}), argmax identical: {same}")
+            if err > TOLERANCE or not same:
+                failed.append(f"{quant} {name}")
+    if failed:
+        raise SystemExit(f"the CUDA build disagrees with the CPU build: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

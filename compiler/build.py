@@ -84,7 +84,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "model_dtype": scheme.model_dtype,
         # runtime_facts: what the runtime must check on the device (the Vulkan subgroup width)
         "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why,
-                   **getattr(target_module, "runtime_facts", lambda _: {})(preset)},
+                   **getattr(target_module, "runtime_facts", lambda *_: {})(preset, scheme)},
         "context_window": context_window,
         "prefill_chunk": prefill_chunk,
         "page_size": PAGE_SIZE,

@@ -74,6 +74,39 @@ def inline_dequantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="CheckThreadBindings")
+def check_thread_bindings(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Last of a GPU target's schedule passes: every block of every PrimFunc under a GPU thread
+    binding. A block outside one (no rule took it, or a rule left it) would be compiled as host
+    code reading device memory: a segfault at its first call on the GPU, found here instead."""
+    unbound = {gvar.name_hint: names for gvar, func in mod.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc) and (names := _unbound_blocks(func.body))}
+    if unbound:
+        listed = "; ".join(f"{name}: {', '.join(blocks[:4])}" for name, blocks in sorted(unbound.items()))
+        raise RuntimeError(f"internal: GPU kernels with blocks outside any thread binding (no schedule rule "
+                           f"took them; they would run on the host): {listed}")
+    return mod
+
+
+def _unbound_blocks(stmt, bound: bool = False) -> list[str]:
+    """Names of the blocks under `stmt` (a TIR statement) with no GPU thread binding around them."""
+    from tvm import s_tir, tirx
+
+    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.THREAD_BINDING:
+        bound = True
+    elif isinstance(stmt, tirx.AttrStmt) and stmt.attr_key == "thread_extent":
+        bound = True
+    elif isinstance(stmt, s_tir.SBlockRealize) and stmt.block.name_hint != "root" and not bound:
+        return [stmt.block.name_hint]
+    found = []
+    for field in ("body", "block", "then_case", "else_case", "seq"):
+        child = getattr(stmt, field, None)
+        for c in child if isinstance(child, tvm_ffi.Array) else [child]:
+            if isinstance(c, (tirx.Stmt, s_tir.SBlock)):
+                found += _unbound_blocks(c, bound)
+    return found
+
+
 def offload_prefill_matmuls(entry: str, packed_func: str, slice_bytes: int):
     """A copy of the `prefill` entry, named `entry`, whose fp16 q4 matmuls over the prompt's tokens
     are each one call of `packed_func`(x, q_weight, q_scale, dequantize, slice_rows, out), a vendor
@@ -86,8 +119,10 @@ def offload_prefill_matmuls(entry: str, packed_func: str, slice_bytes: int):
     @tvm.transform.module_pass(opt_level=0, name="OffloadPrefillMatmuls")
     def offload(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _PrefillMatmulOffload(mod, packed_func, slice_bytes)
-        prefill = relax.utils.copy_with_new_vars(mod["prefill"])
-        rewriter.builder_.add_func(rewriter.visit_expr(prefill).with_attr("global_symbol", entry), entry)
+        prefill = rewriter.visit_expr(relax.utils.copy_with_new_vars(mod["prefill"]))
+        if not rewriter.offloaded:
+            return mod  # float weights: no q4 matmul, no entry
+        rewriter.builder_.add_func(prefill.with_attr("global_symbol", entry), entry)
         return rewriter.builder_.finalize()
 
     return offload
@@ -98,6 +133,7 @@ class _PrefillMatmulOffload(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, packed_func: str, slice_bytes: int):
         super().__init__(mod)
         self.mod, self.packed_func, self.slice_bytes = mod, packed_func, slice_bytes
+        self.offloaded = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
@@ -108,6 +144,7 @@ class _PrefillMatmulOffload(relax.PyExprMutator):
         n, k = int(q_weight.ty.shape[0]), int(x.ty.shape[-1])
         kernel = self.builder_.add_func(_dequantize_rows(scheme, q_weight.ty, q_scale.ty), "dequantize_rows")
         slice_rows = relax.prim_value(tvm.tirx.IntImm("int64", _slice_rows(n, k * 2, self.slice_bytes)))
+        self.offloaded += 1
         return relax.call_dps_packed(self.packed_func, [x, q_weight, q_scale, kernel, slice_rows], call.ty)
 
     def _offloadable(self, call: relax.Call):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from ..compiler.quantization import GroupQuant4
 from . import gpu
 from .schedules.dequant_gemv import GemvKnobs
 from .schedules.split_kv_decode import AttentionKnobs
@@ -67,10 +68,7 @@ def tvm_target(preset: str):
                    "max_shared_memory_per_block": p.shared_bytes}, host={"kind": "llvm"})
 
 
-# q4f16_1 only: builds with float weights or float32 activations segfaulted on the GPU machine
-# (q0f32 at its first prefill, q0f16 at 7B after loading: docs/benchmarks.md); q4f16_1 is verified.
-QUANTIZATIONS = ("q4f16_1",)
-QUANTIZATION_NOTE = "float-weight and float32-activation builds crash on the GPU; q4f16_1 is the verified scheme"
+QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 # Decode is hundreds of small kernels: CUDA graphs replay each run of them between KV-cache calls
 # with one launch instead of one per kernel.
 PASS_CONFIG = {"relax.backend.use_cuda_graph": True}
@@ -88,11 +86,12 @@ def offload_passes(target) -> list:
     return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes)]
 
 
-def runtime_facts(preset: str) -> dict:
-    """Recorded in the manifest: the prefill entry the runtime calls where cuBLAS loads. It is
-    faster than the compiled kernels at every prompt length measured, 4 to 512 tokens (H200,
-    docs/benchmarks.md): their tiles pad short prompts to 128 rows."""
-    return {"library_prefill": CUBLAS_ENTRY}
+def runtime_facts(preset: str, scheme) -> dict:
+    """Recorded in the manifest: the prefill entry the runtime calls where cuBLAS loads, for the q4
+    schemes (offload_passes adds it where it has q4 matmuls to offload). It is faster than the
+    compiled kernels at every prompt length measured, 4 to 512 tokens (H200, docs/benchmarks.md):
+    their tiles pad short prompts to 128 rows."""
+    return {"library_prefill": CUBLAS_ENTRY} if isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16" else {}
 
 
 def after_memory_planning_passes(target) -> list:

@@ -19,12 +19,17 @@ from __future__ import annotations
 from .schedules.dequant_gemv import GemvKnobs
 from .schedules.split_kv_decode import AttentionKnobs
 
+# fp16 activations only: TVM 0.27's CUDA codegen writes float32x8 constants of its KV-cache kernels
+# as make_ulonglong4 with eight arguments, which nvcc rejects (q0f32, q4f32_1).
+QUANTIZATIONS = ("q4f16_1", "q0f16")
+QUANTIZATION_NOTE = "GPU targets compute in fp16; TVM's float32 KV-cache kernels do not compile for CUDA"
+
 
 def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False,
                     prefill_blocks: int | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
-    from ..compiler.passes import inline_dequantize
+    from ..compiler.passes import check_thread_bindings, inline_dequantize
     from .schedules.add_rms_norm import AddRMSNorm
     from .schedules.dequant_gemv import DequantGEMV
     from .schedules.dequant_matmul import DequantMatmul
@@ -42,6 +47,7 @@ def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_c
         use_prefill_blocks(prefill_blocks),
         dl.ApplyDefaultSchedule(AddRMSNorm(), DequantizeRows(), DequantGEMV(gemv), *prefill),
         inline_dequantize,
-        dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+        dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                                 dl.gpu.Fallback()),
+        check_thread_bindings,
     ]

@@ -134,9 +134,7 @@ def tvm_target(preset: str):
                   host={"kind": "llvm"})
 
 
-# As on CUDA (targets/cuda.py): the GPU path is verified for q4f16_1 only.
-QUANTIZATIONS = ("q4f16_1",)
-QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only (others crashed on CUDA)"
+QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 PASS_CONFIG: dict = {}
 TIR_PIPELINE = "mlcgen_rocm"
 

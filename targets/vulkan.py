@@ -87,9 +87,7 @@ def tvm_target(preset: str):
                   host={"kind": "llvm"})
 
 
-# As on CUDA and ROCm (targets/cuda.py): the GPU path is verified for q4f16_1 only.
-QUANTIZATIONS = ("q4f16_1",)
-QUANTIZATION_NOTE = "the GPU path is verified for q4f16_1 only"
+QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 # A kernel sees each tensor through one storage-buffer binding. WebGPU's default
 # maxStorageBufferBindingSize is 128 MiB: every adapter binds that much, lavapipe no more (NVIDIA:
 # 2 GiB). Weights past it (Llama-3's 128K-vocab embedding and lm_head: 250 MiB) are stored in row
@@ -107,7 +105,7 @@ def after_memory_planning_passes(target) -> list:
     return []
 
 
-def runtime_facts(preset: str) -> dict:
+def runtime_facts(preset: str, scheme) -> dict:
     """Recorded in the manifest, checked by the runtime against the adapter before loading."""
     p = PRESETS[preset]
     return {"subgroup_size": p.subgroup_size, "workgroup_bytes": p.workgroup_bytes, "max_threads": p.max_threads}

@@ -27,11 +27,38 @@ def test_cuda_build_uses_cuda_graphs_and_our_norm_and_attention_kernels(builds):
     assert (dist / "lib.so").stat().st_size > 0
 
 
-@pytest.mark.parametrize("quantization", ["q0f32", "q0f16", "q4f32_1"])
-@pytest.mark.parametrize("target", ["cuda", "rocm"])
-def test_gpu_targets_refuse_schemes_that_crashed(builds, quantization, target):
-    with pytest.raises(ConfigError, match=f"--quantization {quantization} is not supported on target {target} .*choose one of: q4f16_1"):
+@pytest.mark.parametrize("quantization", ["q0f32", "q4f32_1"])
+@pytest.mark.parametrize("target", ["cuda", "rocm", "vulkan"])
+def test_gpu_targets_refuse_float32_activations(builds, quantization, target):
+    with pytest.raises(ConfigError, match=f"--quantization {quantization} is not supported on target {target} .*choose one of: q4f16_1, q0f16"):
         plan(builds.checkpoint("gqa_tied"), quantization, target)
+
+
+@pytest.mark.parametrize("target", ["cuda", "rocm"])
+def test_float_weight_builds_bind_every_kernel_to_gpu_threads(builds, target):
+    """q0f16: the prefill matmuls take dlight's Matmul rule (LowBatchGEMV had left them mostly
+    unbound: host code that segfaulted on the GPU), the decode GEMVs dlight's GEMV rule; the
+    pipeline's last schedule pass checks every kernel. No cuBLAS entry without q4 matmuls."""
+    p = plan(builds.checkpoint("gqa_tied"), "q0f16", target)
+    target_obj = p.target_module.tvm_target(p.preset)
+    mod = pipeline.run(export_ir(p, target_obj), p.target_module, target_obj)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    assert "prefill_cublas" not in names and "library_prefill" not in p.manifest["target"]
+    matmuls = [f for gv, f in mod.functions_items() if gv.name_hint.startswith("fused_matmul")]
+    assert matmuls and all('thread="blockIdx.' in f.script() for f in matmuls)
+
+
+def test_thread_binding_check_names_the_unscheduled_kernel():
+    import tvm
+    from tvm import te
+
+    from mlcgen.compiler.passes import check_thread_bindings
+
+    a = te.placeholder((64,), "float16", "a")
+    doubled = te.compute((64,), lambda i: a[i] * 2, name="doubled")
+    mod = tvm.IRModule({"twice": te.create_prim_func([a, doubled])})
+    with pytest.raises(RuntimeError, match="outside any thread binding.*twice: doubled"):
+        check_thread_bindings(mod)
 
 
 def test_q4_matmuls_take_our_decode_gemv_and_a_tiled_prefill(builds):

@@ -40,9 +40,10 @@ def greedy(engine, prompt, steps):
     return tokens, all_logits
 
 
-def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe):
-    cpu = Engine(builds.dist("gqa_tied", "q4f16_1"))
-    gpu = Engine(builds.dist("gqa_tied", "q4f16_1", target="vulkan"), device="vulkan")
+@pytest.mark.parametrize("quantization", ["q4f16_1", "q0f16"])
+def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization):
+    cpu = Engine(builds.dist("gqa_tied", quantization))
+    gpu = Engine(builds.dist("gqa_tied", quantization, target="vulkan"), device="vulkan")
     assert gpu.device.dlpack_device_type() == 15  # kDLWebGPU: run by our plugin
     prompt = [1, 7, 99, 25, 13, 42, 5, 77]  # ids below the tiny vocabulary of 100
     cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
