@@ -130,9 +130,11 @@ def vulkan_copy_gbs(out: Path) -> float:
 
 
 def dispatch_floor_us(out: Path) -> dict:
-    """GPU time per dispatch of a one-workgroup kernel (256 floats), 2000 dispatches in a row:
+    """Time per dispatch of a one-workgroup kernel (256 floats), 2000 dispatches in a row:
     `chained` (each reads what the previous wrote: wgpu puts a barrier between them) and
-    `independent` (16 buffer pairs in turn: no hazard between neighbours)."""
+    `independent` (16 buffer pairs in turn: no hazard between neighbours), each as GPU time with a
+    timestamp after every dispatch (kernel_profile), and as wall time without timestamps
+    (`<name> wall`, to the GPU's last result) beside the host's time to record them (`<name> host`)."""
     import tvm
 
     from mlcgen.runtime import vulkan
@@ -152,6 +154,13 @@ def dispatch_floor_us(out: Path) -> dict:
             dev.sync()
         seconds, calls = times["touch_kernel"]
         result[name] = seconds / calls * 1e6
+        start = time.perf_counter()
+        for i in range(2000):
+            touch(*pair(i))
+        recorded = time.perf_counter()
+        dev.sync()
+        result[f"{name} host"] = (recorded - start) / 2000 * 1e6
+        result[f"{name} wall"] = (time.perf_counter() - start) / 2000 * 1e6
     return result
 
 
@@ -310,7 +319,9 @@ def report(r: dict) -> None:
     print(f"copy bandwidth: WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s{torch_copy}")
     floor = r["dispatch_floor_us"]
     print(f"GPU time per dispatch of a one-workgroup kernel: {floor['chained']:.1f} us chained, "
-          f"{floor['independent']:.1f} us independent")
+          f"{floor['independent']:.1f} us independent (timestamps after each); without timestamps, wall "
+          f"{floor['chained wall']:.1f} / {floor['independent wall']:.1f} us, host recording "
+          f"{floor['chained host']:.1f} / {floor['independent host']:.1f} us")
     print("\n| q4f16_1, model shape and preset | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS)
           + " | prefill 512 | dispatches, submissions, host ms per step |")
     print("|---|" + "---|" * (len(CONTEXTS) + 2))
