@@ -1,7 +1,9 @@
 """CUDA builds of a small model against its CPU builds' logits (written here, checked on the GPU
-machine): a prompt prefilled, then teacher-forced decode steps. q4f16_1 twice: a 7-token prompt
-through the compiled prefill kernels and a 32-token prompt through the cuBLAS entry; q0f16 (float
-weights: dlight's Matmul and GEMV rules) once.
+machine): a prompt prefilled, then teacher-forced decode steps (each a whole-step CUDA graph
+replay, runtime/cuda_graph.py). q4f16_1 twice: a 7-token prompt through the compiled prefill
+kernels and a 32-token prompt through the cuBLAS entry; q0f16 (float weights: dlight's Matmul and
+GEMV rules) once. Then greedy decoding (the argmax on the device) from the 7-token prompt against
+the CPU build's greedy tokens.
 
     python benchmarks/cuda_check.py make OUT MODEL_DIR     # here: builds cpu + cuda, saves reference logits
     python benchmarks/cuda_check.py check OUT              # GPU machine
@@ -17,11 +19,18 @@ import numpy as np
 IDS = [3, 17, 42, 5, 8, 11, 2] + list(range(20, 52))
 RUNS = {"q4f16_1": {"prefill": 7, "prefill_cublas": 32}, "q0f16": {"prefill": 7}}  # entry: prompt length
 TOLERANCE = 1e-2  # relative logit error, fp16 activations against the CPU build
+GREEDY = 72  # greedy tokens compared (from 7 prompt tokens: across 4 pages of 16)
 
 
 def steps(engine, prompt: int) -> np.ndarray:
     engine.reset()
     return np.stack([engine.prefill(IDS[:prompt])] + [engine.decode(t) for t in IDS[prompt:]])
+
+
+def greedy(engine) -> np.ndarray:
+    engine.reset()
+    first = int(engine.prefill(IDS[:7]).argmax())
+    return np.array([first] + engine.decode_greedy(first, GREEDY))
 
 
 def make(out: Path, model_dir: Path) -> None:
@@ -35,6 +44,7 @@ def make(out: Path, model_dir: Path) -> None:
         engine = Engine(cpu)
         for prompt in entries.values():
             np.save(out / f"reference-{quant}-{prompt}.npy", steps(engine, prompt))
+        np.save(out / f"greedy-{quant}.npy", greedy(engine))
         for f in cpu.iterdir():  # only the CUDA folders travel
             f.unlink()
         cpu.rmdir()
@@ -60,6 +70,10 @@ def check(out: Path) -> None:
                   f"error vs cpu {err:.2e} (bound {TOLERANCE}), argmax identical: {same}")
             if err > TOLERANCE or not same:
                 failed.append(f"{quant} {name}")
+        ref, got = np.load(out / f"greedy-{quant}.npy"), greedy(engine)
+        print(f"cuda {quant}: {GREEDY} greedy tokens (the argmax on the device) equal the CPU build's: {np.array_equal(ref, got)}")
+        if not np.array_equal(ref, got):
+            failed.append(f"{quant} greedy")
     if failed:
         raise SystemExit(f"the CUDA build disagrees with the CPU build: {', '.join(failed)}")
 
