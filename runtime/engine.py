@@ -68,7 +68,6 @@ class Engine:
         )
         self.length = 0  # tokens in the KV cache
         self._add_sequence()
-        self._graphs = self._decode_graphs()  # CUDA: each decode step one graph replay
 
     def _prefill_entry(self) -> str:
         """The entry prefills run: the manifest's vendor-library entry (CUDA: cuBLAS) once its
@@ -86,19 +85,6 @@ class Engine:
             warnings.warn(f"{self.dist_dir}: prefills use the compiled kernels: {e}", stacklevel=3)
             return "prefill"
         return entry
-
-    def _decode_graphs(self):
-        """Whole decode steps as CUDA graphs (runtime/cuda_graph.py) where the library is built for
-        them (manifest target `decode_graphs`), else None: each step's kernels launched one by one."""
-        if self.manifest["target"].get("decode_graphs") != "whole_step":
-            return None
-        from . import cuda_graph
-
-        try:
-            return cuda_graph.DecodeGraphs(self, self.manifest["page_size"])
-        except (OSError, AttributeError, RuntimeError) as e:  # no libcuda.so.1, or too old a driver
-            warnings.warn(f"{self.dist_dir}: decode launches its kernels one by one (slower): {e}", stacklevel=3)
-            return None
 
     def _add_sequence(self) -> None:
         _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
@@ -211,8 +197,6 @@ class Engine:
         self._check_ids(ids)
         self._check_room(1)
         self._token.copyfrom(ids)
-        if self._graphs:
-            return self._graphs.logits().numpy().reshape(-1)
         return self._forward("decode", self._token)
 
     def decode_greedy(self, token_id: int, steps: int, stop_ids=()) -> list[int]:
@@ -240,23 +224,20 @@ class Engine:
                               "rebuild it with `mlcgen build`")
         greedy = self.vm["greedy"]
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
-        fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
+        fed, pending, given = self._token, [], 0
         start = self.length
         try:
             while max_tokens is None or given + len(pending) < max_tokens:
                 if self.length + 1 > self.context_window:
                     break
-                if self._graphs:
-                    pending.append(lambda token=self._graphs.greedy(): token)
-                else:
-                    fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
-                    pending.append(lambda token=fed: int(token.numpy()[0]))
+                fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
+                pending.append(fed)
                 if len(pending) == 2:
                     given += 1
-                    yield pending.pop(0)()
+                    yield int(pending.pop(0).numpy()[0])
             while pending:
                 given += 1
-                yield pending.pop(0)()
+                yield int(pending.pop(0).numpy()[0])
         finally:
             self.pop(self.length - start - given)  # the cache holds token_id and every token yielded but the last
 
