@@ -83,17 +83,14 @@ def run(out: Path) -> None:
     q4 = get_quantization("q4f16_1")
     rng = np.random.default_rng(0)
     libs = {s: tvm.runtime.load_module(str(out / f"{s}.so"))["main"] for s in SHAPES}
-    layers = []  # per layer, per shape: (x, q_weight, q_scale, y, [(pointer, bytes)])
+    layers = [{} for _ in range(LAYERS)]  # per layer, per shape: (x, q_weight, q_scale, y, [(pointer, bytes)])
     for shape, (n, k) in SHAPES.items():
         qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
         x = tvm.runtime.tensor(rng.standard_normal((1, 1, k)).astype(np.float16), dev)
         y = tvm.runtime.empty((1, 1, n), "float16", dev)
-        for layer in range(LAYERS):
-            if len(layers) <= layer:
-                layers.append({})
+        for layer in layers:
             w, s = tvm.runtime.tensor(qw, dev), tvm.runtime.tensor(qs, dev)
-            spans = [(torch.from_dlpack(t).data_ptr(), int(np.prod(t.shape)) * tvm.DataType(str(t.dtype)).bits // 8) for t in (w, s)]
-            layers[layer][shape] = (x, w, s, y, spans)
+            layer[shape] = (x, w, s, y, [(w.data_ptr(), qw.nbytes), (s.data_ptr(), qs.nbytes)])
     order = [(layer, shape) for layer in range(LAYERS) for shape in SHAPES]
 
     def step(prefetch: str | None) -> None:
