@@ -1,8 +1,9 @@
 """CUDA builds of a small model against its CPU builds' logits (written here, checked on the GPU
-machine): a prompt prefilled, then teacher-forced decode steps. q4f16_1 twice: a 7-token prompt
-through the compiled prefill kernels and a 32-token prompt through the cuBLAS entry; q0f16 (float
-weights: dlight's Matmul and GEMV rules) once. Then greedy decoding (the argmax on the device, the
-host a step ahead) from the 7-token prompt against the CPU build's greedy tokens.
+machine): a prompt prefilled, then teacher-forced decode steps (each a whole-step CUDA graph
+replay, runtime/cuda_graph.py). q4f16_1 twice: a 7-token prompt through the compiled prefill
+kernels and a 32-token prompt through the cuBLAS entry; q0f16 (float weights: dlight's Matmul and
+GEMV rules) once. Then greedy decoding (the argmax on the device) from the 7-token prompt against
+the CPU build's greedy tokens.
 
     python benchmarks/cuda_check.py make OUT MODEL_DIR     # here: builds cpu + cuda, saves reference logits
     python benchmarks/cuda_check.py check OUT              # GPU machine

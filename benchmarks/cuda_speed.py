@@ -2,6 +2,7 @@
 
     python benchmarks/cuda_speed.py build .bench/speed        # here: compile the libraries (TVM compiler)
     python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
+    python benchmarks/cuda_speed.py run .bench/speed llama2-7b   # that model, mlcgen only (to compare builds)
 
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
 decode tok/s at contexts 128, 1024 and 4096 (64 timed greedy steps ending at that context, as
@@ -213,6 +214,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         result["decode"][context], result["decode_spread"][context] = statistics.median(runs), (runs[0], runs[-1])
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
     result["decode_host_argmax"] = statistics.median(decode_from(128, host_argmax) for _ in range(REPEATS))
+    result["greedy_mismatch"] = greedy_mismatch(engine, ids)
     torch.cuda.synchronize()
     used = free_before - torch.cuda.mem_get_info()[0]
     result["memory"] = {"used": used, "params": weights, "kv_cache": dist.kv_cache_bytes(manifest)}
@@ -237,6 +239,25 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     result["kernel_us"] = sum(r["us"] for r in rows)
     del engine
     return result
+
+
+def greedy_mismatch(engine, ids, steps: int = 4 * STEPS) -> int | None:
+    """The first step at which greedy decoding (the argmax on the device, the host a step ahead)
+    and decode + numpy's argmax give different tokens, or None. Both run the same kernels on the
+    same state, so any difference is an ordering bug between steps (such as a step reading the
+    next one's KV-cache tables)."""
+    runs = []
+    for on_device in (True, False):
+        engine.reset()
+        engine.prefill(ids[:100])
+        if on_device:
+            runs.append(engine.decode_greedy(1, steps))
+        else:
+            tokens = [1]
+            for _ in range(steps):
+                tokens.append(int(engine.decode(tokens[-1]).argmax()))
+            runs.append(tokens[1:])
+    return next((i for i, (a, b) in enumerate(zip(*runs)) if a != b), None)
 
 
 def pytorch_models(name: str) -> dict:
@@ -323,7 +344,8 @@ def to_int4(model, group: int = 32) -> None:
     torch.cuda.empty_cache()
 
 
-def run(out: Path) -> None:
+def run(out: Path, names: list[str]) -> None:
+    """names: only these models, and mlcgen only (to compare builds); none: the full table."""
     import torch
 
     from mlcgen.runtime import cuda as cuda_runtime
@@ -334,10 +356,10 @@ def run(out: Path) -> None:
     torch.cuda.init()
     bandwidth = copy_gbs()
     results = {"device": torch.cuda.get_device_name(), "copy_gbs": bandwidth, "models": {}}
-    for name in MODELS:
-        results["models"][name] = {"mlcgen": mlcgen_model(out, name, bandwidth)}
+    for name in names or MODELS:
+        results["models"][name] = {"mlcgen": mlcgen_model(out, name, bandwidth), "pytorch": {}}
         torch.cuda.empty_cache()
-    for name in MODELS:
+    for name in [] if names else MODELS:
         results["models"][name]["pytorch"] = pytorch_models(name)
     (out / "result.json").write_text(json.dumps(results, indent=1))
     report(results)
@@ -354,6 +376,9 @@ def report(r: dict) -> None:
         spread = ", ".join(f"ctx {c}: {lo:.1f}-{hi:.1f}" for c, (lo, hi) in me["decode_spread"].items())
         print(f"| | (decode: median of {REPEATS} runs of {STEPS} greedy steps; {spread}; logits to the host "
               f"and numpy's argmax each step: {me['decode_host_argmax']:.1f} at ctx 128) | | | | |")
+        mismatch = me["greedy_mismatch"]
+        print(f"| | (greedy tokens {'equal' if mismatch is None else f'DIFFER from step {mismatch}'} against decode + "
+              f"numpy's argmax over {4 * STEPS} steps) | | | | |")
         for system, p in m["pytorch"].items():
             if "error" in p:
                 print(f"| {name} | PyTorch {system} | failed: {p['error'][:80]} | | | |")
@@ -388,4 +413,7 @@ def report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    {"build": build, "run": run}[sys.argv[1]](Path(sys.argv[2]))
+    if sys.argv[1] == "build":
+        build(Path(sys.argv[2]))
+    else:
+        run(Path(sys.argv[2]), sys.argv[3:])

@@ -30,7 +30,6 @@ def phases(target_module, target) -> list[tuple[str, list]]:
             relax.transform.RemovePurityChecking(),
             relax.transform.CallTIRRewrite(),           # call_tir -> explicit output allocations
             relax.transform.StaticPlanBlockMemory(),    # share storage; sizes bounded by tir_var_upper_bound
-            *target_module.after_memory_planning_passes(target),  # e.g. CUDA graph capture regions
             relax.transform.LowerAllocTensor(),
             relax.transform.KillAfterLastUse(),         # free storage as soon as it is dead
             relax.transform.LowerRuntimeBuiltin(),
@@ -46,7 +45,7 @@ def run(mod: tvm.IRModule, target_module, target, dump_ir: Path | None = None) -
     if dump_ir:
         dump_ir.mkdir(parents=True, exist_ok=True)
         (dump_ir / "00-input.py").write_text(mod.script())
-    with target, tvm.transform.PassContext(config=target_module.PASS_CONFIG):
+    with target, tvm.transform.PassContext():
         for i, (name, passes) in enumerate(phases(target_module, target), start=1):
             mod = tvm.transform.Sequential(passes, name=name)(mod)
             if dump_ir:

@@ -68,6 +68,8 @@ class Engine:
         )
         self.length = 0  # tokens in the KV cache
         self._add_sequence()
+        self._tables_copied_apart = self.manifest["target"]["device"] in ("cuda", "rocm")  # see _wait_for_earlier_steps
+        self._graphs = self._decode_graphs()  # CUDA: each decode step one graph replay
 
     def _prefill_entry(self) -> str:
         """The entry prefills run: the manifest's vendor-library entry (CUDA: cuBLAS) once its
@@ -85,6 +87,19 @@ class Engine:
             warnings.warn(f"{self.dist_dir}: prefills use the compiled kernels: {e}", stacklevel=3)
             return "prefill"
         return entry
+
+    def _decode_graphs(self):
+        """Whole decode steps as CUDA graphs (runtime/cuda_graph.py) where the library is built for
+        them (manifest target `decode_graphs`), else None: each step's kernels launched one by one."""
+        if self.manifest["target"].get("decode_graphs") != "whole_step":
+            return None
+        from . import cuda_graph
+
+        try:
+            return cuda_graph.DecodeGraphs(self, self.manifest["page_size"])
+        except (OSError, AttributeError, RuntimeError) as e:  # no libcuda.so.1, or too old a driver
+            warnings.warn(f"{self.dist_dir}: decode launches its kernels one by one (slower): {e}", stacklevel=3)
+            return None
 
     def _add_sequence(self) -> None:
         _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
@@ -197,6 +212,8 @@ class Engine:
         self._check_ids(ids)
         self._check_room(1)
         self._token.copyfrom(ids)
+        if self._graphs:
+            return self._graphs.logits().numpy().reshape(-1)
         return self._forward("decode", self._token)
 
     def decode_greedy(self, token_id: int, steps: int, stop_ids=()) -> list[int]:
@@ -215,7 +232,8 @@ class Engine:
         """Greedy decoding as a stream: append `token_id`, then yield each next token (argmax of the
         logits), at most max_tokens. The argmax runs on the device and feeds the next step's
         embedding there: no logits cross to the host, and the host issues each step before it reads
-        the previous step's token back. The cache holds what decode + argmax on the host would:
+        the previous step's token back (on CUDA and ROCm, once the previous step has finished:
+        _wait_for_earlier_steps). The cache holds what decode + argmax on the host would:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
         self._check_ids(np.array([token_id]))
@@ -224,20 +242,23 @@ class Engine:
                               "rebuild it with `mlcgen build`")
         greedy = self.vm["greedy"]
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
-        fed, pending, given = self._token, [], 0
+        fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
         start = self.length
         try:
             while max_tokens is None or given + len(pending) < max_tokens:
                 if self.length + 1 > self.context_window:
                     break
-                fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
-                pending.append(fed)
+                if self._graphs:
+                    pending.append(self._graphs.greedy())
+                else:
+                    fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
+                    pending.append(lambda token=fed: int(token.numpy()[0]))
                 if len(pending) == 2:
                     given += 1
-                    yield int(pending.pop(0).numpy()[0])
+                    yield pending.pop(0)()
             while pending:
                 given += 1
-                yield int(pending.pop(0).numpy()[0])
+                yield pending.pop(0)()
         finally:
             self.pop(self.length - start - given)  # the cache holds token_id and every token yielded but the last
 
@@ -267,10 +288,19 @@ class Engine:
         n = ids.shape[0]
         embed = self._entries["embed"](ids, self.params)._create_view((1, n, self.hidden_size))
         _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([n]))
+        self._wait_for_earlier_steps()
         logits, _ = self._entries[entry](embed, self.cache, self.params)
         _builtin("kv_state_end_forward")(self.cache)
         self.length += n
         return logits
+
+    def _wait_for_earlier_steps(self) -> None:
+        """Call before a step's KV-cache tables go to the device (at its first attention call, or
+        when asked for its query positions). On CUDA and ROCm TVM's cache copies them on a stream
+        of its own that waits for nothing, so a copy issued while an earlier step still runs (the
+        host a step ahead: greedy_stream) would overwrite the positions and page table under it."""
+        if self._tables_copied_apart:
+            self.device.sync()  # the legacy stream, which every graph replay joins (cuda_graph.py)
 
 
 def _brief(value) -> str:

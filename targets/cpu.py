@@ -25,15 +25,10 @@ def tvm_target(preset: str):
 
 QUANTIZATIONS = ("q0f32", "q0f16", "q4f16_1", "q4f32_1")  # float32 activations are the fast ones on x86
 QUANTIZATION_NOTE = ""
-PASS_CONFIG: dict = {}
 TIR_PIPELINE = "default"
 
 
 def offload_passes(target) -> list:
-    return []
-
-
-def after_memory_planning_passes(target) -> list:
     return []
 
 

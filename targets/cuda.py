@@ -1,7 +1,9 @@
 """CUDA (NVIDIA): where this project measures its GPU schedules before retargeting them to AMD.
 
 The library stores CUDA C; kernels are compiled by nvcc when it is loaded (runtime/cuda.py: an
-on-disk cache keyed by source hash and arch makes the second load compile nothing).
+on-disk cache keyed by source hash and arch makes the second load compile nothing). It holds no
+CUDA graphs (TVM's RewriteCUDAGraph stops at every KV-cache call): the engine captures whole
+decode steps instead (runtime/cuda_graph.py).
 """
 
 from __future__ import annotations
@@ -69,9 +71,6 @@ def tvm_target(preset: str):
 
 
 QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
-# Decode is hundreds of small kernels: CUDA graphs replay each run of them between KV-cache calls
-# with one launch instead of one per kernel.
-PASS_CONFIG = {"relax.backend.use_cuda_graph": True}
 TIR_PIPELINE = "default"
 
 
@@ -87,17 +86,12 @@ def offload_passes(target) -> list:
 
 
 def runtime_facts(preset: str, scheme) -> dict:
-    """Recorded in the manifest: the prefill entry the runtime calls where cuBLAS loads, for the q4
-    schemes (offload_passes adds it where it has q4 matmuls to offload). It is faster than the
-    compiled kernels at every prompt length measured, 4 to 512 tokens (H200, docs/benchmarks.md):
-    their tiles pad short prompts to 128 rows."""
-    return {"library_prefill": CUBLAS_ENTRY} if isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16" else {}
-
-
-def after_memory_planning_passes(target) -> list:
-    from tvm import relax
-
-    return [relax.transform.RewriteCUDAGraph()]
+    """Recorded in the manifest: decode steps run as whole-step CUDA graphs; and the prefill entry
+    the runtime calls where cuBLAS loads, for the q4 schemes (offload_passes adds it where it has
+    q4 matmuls to offload). It is faster than the compiled kernels at every prompt length measured,
+    4 to 512 tokens (H200, docs/benchmarks.md): their tiles pad short prompts to 128 rows."""
+    cublas = isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16"
+    return {"decode_graphs": "whole_step", **({"library_prefill": CUBLAS_ENTRY} if cublas else {})}
 
 
 def schedule_passes(target) -> list:

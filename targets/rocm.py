@@ -135,16 +135,11 @@ def tvm_target(preset: str):
 
 
 QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
-PASS_CONFIG: dict = {}
 TIR_PIPELINE = "mlcgen_rocm"
 
 
 # hipBLAS could take the prefill matmuls as cuBLAS does on CUDA; not built: no AMD GPU to measure it on
 def offload_passes(target) -> list:
-    return []
-
-
-def after_memory_planning_passes(target) -> list:
     return []
 
 

@@ -93,15 +93,10 @@ QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 # 2 GiB). Weights past it (Llama-3's 128K-vocab embedding and lm_head: 250 MiB) are stored in row
 # chunks, so one library runs on every adapter.
 MAX_PARAM_BYTES = 128 << 20
-PASS_CONFIG: dict = {}
 TIR_PIPELINE = "default"
 
 
 def offload_passes(target) -> list:
-    return []
-
-
-def after_memory_planning_passes(target) -> list:
     return []
 
 

@@ -1,0 +1,154 @@
+"""Whole decode steps as CUDA graphs, captured by the engine (CUDA driver API through ctypes).
+
+A CUDA build's decode is ~900 small kernels, a third of them launched by TVM's KV cache between
+the model's own kernels; TVM's RewriteCUDAGraph can capture only the runs between those KV-cache
+calls, and the GPU idled ~15% of a 7B step at the hand-overs. Here the engine captures the step
+whole (embed, decode, and for greedy decoding the argmax and its copy into the next step's input)
+on a stream of its own and replays it with one launch.
+
+What the capture cannot hold: the KV cache's per-step host work. begin_forward and end_forward
+run on the host every step as before, and the cache's tables (page table, positions, lengths) are
+copied to the device before each replay, outside the graph, by asking the cache for its query
+positions (TVM copies them lazily at a step's first attention call). Their device addresses and
+the kernels' launch arguments change only with the sequence's page count (TVM's paged_kv_cache.cc:
+view offsets and `nnz_pages`), so a step is captured once per page count, every page_size tokens,
+and replayed in between.
+
+Ordering. TVM copies the tables on a non-blocking stream of its own, which waits for nothing: a
+copy issued while the last replay runs overwrites the tables under it (greedy tokens then differed
+from the CPU build's now and then: docs/benchmarks.md). So before each copy the host waits for the
+last replay (Engine._wait_for_earlier_steps), having done its own work for the step first; the cache
+orders the legacy default stream after its copy, and our stream joins the legacy stream by events
+both ways around each replay, so TVM's eager work (prefill, logits to the host) stays in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+LEGACY = ctypes.c_void_p(0)  # the legacy default stream: what TVM launches on when no stream is set
+NON_BLOCKING, NO_TIMING, RELAXED = 1, 2, 2  # CU_STREAM_NON_BLOCKING, CU_EVENT_DISABLE_TIMING, CU_STREAM_CAPTURE_MODE_RELAXED
+
+
+class Driver:
+    """The few CUDA driver calls used here, each checked."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libcuda.so.1")  # installed with the NVIDIA driver wherever CUDA runs
+
+    def __call__(self, name: str, *args) -> None:
+        result = getattr(self.lib, name)(*args)
+        if result:
+            text = ctypes.c_char_p()
+            self.lib.cuGetErrorString(result, ctypes.byref(text))
+            raise RuntimeError(f"CUDA {name} failed: {(text.value or b'?').decode()} ({result})")
+
+    def new(self, name: str, *args) -> ctypes.c_void_p:
+        handle = ctypes.c_void_p()
+        self(name, ctypes.byref(handle), *args)
+        return handle
+
+
+class DecodeGraphs:
+    """Decode steps of one engine, each a replay of the graph captured for the current page count."""
+
+    def __init__(self, engine, page_size: int):
+        self.engine, self.page_size, self.cu = engine, page_size, Driver()
+        self.stream = self.cu.new("cuStreamCreate", ctypes.c_uint(NON_BLOCKING))
+        self.joined = self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING))
+        self.graphs = {}  # greedy: (page count, graph exec, output tensor); only the current page count's
+        # A greedy step's token is read back through one of two page-locked words: the host reads
+        # step t's while step t + 1 runs.
+        self.host_tokens = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(8))
+        self.token_copied = [self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING)) for _ in range(2)]
+        self.steps = 0
+        self.warm = False  # whether a step has run eagerly: the VM's first allocations, module loads
+
+    def logits(self):
+        """One step from the engine's token tensor: its logits tensor, ordered for the legacy stream."""
+        return self._replay(greedy=False)
+
+    def greedy(self):
+        """One greedy step from the engine's token tensor, which then holds the step's token (the
+        next step's input); returns a function that reads that token back (call it before the
+        step after next is issued)."""
+        self._replay(greedy=True)
+        slot = self.steps % 2
+        self.steps += 1
+        self.cu("cuMemcpyDtoHAsync_v2", ctypes.c_void_p(self.host_tokens.value + 4 * slot),
+                ctypes.c_uint64(self.engine._token.data_ptr()), ctypes.c_size_t(4), self.stream)
+        self.cu("cuEventRecord", self.token_copied[slot], self.stream)
+
+        def read() -> int:
+            self.cu("cuEventSynchronize", self.token_copied[slot])
+            return int(ctypes.c_int32.from_address(self.host_tokens.value + 4 * slot).value)
+
+        return read
+
+    def _replay(self, greedy: bool):
+        from tvm.runtime import ShapeTuple
+
+        from .engine import _builtin
+
+        e = self.engine
+        pages = e.length // self.page_size + 1  # after this step's token
+        _builtin("kv_state_begin_forward")(e.cache, ShapeTuple([e.SEQ_ID]), ShapeTuple([1]))
+        e._wait_for_earlier_steps()  # the last replay has read the tables that the copy below overwrites
+        _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
+        self._join(LEGACY, self.stream)  # ... and any eager work before this step
+        entry = self.graphs.get(greedy)
+        if entry is None or entry[0] != pages:
+            if entry is not None:
+                self.cu("cuGraphExecDestroy", entry[1])
+            entry = self.graphs[greedy] = (pages, *self._capture(greedy))
+        self.cu("cuGraphLaunch", entry[1], self.stream)
+        self._join(self.stream, LEGACY)  # the step's results, and every later copy, for the legacy stream
+        _builtin("kv_state_end_forward")(e.cache)
+        e.length += 1
+        return entry[2]
+
+    def _join(self, first, then) -> None:
+        """Work issued on `then` from now on waits for what `first` holds now."""
+        self.cu("cuEventRecord", self.joined, first)
+        self.cu("cuStreamWaitEvent", then, self.joined, ctypes.c_uint(0))
+
+    def _capture(self, greedy: bool):
+        """(graph exec, output tensor) of one step, captured on our stream with TVM's launches
+        directed to it; the first time, the step runs once eagerly first (the VM's first
+        allocations and module loads), then is taken back out of the cache."""
+        import tvm_ffi
+
+        from .engine import _builtin
+
+        e = self.engine
+        if not self.warm:
+            given = e._token.numpy()
+            self._run_body(greedy, LEGACY)
+            e._token.copyfrom(given)
+            e.device.sync()
+            self.warm = True
+        self.cu("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(RELAXED))
+        try:
+            with tvm_ffi.use_raw_stream(e.device, self.stream.value):
+                out = self._run_body(greedy, self.stream)
+        finally:
+            graph = ctypes.c_void_p()
+            self.cu("cuStreamEndCapture", self.stream, ctypes.byref(graph))
+        try:
+            graph_exec = self.cu.new("cuGraphInstantiateWithFlags", graph, ctypes.c_ulonglong(0))
+        finally:
+            self.cu("cuGraphDestroy", graph)
+        return graph_exec, out
+
+    def _run_body(self, greedy: bool, stream):
+        """embed + decode (+ the argmax, copied into the token tensor on `stream`, where TVM
+        launches) from the engine's token tensor."""
+        e = self.engine
+        embed = e._entries["embed"](e._token, e.params)._create_view((1, 1, e.hidden_size))
+        logits, _ = e._entries["decode"](embed, e.cache, e.params)
+        if not greedy:
+            return logits
+        token = e.vm["greedy"](logits)
+        self.cu("cuMemcpyDtoDAsync_v2", ctypes.c_uint64(e._token.data_ptr()), ctypes.c_uint64(token.data_ptr()),
+                ctypes.c_size_t(4), stream)
+        return token
