@@ -214,6 +214,8 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         result["decode"][context], result["decode_spread"][context] = statistics.median(runs), (runs[0], runs[-1])
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
     result["decode_host_argmax"] = statistics.median(decode_from(128, host_argmax) for _ in range(REPEATS))
+    if engine._graphs:  # whole-step graphs: one capture per page count reached, timed on the host
+        result["captures"] = engine._graphs.captures, engine._graphs.capture_seconds
     result["greedy_mismatch"] = greedy_mismatch(engine, ids)
     torch.cuda.synchronize()
     used = free_before - torch.cuda.mem_get_info()[0]
@@ -376,6 +378,10 @@ def report(r: dict) -> None:
         spread = ", ".join(f"ctx {c}: {lo:.1f}-{hi:.1f}" for c, (lo, hi) in me["decode_spread"].items())
         print(f"| | (decode: median of {REPEATS} runs of {STEPS} greedy steps; {spread}; logits to the host "
               f"and numpy's argmax each step: {me['decode_host_argmax']:.1f} at ctx 128) | | | | |")
+        if "captures" in me:
+            count, seconds = me["captures"]
+            print(f"| | (decode graphs captured {count} times, {seconds / count * 1e3:.2f} ms each on the host, "
+                  f"once per page count reached) | | | | |")
         mismatch = me["greedy_mismatch"]
         print(f"| | (greedy tokens {'equal' if mismatch is None else f'DIFFER from step {mismatch}'} against decode + "
               f"numpy's argmax over {4 * STEPS} steps) | | | | |")

@@ -25,6 +25,7 @@ both ways around each replay, so TVM's eager work (prefill, logits to the host) 
 from __future__ import annotations
 
 import ctypes
+import time
 
 LEGACY = ctypes.c_void_p(0)  # the legacy default stream: what TVM launches on when no stream is set
 NON_BLOCKING, NO_TIMING, RELAXED = 1, 2, 2  # CU_STREAM_NON_BLOCKING, CU_EVENT_DISABLE_TIMING, CU_STREAM_CAPTURE_MODE_RELAXED
@@ -57,6 +58,7 @@ class DecodeGraphs:
         self.stream = self.cu.new("cuStreamCreate", ctypes.c_uint(NON_BLOCKING))
         self.joined = self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING))
         self.graphs = {}  # greedy: (page count, graph exec, output tensor); only the current page count's
+        self.captures, self.capture_seconds = 0, 0.0  # host time to record steps and update or instantiate their graphs
         # A greedy step's token is read back through one of two page-locked words: the host reads
         # step t's while step t + 1 runs.
         self.host_tokens = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(8))
@@ -98,9 +100,10 @@ class DecodeGraphs:
         self._join(LEGACY, self.stream)  # ... and any eager work before this step
         entry = self.graphs.get(greedy)
         if entry is None or entry[0] != pages:
-            if entry is not None:
-                self.cu("cuGraphExecDestroy", entry[1])
-            entry = self.graphs[greedy] = (pages, *self._capture(greedy))
+            start = time.perf_counter()
+            entry = self.graphs[greedy] = (pages, *self._capture(greedy, entry[1] if entry else None))
+            self.captures += 1
+            self.capture_seconds += time.perf_counter() - start
         self.cu("cuGraphLaunch", entry[1], self.stream)
         self._join(self.stream, LEGACY)  # the step's results, and every later copy, for the legacy stream
         _builtin("kv_state_end_forward")(e.cache)
@@ -112,13 +115,13 @@ class DecodeGraphs:
         self.cu("cuEventRecord", self.joined, first)
         self.cu("cuStreamWaitEvent", then, self.joined, ctypes.c_uint(0))
 
-    def _capture(self, greedy: bool):
+    def _capture(self, greedy: bool, graph_exec):
         """(graph exec, output tensor) of one step, captured on our stream with TVM's launches
         directed to it; the first time, the step runs once eagerly first (the VM's first
-        allocations and module loads), then is taken back out of the cache."""
+        allocations and module loads). A page count's graph differs from the last one's only in
+        kernel arguments, so it updates the last one's executable graph in place, which is cheaper
+        than instantiating one (an instantiation where the update is refused)."""
         import tvm_ffi
-
-        from .engine import _builtin
 
         e = self.engine
         if not self.warm:
@@ -135,6 +138,11 @@ class DecodeGraphs:
             graph = ctypes.c_void_p()
             self.cu("cuStreamEndCapture", self.stream, ctypes.byref(graph))
         try:
+            if graph_exec is not None:
+                info = (ctypes.c_byte * 24)()  # CUgraphExecUpdateResultInfo: the result and two nodes
+                if self.cu.lib.cuGraphExecUpdate_v2(graph_exec, graph, info) == 0:
+                    return graph_exec, out
+                self.cu("cuGraphExecDestroy", graph_exec)
             graph_exec = self.cu.new("cuGraphInstantiateWithFlags", graph, ctypes.c_ulonglong(0))
         finally:
             self.cu("cuGraphDestroy", graph)
