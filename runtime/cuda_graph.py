@@ -65,6 +65,20 @@ class DecodeGraphs:
         self.token_copied = [self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING)) for _ in range(2)]
         self.steps = 0
         self.warm = False  # whether a step has run eagerly: the VM's first allocations, module loads
+        self.can_update = hasattr(self.cu.lib, "cuGraphExecUpdate_v2")  # CUDA 12 drivers; older ones instantiate
+
+    def __del__(self):
+        """The driver objects go with the engine (an app may load several engines in turn)."""
+        try:
+            self.cu("cuStreamSynchronize", self.stream)
+            for _, graph_exec, _ in self.graphs.values():
+                self.cu("cuGraphExecDestroy", graph_exec)
+            for event in (self.joined, *self.token_copied):
+                self.cu("cuEventDestroy_v2", event)
+            self.cu("cuStreamDestroy_v2", self.stream)
+            self.cu("cuMemFreeHost", self.host_tokens)
+        except (AttributeError, OSError, RuntimeError):  # half-built, or at interpreter exit
+            pass
 
     def logits(self):
         """One step from the engine's token tensor: its logits tensor, ordered for the legacy stream."""
@@ -140,7 +154,7 @@ class DecodeGraphs:
         try:
             if graph_exec is not None:
                 info = (ctypes.c_byte * 24)()  # CUgraphExecUpdateResultInfo: the result and two nodes
-                if self.cu.lib.cuGraphExecUpdate_v2(graph_exec, graph, info) == 0:
+                if self.can_update and self.cu.lib.cuGraphExecUpdate_v2(graph_exec, graph, info) == 0:
                     return graph_exec, out
                 self.cu("cuGraphExecDestroy", graph_exec)
             graph_exec = self.cu.new("cuGraphInstantiateWithFlags", graph, ctypes.c_ulonglong(0))
