@@ -93,6 +93,11 @@ class Engine:
         them (manifest target `decode_graphs`), else None: each step's kernels launched one by one."""
         if self.manifest["target"].get("decode_graphs") != "whole_step":
             return None
+        if self.sliding_window:
+            # Graphs are keyed by the sequence's page count; the window's page table also moves
+            # with the window's start, which that key does not follow (not tested on a GPU), so
+            # such models decode with eager launches.
+            return None
         from . import cuda_graph
 
         try:
