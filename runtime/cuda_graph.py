@@ -15,11 +15,13 @@ view offsets and `nnz_pages`), so a step is captured once per page count, every 
 and replayed in between.
 
 Ordering. TVM copies the tables on a non-blocking stream of its own, which waits for nothing: a
-copy issued while the last replay runs overwrites the tables under it (greedy tokens then differed
-from the CPU build's now and then: docs/benchmarks.md). So before each copy the host waits for the
-last replay (Engine._wait_for_earlier_steps), having done its own work for the step first; the cache
-orders the legacy default stream after its copy, and our stream joins the legacy stream by events
-both ways around each replay, so TVM's eager work (prefill, logits to the host) stays in order.
+copy issued while the last replay runs overwrites the tables under it (greedy tokens then differ
+from decode + host argmax from the first steps on: benchmarks/decode_graphs.py). So before each
+copy the host waits for the last replay (Engine._wait_for_earlier_steps), having done its own work
+for the step first; the cache orders the legacy default stream after its copy, and our stream
+joins the legacy stream by events both ways around each replay, so TVM's eager work (prefill,
+logits to the host) stays in order. A capture, which needs the new tables' addresses, comes after
+the copy and so also waits for the last replay: ~1 ms of host time every page_size tokens.
 """
 
 from __future__ import annotations

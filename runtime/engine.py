@@ -302,8 +302,10 @@ class Engine:
     def _wait_for_earlier_steps(self) -> None:
         """Call before a step's KV-cache tables go to the device (at its first attention call, or
         when asked for its query positions). On CUDA and ROCm TVM's cache copies them on a stream
-        of its own that waits for nothing, so a copy issued while an earlier step still runs (the
-        host a step ahead: greedy_stream) would overwrite the positions and page table under it."""
+        of its own that waits for nothing (on CUDA a non-blocking one; ROCm runs the same cache
+        code, not measured here), so a copy issued while an earlier step still runs (the host a
+        step ahead: greedy_stream) would overwrite the positions and page table under it: greedy
+        tokens differed from the first step on (docs/benchmarks.md)."""
         if self._tables_copied_apart:
             self.device.sync()  # the legacy stream, which every graph replay joins (cuda_graph.py)
 
