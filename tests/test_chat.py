@@ -221,6 +221,26 @@ def test_greedy_on_the_device_replies_and_caches_as_host_argmax(builds, monkeypa
     assert reasons[4][0] == "stop" and 0 < reasons[4][1] < 39 and reasons[5] == ("length", 4)
 
 
+def test_every_forward_waits_for_earlier_steps_before_the_cache_tables_go_up(chat_dist, monkeypatch):
+    """On CUDA and ROCm TVM's KV cache copies its tables at a step's first attention call on a stream
+    that waits for nothing: a step issued ahead (greedy_stream) must wait for the earlier ones
+    first (measured on the GPU: greedy tokens differ from the first steps on without it). Here the
+    order of the calls is checked on the CPU, where the wait is otherwise a no-op."""
+    from mlcgen.runtime.engine import Engine
+
+    engine = Engine(chat_dist)
+    calls = []
+    engine._tables_copied_apart = True
+    monkeypatch.setattr(engine.device, "sync", lambda *args: calls.append("wait"), raising=False)
+    for name, entry in list(engine._entries.items()):
+        engine._entries[name] = lambda *args, entry=entry, name=name: calls.append(name) or entry(*args)
+    engine.prefill([1, 2, 3])
+    engine.decode_greedy(4, 5)
+    forwards = [i for i, c in enumerate(calls) if c in ("prefill", "decode")]
+    assert [calls[i] for i in forwards] == ["prefill"] + ["decode"] * 5
+    assert all(calls[i - 1] == "wait" for i in forwards)
+
+
 def test_benchmark_generate_ignores_stop_tokens(chat_dist):
     chat = ChatModule(chat_dist, chat_config=ChatConfig(generation=GREEDY))
     chat.benchmark_generate("Hello", 40)
