@@ -58,7 +58,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     cfg = family.Config.from_hf(hf_config, source)
     target_module, preset, why = get_target(target)
     max_param_bytes = getattr(target_module, "MAX_PARAM_BYTES", None)
-    scheme = get_quantization(quantization, max_param_bytes, getattr(target_module, "FOLD_NORM_INTO_GEMV", False))
+    scheme = get_quantization(quantization, max_param_bytes)
     if scheme.name not in target_module.QUANTIZATIONS:
         raise ConfigError(f"--quantization {quantization} is not supported on target {target} ({target_module.QUANTIZATION_NOTE}); "
                           f"choose one of: {', '.join(target_module.QUANTIZATIONS)}")

@@ -39,38 +39,6 @@ def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
 Q4_MATMUL_ATTR = "mlcgen.q4_matmul"  # PrimFunc attr: the quantization scheme of a plain q4 matmul
 DEQUANTIZE = "dequantize"  # block name: schedules find the weight's dequantize by it
 SWIGLU = "swiglu"  # block name: the decode GEMV pairs row r of the matmul with row r + N/2 for it
-RMS_SUMSQ, RMS_NORM = "rms_sumsq", "rms_norm"  # block names: the decode GEMV computes a norm before it
-
-
-def rms_normed_te(x, weight, epsilon: float, dtype: str):
-    """RMSNorm of x[..., K] over K as TE, as nn.RMSNorm computes it: float32 inside, the result
-    rounded to `dtype`."""
-    k_total = x.shape[-1]
-    r = te.reduce_axis((0, k_total), name="r")
-    sumsq = te.compute(x.shape[:-1], lambda *i: te.sum(x[(*i, r)].astype("float32") * x[(*i, r)].astype("float32"), axis=r),
-                       name=RMS_SUMSQ)
-    rstd = lambda *i: tirx.rsqrt(sumsq[i] / tirx.const(float(int(k_total)), "float32") + tirx.const(epsilon, "float32"))
-    return te.compute(x.shape, lambda *i: (x[i].astype("float32") * rstd(*i[:-1]) * weight[i[-1]].astype("float32")).astype(dtype),
-                      name=RMS_NORM)
-
-
-def _foldable_norm(norm, linear, x) -> bool:
-    """Whether norm + linear on x can be one decode kernel: one token, a q4 weight in one piece
-    without bias, a plain RMSNorm over the last axis, on a target that folds norms (the scheme's
-    fold_norm)."""
-    single_token = all(isinstance(d, int) and d == 1 for d in x.shape[:-1])
-    return (isinstance(linear, GroupQuantLinear) and linear.scheme.fold_norm and linear.bias is None and single_token
-            and len(linear.chunks()) == 1 and isinstance(norm, nn.RMSNorm) and norm.bias is None and norm.axes in (-1, [-1]))
-
-
-def normed_linear(norm, linear, x: nn.Tensor) -> nn.Tensor:
-    """linear(norm(x)); where _foldable_norm, one kernel: the decode GEMV computes the norm."""
-    if not _foldable_norm(norm, linear, x):
-        return linear(norm(x))
-    (w, s), = linear.chunks()
-    return nn.op.tensor_expr_op(
-        lambda x, g, w, s: q4_matmul_te(linear.scheme, rms_normed_te(x, g, norm.epsilon, x.dtype), w, s, linear.out_dtype),
-        "q4_matmul_rms_norm", [x, norm.weight, w, s])
 
 
 def q4_matmul_swiglu_te(scheme, x, q_weight, q_scale, out_dtype: str):
@@ -92,21 +60,16 @@ def q4_matmul_swiglu_te(scheme, x, q_weight, q_scale, out_dtype: str):
     return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="cast")
 
 
-def gate_up_silu(gate_up, norm, x: nn.Tensor) -> nn.Tensor:
-    """silu(gate) * up of norm(x) through a stacked gate/up projection. For one token (decode)
-    through a q4 weight in one piece without bias, a single kernel (the SiLU and product as the
-    GEMV's epilogue, and the norm too where _foldable_norm: launches saved per layer); otherwise
-    the norm, the projection, a split, silu and a multiply."""
+def gate_up_silu(gate_up, x: nn.Tensor) -> nn.Tensor:
+    """silu(gate) * up for a stacked gate/up projection. For one token (decode) through a q4 weight
+    in one piece without bias, a single kernel (the SiLU and product as the GEMV's epilogue: one
+    kernel launch less per layer); otherwise the projection, a split, silu and a multiply."""
     single_token = all(isinstance(d, int) and d == 1 for d in x.shape[:-1])
     if isinstance(gate_up, GroupQuantLinear) and gate_up.bias is None and single_token and len(gate_up.chunks()) == 1:
         (w, s), = gate_up.chunks()
-        if _foldable_norm(norm, gate_up, x):
-            return nn.op.tensor_expr_op(
-                lambda x, g, w, s: q4_matmul_swiglu_te(gate_up.scheme, rms_normed_te(x, g, norm.epsilon, x.dtype), w, s, gate_up.out_dtype),
-                "q4_matmul_rms_norm_swiglu", [x, norm.weight, w, s])
         return nn.op.tensor_expr_op(lambda x, w, s: q4_matmul_swiglu_te(gate_up.scheme, x, w, s, gate_up.out_dtype),
-                                    "q4_matmul_swiglu", [norm(x), w, s])
-    gate, up = nn.op.split(gate_up(norm(x)), 2, axis=-1)
+                                    "q4_matmul_swiglu", [x, w, s])
+    gate, up = nn.op.split(gate_up(x), 2, axis=-1)
     return nn.op.silu(gate) * up
 
 

@@ -74,7 +74,6 @@ class GroupQuant4:
     group_size: int = 32
     max_code: int = 7  # codes 0..14 hold -7..7; 15 is unused, as in MLC-LLM
     max_param_bytes: int | None = None  # the target's per-tensor limit: larger weights go in row chunks
-    fold_norm: bool = False  # the target's choice: decode GEMVs compute the RMSNorm before them (layers.py)
 
     PACK = 8  # 4-bit codes per uint32 word
     CHUNK_ROWS = 256  # chunks hold a multiple of this many rows (whole GEMV thread blocks)
@@ -187,13 +186,10 @@ QUANTIZATIONS = {
 }
 
 
-def get_quantization(name: str, max_param_bytes: int | None = None, fold_norm: bool = False):
+def get_quantization(name: str, max_param_bytes: int | None = None):
     """The scheme called `name`; max_param_bytes: the target's per-tensor limit (manifest key
-    "max_param_bytes"), which only the group-quantized schemes honour, by storing row chunks;
-    fold_norm: the target's wish that their decode GEMVs compute the RMSNorm before them."""
+    "max_param_bytes"), which only the group-quantized schemes honour, by storing row chunks."""
     if name not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {name!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     scheme = QUANTIZATIONS[name]
-    if not isinstance(scheme, GroupQuant4):
-        return scheme
-    return replace(scheme, max_param_bytes=max_param_bytes or None, fold_norm=fold_norm)
+    return replace(scheme, max_param_bytes=max_param_bytes) if max_param_bytes and isinstance(scheme, GroupQuant4) else scheme

@@ -16,7 +16,7 @@ from tvm import relax, te, tirx, target as tvm_target
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
-from ..compiler.layers import gate_up_silu, normed_linear
+from ..compiler.layers import gate_up_silu
 from ..errors import ConfigError
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -184,12 +184,10 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = quant.linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
         self.o_proj = quant.linear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(self, x: nn.Tensor, norm: nn.RMSNorm, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
-        """Attention of norm(x); the norm is computed inside the q/k/v projection's kernel where the
-        target folds norms (compiler/layers.py normed_linear)."""
+    def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
         c = self.cfg
         b, s, _ = x.shape
-        qkv = normed_linear(norm, self.qkv_proj, x).reshape(b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim)
+        qkv = self.qkv_proj(x).reshape(b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim)
         if _is_longrope(c):
             qkv = longrope(qkv, cache.get_query_positions(b * s), c)
         # RoPE (unless done above), the cache append and attention happen in the paged KV cache.
@@ -202,8 +200,8 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = quant.linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = quant.linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x: nn.Tensor, norm: nn.RMSNorm) -> nn.Tensor:
-        return self.down_proj(gate_up_silu(self.gate_up_proj, norm, x))  # of norm(x): [b, s, f]
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return self.down_proj(gate_up_silu(self.gate_up_proj, x))  # [b, s, f]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -215,8 +213,8 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg, quant)
 
     def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
-        h = x + self.self_attn(x, self.input_layernorm, cache, layer_id)
-        return h + self.mlp(h, self.post_attention_layernorm)
+        h = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class LlamaModel(nn.Module):

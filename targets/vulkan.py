@@ -93,10 +93,6 @@ QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 # 2 GiB). Weights past it (Llama-3's 128K-vocab embedding and lm_head: 250 MiB) are stored in row
 # chunks, so one library runs on every adapter.
 MAX_PARAM_BYTES = 128 << 20
-# Decode GEMVs compute the RMSNorm before them (schedules/dequant_gemv.py): a dispatch that waits
-# for the one before costs 4.4 us on the H200 even for a trivial kernel, and the 64 norm kernels of
-# a 7B step took ~700 us of its ~5.2 ms of kernels (docs/benchmarks.md).
-FOLD_NORM_INTO_GEMV = True
 TIR_PIPELINE = "default"
 
 

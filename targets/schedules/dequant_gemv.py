@@ -18,10 +18,7 @@ schedule's job is to keep enough wide loads in flight:
   contiguous 512-byte read, on the same path as the weight stream;
 - rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
   the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
-  each lane gate row r and up row r + N/2, so the epilogue needs no second kernel;
-- an RMSNorm before the matmul (compiler/layers.py rms_normed_te, on targets that fold norms) is
-  computed by every block: its threads sum the squares of the whole activation between them, and
-  the activation is normalized where it is copied (staged or per lane): no norm kernel.
+  each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
 The knobs come from the target preset (targets/cuda.py, targets/rocm.py), where each value says
 where it comes from. dlight's GEMV rule reached 0.49 of copy bandwidth on the H100 on these
 kernels (docs/benchmarks.md); this rule exists to do better and to follow the AMD wave size.
@@ -36,7 +33,7 @@ import tvm
 from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
-from ...compiler.layers import DEQUANTIZE, RMS_NORM, RMS_SUMSQ, SWIGLU
+from ...compiler.layers import DEQUANTIZE, SWIGLU
 from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
@@ -70,7 +67,7 @@ class DequantGEMV(ScheduleRule):
         inlined = self._inlined(func)
         if inlined is None:
             return None
-        sch, matmul, norm, padding, epilogues = inlined
+        sch, matmul, padding, epilogues = inlined
         *spatial, reduce = sch.get_loops(matmul)
         k = self.knobs
         if self._swiglu(sch, epilogues):
@@ -80,14 +77,13 @@ class DequantGEMV(ScheduleRule):
             k = self._packed_knobs(rows, int(sch.get(reduce).extent) // GROUP)
             step = k.threads_per_row * k.unroll * GROUP
             if int(sch.get(reduce).extent) % step:
-                sch, matmul, norm, padding, epilogues = self._inlined(func, pad_to=step)
-        return self._schedule(sch, matmul, norm, padding, epilogues, target, k)
+                sch, matmul, padding, epilogues = self._inlined(func, pad_to=step)
+        return self._schedule(sch, matmul, padding, epilogues, target, k)
 
     def _inlined(self, func, pad_to: int = 0):
-        """(schedule, matmul block, its RMSNorm's blocks (sum of squares, normalized activation) or
-        (), the padding block before it, blocks after it) with the dequantize inlined, or None where
-        `func` is not a q4 GEMV. With `pad_to`, the reduction is first padded to a multiple of it
-        (_pad_reduction): the block before the matmul pads its activation."""
+        """(schedule, matmul block, blocks before it, blocks after it) with the dequantize inlined,
+        or None where `func` is not a q4 GEMV. With `pad_to`, the reduction is first padded to a
+        multiple of it (_pad_reduction): the block before the matmul pads its activation."""
         q4 = q4_schedule(func)
         if q4 is None:
             return None
@@ -97,15 +93,14 @@ class DequantGEMV(ScheduleRule):
         for block in dequantize:
             sch.compute_inline(block)  # dequantize where the weight word is loaded
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        norm = [b for b in blocks if sch.get(b).name_hint in (RMS_SUMSQ, RMS_NORM)]
         reductions = self._reductions(sch, blocks)
         matmuls = [b for b in reductions if self._is_q4_gemv(sch, b)]
-        if len(matmuls) != 1 or len(reductions) - 1 - bool(norm) != self._swiglu(sch, reductions):
-            return None  # one q4 matmul; the others allowed: the norm's sum of squares, the SwiGLU pair's product
+        if len(matmuls) != 1 or len(reductions) - 1 != self._swiglu(sch, reductions):
+            return None  # one q4 matmul; the only other reduction allowed is the SwiGLU pair's product
         index = blocks.index(matmuls[0])
-        if len(norm) not in (0, 2) or blocks[:len(norm)] != norm or index != len(norm) + bool(pad_to):
-            return None  # producers before the matmul other than a norm and our padding are not handled
-        return sch, matmuls[0], tuple(norm), blocks[len(norm):index], blocks[index + 1:]
+        if index != bool(pad_to):
+            return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
+        return sch, matmuls[0], blocks[:index], blocks[index + 1:]
 
     @staticmethod
     def _reductions(sch, blocks) -> list:
@@ -121,8 +116,7 @@ class DequantGEMV(ScheduleRule):
         staged); the weight and scale reads of the padded groups are clamped to the row's last
         group, in bounds and finite, so their products are exactly zero. Returns the dequantized
         weight's padding block, now a plain read, to be inlined."""
-        reductions = DequantGEMV._reductions(sch, sch.get_child_blocks(sch.get_sblock("root")))
-        matmul = next(b for b in reductions if sch.get(b).name_hint != RMS_SUMSQ)  # the dequantize is not inlined yet
+        matmul = DequantGEMV._reductions(sch, sch.get_child_blocks(sch.get_sblock("root")))[0]
         iters = sch.get(matmul).iter_vars
         groups = int(iters[-1].dom.extent) // GROUP
         sch.pad_einsum(matmul, [1] * (len(iters) - 1) + [multiple])
@@ -211,21 +205,7 @@ class DequantGEMV(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
 
-    @staticmethod
-    def _norm_in_each_block(sch, norm, block_rows, k: GemvKnobs) -> None:
-        """The RMSNorm before the matmul, inside its kernel: the normalized activation computed
-        where the activation is copied (staged or per lane), and its sum of squares by every block
-        before that, the block's threads splitting the row and meeting in one cross-thread sum."""
-        sumsq, normed = norm
-        sch.compute_inline(normed)
-        sch.compute_at(sumsq, block_rows, preserve_unit_loops=True)
-        rest, ty, tx = sch.split(sch.get_loops(sumsq)[-1], [None, k.rows_per_block, k.threads_per_row])
-        sch.reorder(ty, tx, rest)
-        sch.bind(ty, "threadIdx.y")
-        sch.bind(tx, "threadIdx.x")
-        sch.set_scope(sumsq, 0, "local")
-
-    def _schedule(self, sch, matmul, norm, padding, epilogues, target, k: GemvKnobs):
+    def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs):
         words = k.vector_words
         paired = self._swiglu(sch, epilogues)
         if paired:  # a lane's two rows: gate row r and up row r + N/2
@@ -262,8 +242,6 @@ class DequantGEMV(ScheduleRule):
         sch.unroll(own_row)
         sch.set_scope(partial, 0, "local")
         sch.decompose_reduction(partial, step)
-        if norm:
-            self._norm_in_each_block(sch, norm, block_rows, k)
 
         sch.reverse_compute_at(matmul, thread_row, preserve_unit_loops=True)
         lane_sum, *units = sch.get_loops(matmul)[2:]  # the cross-lane sum and unit spatial loops
