@@ -29,6 +29,8 @@ from __future__ import annotations
 import ctypes
 import time
 
+from .engine import _builtin
+
 LEGACY = ctypes.c_void_p(0)  # the legacy default stream: what TVM launches on when no stream is set
 NON_BLOCKING, NO_TIMING, RELAXED = 1, 2, 2  # CU_STREAM_NON_BLOCKING, CU_EVENT_DISABLE_TIMING, CU_STREAM_CAPTURE_MODE_RELAXED
 
@@ -104,14 +106,9 @@ class DecodeGraphs:
         return read
 
     def _replay(self, greedy: bool):
-        from tvm.runtime import ShapeTuple
-
-        from .engine import _builtin
-
         e = self.engine
         pages = e.length // self.page_size + 1  # after this step's token
-        _builtin("kv_state_begin_forward")(e.cache, ShapeTuple([e.SEQ_ID]), ShapeTuple([1]))
-        e._wait_for_earlier_steps()  # the last replay has read the tables that the copy below overwrites
+        e._begin_step(1)  # waits for the last replay, which has read the tables the copy below overwrites
         _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
         self._join(LEGACY, self.stream)  # ... and any eager work before this step
         entry = self.graphs.get(greedy)
@@ -122,8 +119,7 @@ class DecodeGraphs:
             self.capture_seconds += time.perf_counter() - start
         self.cu("cuGraphLaunch", entry[1], self.stream)
         self._join(self.stream, LEGACY)  # the step's results, and every later copy, for the legacy stream
-        _builtin("kv_state_end_forward")(e.cache)
-        e.length += 1
+        e._end_step(1)
         return entry[2]
 
     def _join(self, first, then) -> None:

@@ -242,10 +242,11 @@ class Engine:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
         self._check_ids(np.array([token_id]))
-        if not self.has_entry("greedy"):
+        try:
+            greedy = self.vm["greedy"]
+        except AttributeError:
             raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
-                              "rebuild it with `mlcgen build`")
-        greedy = self.vm["greedy"]
+                              "rebuild it with `mlcgen build`") from None
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
         fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
         start = self.length
@@ -292,12 +293,20 @@ class Engine:
         (nothing waits for the device here)."""
         n = ids.shape[0]
         embed = self._entries["embed"](ids, self.params)._create_view((1, n, self.hidden_size))
+        self._begin_step(n)
+        logits, _ = self._entries[entry](embed, self.cache, self.params)
+        self._end_step(n)
+        return logits
+
+    def _begin_step(self, n: int) -> None:
+        """The KV cache's begin_forward for n tokens; from here on the step's tables may go to the
+        device, so the earlier steps are waited for."""
         _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([n]))
         self._wait_for_earlier_steps()
-        logits, _ = self._entries[entry](embed, self.cache, self.params)
+
+    def _end_step(self, n: int) -> None:
         _builtin("kv_state_end_forward")(self.cache)
         self.length += n
-        return logits
 
     def _wait_for_earlier_steps(self) -> None:
         """Call before a step's KV-cache tables go to the device (at its first attention call, or
