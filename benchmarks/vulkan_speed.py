@@ -15,8 +15,9 @@ also with the logits copied to the host and numpy's argmax each step, as a sampl
 prefill tok/s for 512 tokens, per decode step
 the kernels dispatched, queue submissions and host time not spent waiting for the GPU, and a
 per-kernel profile of decode at context 128 (GPU timestamps). The bound is (weight + KV bytes read
-per token) / the bandwidth of a WGSL copy kernel run through the same plugin in the same run
-(torch's CUDA copy is printed beside it). All configurations' logits are compared on the same
+per token) / the bandwidth of the faster of two WGSL copies in the same run: TVM's copy kernel
+through the plugin (it stores element by element) and a hand-written one with 16-byte stores run
+by wgpu-py (benchmarks/wgsl_gemv.py; torch's CUDA copy is printed beside them). All configurations' logits are compared on the same
 weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run; the GPU
 time per dispatch of a trivial kernel (with and without a dependency on the one before) opens it.
 """
@@ -47,7 +48,9 @@ COPY_WORDS = 1 << 28  # 1 GiB of uint32
 GEMV_SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 GEMV_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 8, 4, 1, 2), (32, 4, 4, 1, 4), (16, 4, 4, 1, 2), (16, 8, 4, 2, 2),
               (8, 4, 4, 2, 2), (8, 4, 4, 4, 2)]  # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread)
-# the first two also with packed_fp16 (schedules/packed_dot.py: fp16 pairs, float32 multiply-adds on WGSL)
+# the first two also with packed_fp16 (schedules/packed_dot.py: fp16 pairs, float32 multiply-adds on WGSL);
+# these packed, with the activation loaded as 16-byte words (GemvKnobs.activation_words):
+WORDS_SWEEP = [(32, 4, 4, 1, 2), (32, 4, 4, 2, 2), (32, 8, 4, 1, 2), (32, 4, 4, 1, 4), (32, 2, 4, 1, 4)]
 
 
 def copy_kernel(out: Path) -> None:
@@ -84,10 +87,12 @@ def gemv_libraries(out: Path) -> None:
 
     index = {}
     for preset in ("nvidia", "generic"):
-        variants = [(k, False, False) for k in GEMV_SWEEP] + [(k, True, False) for k in GEMV_SWEEP[:2]]
-        for knobs, packed, staged in variants + [(k, p, True) for k in GEMV_SWEEP[:2] for p in (False, True)]:
-            g = GemvKnobs(*knobs, activation_lanes=4, packed_fp16=packed, stage_activation=staged)
-            flags = ("+packed" if packed else "") + ("+staged" if staged else "")
+        variants = [(k, False, False, False) for k in GEMV_SWEEP] + [(k, True, False, False) for k in GEMV_SWEEP[:2]]
+        variants += [(k, p, True, False) for k in GEMV_SWEEP[:2] for p in (False, True)]
+        variants += [(k, True, False, True) for k in WORDS_SWEEP]
+        for knobs, packed, staged, words in variants:
+            g = GemvKnobs(*knobs, activation_lanes=4, packed_fp16=packed, stage_activation=staged, activation_words=words)
+            flags = ("+packed" if packed else "") + ("+staged" if staged else "") + ("+words" if words else "")
             name = f"{preset}/{'-'.join(map(str, knobs))}{flags}{'*' if g == vulkan.PRESETS[preset].gemv else ''}"
             target = vulkan.tvm_target(preset)
             with target:
@@ -172,7 +177,8 @@ def measure(out: Path, label: str) -> None:
 
     plugins.use_carried(out)
     model, preset, _ = CONFIGS[label]
-    bandwidth = json.loads((out / "results.json").read_text())["vulkan_copy_gbs"]
+    copies = json.loads((out / "results.json").read_text())
+    bandwidth = max(copies["vulkan_copy_gbs"], copies["wgsl_copy_gbs"] or 0)
     start = time.perf_counter()
     engine = Engine(out / library(model, preset), random_weights=True)
     result = {"load_s": time.perf_counter() - start, "decode": {}, "bound": {}}
@@ -264,6 +270,8 @@ def gemv_sweep(out: Path) -> list[dict]:
         for file, lib in libs.items():
             lib[shape](x_dev, *weights[0], y)
             err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))
+            for i in range(20):  # untimed: the first calls on new weights run slower (seen 2-4x on the H200)
+                lib[shape](x_dev, *weights[i % copies], y)
             with vulkan.kernel_profile() as times:
                 for i in range(100):
                     lib[shape](x_dev, *weights[i % copies], y)
@@ -278,7 +286,8 @@ def run(out: Path, *labels: str) -> None:
     from mlcgen.runtime import plugins, vulkan
 
     plugins.use_carried(out)
-    results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "torch_copy_gbs": torch_copy_gbs(),
+    results = {"adapter": vulkan.adapter(), "vulkan_copy_gbs": vulkan_copy_gbs(out), "wgsl_copy_gbs": wgsl_copy_gbs(),
+               "torch_copy_gbs": torch_copy_gbs(),
                "dispatch_floor_us": dispatch_floor_us(out)}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     results["configs"], logits = {}, {}
@@ -301,6 +310,17 @@ def run(out: Path, *labels: str) -> None:
     report(results)
 
 
+def wgsl_copy_gbs() -> float | None:
+    """A hand-written WGSL copy with 16-byte loads and stores, run by wgpu-py in a process of its own
+    (benchmarks/wgsl_gemv.py): what the device moves through Vulkan, where TVM's copy kernel stores
+    element by element. The bound uses the faster of the two."""
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "wgsl_gemv.py"), "--copy"], capture_output=True, text=True)
+    if done.returncode:
+        print(f"hand-written WGSL copy not measured: {done.stderr.strip()[-300:]}")
+        return None
+    return float(done.stdout.split()[-1])
+
+
 def torch_copy_gbs() -> float | None:
     try:
         from cuda_speed import copy_gbs
@@ -316,7 +336,9 @@ def report(r: dict) -> None:
     print(f"adapter: {f['name']} ({f['backend']}), {f['device_local_heap_bytes'] / 2**30:.0f} GiB device-local, "
           f"subgroups {f['subgroup_size']}, max storage binding {f['max_storage_buffer_binding_size'] / 2**20:.0f} MiB")
     torch_copy = f", torch CUDA copy {r['torch_copy_gbs']:.0f} GB/s" if r["torch_copy_gbs"] else ""
-    print(f"copy bandwidth: WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s{torch_copy}")
+    wgsl = f", hand-written WGSL copy through wgpu {r['wgsl_copy_gbs']:.0f} GB/s" if r["wgsl_copy_gbs"] else ""
+    print(f"copy bandwidth (the bound takes the fastest WGSL one): TVM's WGSL kernel through the plugin {r['vulkan_copy_gbs']:.0f} GB/s"
+          f"{wgsl}{torch_copy}")
     floor = r["dispatch_floor_us"]
     print(f"GPU time per dispatch of a one-workgroup kernel: {floor['chained']:.1f} us chained, "
           f"{floor['independent']:.1f} us independent (timestamps after each); without timestamps, wall "
@@ -343,12 +365,16 @@ def report(r: dict) -> None:
               f"+ KV {m['kv_cache_bytes'] / 2**20:.0f} MiB; load + random weights {m['load_s']:.0f} s")
         print(f"decode step at ctx 128, per kernel (GPU timestamps; {sum(k['us'] for k in m['kernels']):.0f} us in kernels):")
         print_kernel_rows(m["kernels"], 12)
-    if not r["gemv"]:
+    print_gemv_sweep(r["gemv"])
+
+
+def print_gemv_sweep(rows: list[dict]) -> None:
+    if not rows:
         return
     print("\ndecode GEMV sweep (threads_per_row-rows_per_block-vector_words-unroll-rows_per_thread; * = the preset's):")
     print(f"{'schedule':22} " + " ".join(f"{s:>16}" for s in GEMV_SHAPES) + f" {'layer GB/s':>10} {'max rel_err':>11}")
-    for schedule in dict.fromkeys(g["schedule"] for g in r["gemv"]):
-        mine = [g for g in r["gemv"] if g["schedule"] == schedule]
+    for schedule in dict.fromkeys(g["schedule"] for g in rows):
+        mine = [g for g in rows if g["schedule"] == schedule]
         cells = " ".join(f"{g['us']:7.1f} us {g['bytes'] / g['us'] / 1e3:4.0f}" for g in mine)
         total = sum(g["bytes"] for g in mine) / sum(g["us"] for g in mine) / 1e3
         print(f"{schedule:22} {cells} {total:10.0f} {max(g['rel_err'] for g in mine):11.1e}")
@@ -360,5 +386,10 @@ if __name__ == "__main__":
         measure(out, sys.argv[3])
     elif command == "run":
         run(out, *sys.argv[3:])
+    elif command == "sweep":  # the GEMV sweep alone
+        from mlcgen.runtime import plugins
+
+        plugins.use_carried(out)
+        print_gemv_sweep(gemv_sweep(out))
     else:
         build(out)

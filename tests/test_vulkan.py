@@ -142,8 +142,9 @@ def cuda_knobs_for_wgsl():
 
 
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["steamdeck"].gemv,
-                                   rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm90"])
+                                   vulkan_target.PRESETS["nvidia"].gemv, rocm_knobs_for_wgsl("gfx1100"), rocm_knobs_for_wgsl("gfx90a"),
+                                   cuda_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "vulkan-nvidia", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm90"])
 # 3072 = 96 groups: 2 or 4 unrolled steps of 32 lanes do not fit; 1376 = 43 groups: the lanes do not
 # divide the row, so the packed form pads it (Llama-2-7B's down projection in small: 344 groups)
 @pytest.mark.parametrize("k", [4096, 3072, 1376])
@@ -153,9 +154,26 @@ def test_preset_gemv_schedule_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path)
     assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), gemv_func(256, k), tmp_path, 1, 256, k) <= 1e-3
 
 
+@pytest.mark.parametrize("k, words", [(4096, True), (1376, False)])
+def test_nvidia_gemv_loads_its_activation_as_16_byte_words(k, words):
+    """The vulkan:nvidia preset's GEMV reads its fp16 activation as vec4<u32> (TVM keeps the fp16
+    declaration; the plugin binds a vec4<u32> view: test above on lavapipe), except where the row
+    is padded (1376 = 43 groups), which keeps fp16 loads."""
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = vulkan_target.tvm_target("nvidia")
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(vulkan_target.PRESETS["nvidia"].gemv))(tvm.IRModule({"main": gemv_func(256, k)}))
+    wgsl = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    assert ("unpack2x16float((vec4<u32>(x_ptr[" in wgsl) == words
+    assert ("vec4<f16>(x_ptr[" in wgsl) != words
+
+
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["steamdeck"].gemv,
-                                   rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx90a", "cuda-sm90"])
+                                   vulkan_target.PRESETS["nvidia"].gemv, rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "vulkan-nvidia", "rocm-gfx90a", "cuda-sm90"])
 @pytest.mark.parametrize("k", [4096, 1376])
 def test_gate_up_gemv_with_its_swiglu_epilogue_on_lavapipe_vs_numpy(knobs, k, lavapipe, tmp_path):
     """The decode gate/up projection with silu(gate) * up as its epilogue (compiler/layers.py): each

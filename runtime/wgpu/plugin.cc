@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -692,7 +693,10 @@ class Kernel {
   // `vec4<T>(p[i + 0], p[i + 1], p[i + 2], p[i + 3])`: four scalar loads, where CUDA gets one
   // 128-bit load. For each read-only buffer loaded that way, bind the same buffer a second time
   // as array<vec4<T>> and load through it when i is a multiple of 4 (the scalar loads remain
-  // for other i). Returns the rewritten WGSL and sets views_ (the buffer argument behind each
+  // for other i). One load of another type: `vec4<u32>` over an fp16 buffer is the decode GEMV
+  // reading its activation as words (schedules/packed_dot.py activation_words; TVM keeps the
+  // buffer's fp16 declaration, and i counts words, always a multiple of 4), bound as
+  // array<vec4<u32>>. Returns the rewritten WGSL and sets views_ (the buffer argument behind each
   // extra binding); kernels that would exceed the adapter's storage bindings stay as they are.
   std::string WideLoads(const std::string& wgsl, uint32_t max_storage_bindings) {
     static const std::regex load(R"(vec4<(u32|i32|f32|f16)>\((\w+)\[([^\[\]]+) \+ 0\], \2\[\3 \+ 1\], \2\[\3 \+ 2\], \2\[\3 \+ 3\]\))");
@@ -701,7 +705,7 @@ class Kernel {
     for (auto it = std::sregex_iterator(wgsl.begin(), wgsl.end(), decl); it != std::sregex_iterator(); ++it) {
       readonly[(*it)[2]] = {std::stoul((*it)[1]), (*it)[3]};
     }
-    std::vector<std::string> names;  // buffers that get a view, in binding order of their views
+    std::vector<std::pair<std::string, std::string>> views;  // (buffer, vector element type), in binding order
     std::string out, helpers;
     auto last = wgsl.cbegin();
     for (auto it = std::sregex_iterator(wgsl.begin(), wgsl.end(), load); it != std::sregex_iterator(); ++it) {
@@ -709,23 +713,34 @@ class Kernel {
       auto ro = readonly.find(m[2]);
       out.append(last, m[0].first);
       last = m[0].second;
-      if (ro == readonly.end() || ro->second.second != m[1]) {
+      bool words = ro != readonly.end() && ro->second.second == "f16" && m[1] == "u32";
+      if (ro == readonly.end() || (ro->second.second != m[1] && !words)) {
         out += m.str();
         continue;
       }
-      if (std::find(names.begin(), names.end(), m.str(2)) == names.end()) names.push_back(m[2]);
-      out += "mlcgen_load4_" + m.str(2) + "(i32(" + m.str(3) + "))";
+      std::pair<std::string, std::string> view{m[2], m[1]};
+      if (std::find(views.begin(), views.end(), view) == views.end()) views.push_back(view);
+      out += "mlcgen_load4_" + m.str(2) + "_" + m.str(1) + "(i32(" + m.str(3) + "))";
     }
     out.append(last, wgsl.cend());
     size_t n = buffer_args_.size();
-    if (names.empty() || n + names.size() > max_storage_bindings) return wgsl;
-    for (size_t v = 0; v < names.size(); ++v) {
-      const std::string& name = names[v];
-      const std::string& type = readonly[name].second;
+    bool words = std::any_of(views.begin(), views.end(), [&](const auto& v) { return v.second != readonly[v.first].second; });
+    if (words && n + views.size() > max_storage_bindings) {  // without its view, the word load reads fp16 values
+      throw std::runtime_error("kernel " + name_ + " reads an fp16 buffer as words and needs " + std::to_string(n + views.size()) +
+                               " storage bindings; the adapter offers " + std::to_string(max_storage_bindings));
+    }
+    if (views.empty() || n + views.size() > max_storage_bindings) return wgsl;
+    for (size_t v = 0; v < views.size(); ++v) {
+      const auto& [name, type] = views[v];
+      std::string view = name + "_v4" + type, helper = "mlcgen_load4_" + name + "_" + type;
       views_.push_back(readonly[name].first);
-      helpers += "@group(0) @binding(" + std::to_string(n + 1 + v) + ") var<storage, read> " + name + "_v4 : array<vec4<" + type + ">>;\n" +
-                 "fn mlcgen_load4_" + name + "(i : i32) -> vec4<" + type + "> {\n" +
-                 "  if ((i & 3) == 0) { return " + name + "_v4[i >> 2]; }\n" +
+      helpers += "@group(0) @binding(" + std::to_string(n + 1 + v) + ") var<storage, read> " + view + " : array<vec4<" + type + ">>;\n";
+      if (type != readonly[name].second) {  // activation words: i is a multiple of 4
+        helpers += "fn " + helper + "(i : i32) -> vec4<u32> { return " + view + "[i >> 2]; }\n";
+        continue;
+      }
+      helpers += "fn " + helper + "(i : i32) -> vec4<" + type + "> {\n" +
+                 "  if ((i & 3) == 0) { return " + view + "[i >> 2]; }\n" +
                  "  return vec4<" + type + ">(" + name + "[i], " + name + "[i + 1], " + name + "[i + 2], " + name + "[i + 3]);\n}\n";
     }
     return out + helpers;

@@ -16,6 +16,9 @@ schedule's job is to keep enough wide loads in flight:
   the lanes' 16-byte reads of their groups do not collide on banks: read straight from global
   memory, each such read of a warp spans 32 lanes x 64 bytes, four times the cache wavefronts of a
   contiguous 512-byte read, on the same path as the weight stream;
+- with `activation_words` (WGSL, whose vectors stop at 4 lanes: 8-byte fp16 loads), a lane loads
+  its activations as 16-byte words and converts them to float32 once for all of its rows
+  (packed_dot.activation_words);
 - rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
   the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
   each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
@@ -51,12 +54,17 @@ class GemvKnobs:
     packed_fp16: bool = False  # a lane's group in fp16 pairs (schedules/packed_dot.py); needs vector_words 4
     stage_activation: bool = False  # the block copies the activation into shared memory first
     fp16_products: bool = False  # packed form: each word's products summed in fp16 (schedules/packed_dot.py)
+    # WGSL, packed form: each lane loads its activations as 16-byte words and converts them to
+    # float32 once for all of its rows (packed_dot.activation_words); rows that need padding keep fp16
+    activation_words: bool = False
 
     def __post_init__(self):
         if self.packed_fp16 and self.vector_words != 4:
             raise ValueError("packed_fp16 computes one scale group (4 words) per step: it needs vector_words=4")
         if self.fp16_products and not self.packed_fp16:
             raise ValueError("fp16_products is a way of computing the packed form: it needs packed_fp16=True")
+        if self.activation_words and (not self.packed_fp16 or self.stage_activation):
+            raise ValueError("activation_words feeds the packed form's registers: it needs packed_fp16=True, unstaged")
 
 
 class DequantGEMV(ScheduleRule):
@@ -226,6 +234,7 @@ class DequantGEMV(ScheduleRule):
         sch.bind(block_rows, "blockIdx.x")
         sch.bind(thread_row, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
+        activation_words = k.activation_words and not padding
         for index, buffer in enumerate(sch.get(partial).reads):
             if buffer.source.dtype == "uint32" or len(buffer.source.shape) == 3:  # packed weight, activation
                 if len(buffer.source.shape) == 3 and k.stage_activation and self._fits_shared(buffer, target, 8 * words):
@@ -234,6 +243,10 @@ class DequantGEMV(ScheduleRule):
                 # a lane's words for each of its rows; for gate and up rows (far apart), row by row
                 sch.compute_at(cache, own_row if paired and buffer.source.dtype == "uint32" else u, preserve_unit_loops=True)
                 inner = sch.get_loops(cache)[-1]
+                if activation_words and buffer.source.dtype != "uint32":
+                    sch.unsafe_set_dtype(cache, 0, "float32")
+                    sch.tensorize(inner, packed_dot.activation_words())
+                    continue
                 lanes = words if buffer.source.dtype == "uint32" else k.activation_lanes
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
         for block in padding:  # the activation's zero padding, where it is first read: staged or per lane
@@ -257,7 +270,7 @@ class DequantGEMV(ScheduleRule):
                 if block != epilogues[-1]:
                     sch.set_scope(block, 0, "local")
         if k.packed_fp16:  # last: tensorize replaces the partial-sum block
-            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4))
+            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4, activation_words))
         else:
             sch.unroll(element)
         return sch

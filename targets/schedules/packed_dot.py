@@ -17,6 +17,9 @@ the runnable variant that the tests (lavapipe) execute. CUDA's preset sums each 
 in fp16 pairs (HFMA2) and only then in float32, with one LOP3 per code pair (inline PTX) and one
 shift per word: 0.74x the instructions, 0.68x those on the FMA pipe, which was what stalled the
 GEMV once its activation reads moved to shared memory (Nsight Compute, docs/benchmarks.md).
+WGSL's vectors stop at 4 lanes, so fp16 activations load 8 bytes at a time; `activation_words`
+loads a lane's group as 16-byte words through a uint32 view and converts it to float32 once for all
+of the lane's rows (the `_words` intrinsics read those float32 values).
 """
 
 from __future__ import annotations
@@ -35,29 +38,36 @@ MAX_CODE = GroupQuant4.max_code
 HALF_MAGIC = 0x6400  # fp16 1024.0: a 4-bit code ORed into its mantissa gives 1024 + code
 
 
-def _buffers(c, x, w, s, sum_dims):
+def _buffers(c, x, w, s, sum_dims, x_dtype="float16"):
     """The block's regions: its row's float32 partial sum (a point of the lanes' sums: lane, batch,
-    token, row; the gate/up-paired GEMV splits the row in two), the lane's activations and packed
-    words (registers), the group's scale (global)."""
+    token, row; the gate/up-paired GEMV splits the row in two), the lane's activations (fp16, or
+    float32 where they are converted as they are loaded: activation_words) and packed words
+    (registers), the group's scale (global)."""
     return (T.match_buffer(c, (1,) * sum_dims, "float32", offset_factor=1, scope="local"),
-            T.match_buffer(x, (1, 1, GROUP), "float16", offset_factor=1, scope="local"),
+            T.match_buffer(x, (1, 1, GROUP), x_dtype, offset_factor=1, scope="local"),
             T.match_buffer(w, (1, WORDS), "uint32", offset_factor=1, scope="local"),
             T.match_buffer(s, (1, 1), "float16", offset_factor=1))
 
 
-def _description(sum_dims: int):
+def _description(sum_dims: int, words: bool = False):
+    """The q4 update of one group. With `words`, the activation's cache holds float32 values
+    converted from fp16 (unsafe_set_dtype leaves the matmul reading them back as fp16)."""
     point = (0,) * sum_dims
+    x_dtype = "float32" if words else "float16"
+
+    def activation(X, vk):
+        return T.Cast("float16", X[0, 0, vk]) if words else X[0, 0, vk]
 
     @T.prim_func(s_tir=True)
     def description(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, x_dtype))
         with T.sblock("root"):
             T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
             T.writes(C[point])
             for k in range(GROUP):
                 with T.sblock("update"):
                     vk = T.axis.reduce(GROUP, k)
-                    C[point] = C[point] + T.Cast("float32", X[0, 0, vk]) * (
+                    C[point] = C[point] + T.Cast("float32", activation(X, vk)) * (
                         (T.reinterpret("float32", W[0, vk // 8] >> T.Cast("uint32", vk % 8 * 4) & T.uint32(15) | T.uint32(FLOAT_MAGIC))
                          - T.float32(2**23 + MAX_CODE)) * T.Cast("float32", S[0, 0]))
 
@@ -153,12 +163,12 @@ def _group_sum_fp16_words(X, W):
     return acc
 
 
-def _implementation(group_sum_of, sum_dims: int):
+def _implementation(group_sum_of, sum_dims: int, words: bool = False):
     point = (0,) * sum_dims
 
     @T.prim_func(s_tir=True)
     def implementation(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, "float32" if words else "float16"))
         with T.sblock("root"):
             T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
             T.writes(C[point])
@@ -177,16 +187,56 @@ GROUP_SUMS = {  # (target kind, fp16 products) -> the group's sum; any other kin
 
 
 @cache
-def _registered(kind: str, fp16_products: bool, sum_dims: int) -> str:
+def _registered(kind: str, fp16_products: bool, sum_dims: int, words: bool) -> str:
     """Registers the intrinsic on first use: parsing its TVMScript takes ~1 s, which every import
     of the targets (a CPU build included) paid when it happened at import."""
-    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}_{sum_dims}d"
-    TensorIntrin.register(name, _description(sum_dims), _implementation(GROUP_SUMS[kind, fp16_products], sum_dims), override=True)
+    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}{'_words' if words else ''}_{sum_dims}d"
+    TensorIntrin.register(name, _description(sum_dims, words), _implementation(GROUP_SUMS[kind, fp16_products], sum_dims, words),
+                          override=True)
     return name
 
 
-def intrinsic_for(target, fp16_products: bool = False, sum_dims: int = 4) -> str:
+def intrinsic_for(target, fp16_products: bool = False, sum_dims: int = 4, words: bool = False) -> str:
     kind = target.kind.name if target.kind.name in ("rocm", "webgpu") else "cuda"
     if (kind, fp16_products) not in GROUP_SUMS:
         raise ValueError(f"fp16 products are implemented for CUDA only, not for {target.kind.name}")
-    return _registered(kind, fp16_products, sum_dims)
+    if words and kind != "webgpu":
+        raise ValueError(f"activation words are a WGSL form (its vectors stop at 4 lanes), not for {target.kind.name}")
+    return _registered(kind, fp16_products, sum_dims, words)
+
+
+@cache
+def activation_words() -> str:
+    """A lane's group of activations loaded as 4 x vec4<u32> (16-byte loads: WGSL vectors stop at 4
+    lanes, so fp16 activations would load 8 bytes at a time) through a uint32 view of the same
+    buffer, and converted to float32 pairs with unpack2x16float: the cache of
+    `x_local[i] = float32(x[i])` that DequantGEMV makes with `activation_words`."""
+    name = "mlcgen_q4_activation_words"
+
+    @T.prim_func(s_tir=True)
+    def description(g: T.handle, l: T.handle):
+        G = T.match_buffer(g, (1, 1, GROUP), "float16", offset_factor=2)
+        L = T.match_buffer(l, (1, 1, GROUP), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(G[0, 0, 0:GROUP])
+            T.writes(L[0, 0, 0:GROUP])
+            for i in range(GROUP):
+                with T.sblock("load"):
+                    vi = T.axis.spatial(GROUP, i)
+                    L[0, 0, vi] = T.Cast("float32", G[0, 0, vi])
+
+    @T.prim_func(s_tir=True)
+    def implementation(g: T.handle, l: T.handle):
+        G = T.match_buffer(g, (1, 1, GROUP), "float16", offset_factor=2)
+        L = T.match_buffer(l, (1, 1, GROUP), "float32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(G[0, 0, 0:GROUP])
+            T.writes(L[0, 0, 0:GROUP])
+            Gw = T.decl_buffer((GROUP // 2,), "uint32", data=G.data, elem_offset=G.elem_offset // 2)
+            for q in T.unroll(GROUP // 8):  # unrolled: the word's lane in the vector is a constant
+                for c in T.unroll(4):
+                    T.buffer_store(L, T.call_pure_extern("float32x2", "unpack2x16float", T.Shuffle([Gw.vload([4 * q], "uint32x4")], [c])),
+                                   [0, 0, T.Ramp(8 * q + 2 * c, 1, 2)])
+
+    TensorIntrin.register(name, description, implementation, override=True)
+    return name
