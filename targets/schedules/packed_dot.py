@@ -213,10 +213,13 @@ def activation_words() -> str:
     `x_local[i] = float32(x[i])` that DequantGEMV makes with `activation_words`."""
     name = "mlcgen_q4_activation_words"
 
+    def buffers(g, l):  # the group in global memory (fp16; an even offset: whole words), its float32 cache
+        return (T.match_buffer(g, (1, 1, GROUP), "float16", offset_factor=2),
+                T.match_buffer(l, (1, 1, GROUP), "float32", offset_factor=1, scope="local"))
+
     @T.prim_func(s_tir=True)
     def description(g: T.handle, l: T.handle):
-        G = T.match_buffer(g, (1, 1, GROUP), "float16", offset_factor=2)
-        L = T.match_buffer(l, (1, 1, GROUP), "float32", offset_factor=1, scope="local")
+        G, L = T.meta_var(buffers(g, l))
         with T.sblock("root"):
             T.reads(G[0, 0, 0:GROUP])
             T.writes(L[0, 0, 0:GROUP])
@@ -227,8 +230,7 @@ def activation_words() -> str:
 
     @T.prim_func(s_tir=True)
     def implementation(g: T.handle, l: T.handle):
-        G = T.match_buffer(g, (1, 1, GROUP), "float16", offset_factor=2)
-        L = T.match_buffer(l, (1, 1, GROUP), "float32", offset_factor=1, scope="local")
+        G, L = T.meta_var(buffers(g, l))
         with T.sblock("root"):
             T.reads(G[0, 0, 0:GROUP])
             T.writes(L[0, 0, 0:GROUP])
