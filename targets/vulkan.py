@@ -67,8 +67,8 @@ PRESETS = {
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
     # GEMV: the generic knobs, which the same sweep puts first here too (1027 GB/s), with each
     # group in packed fp16 pairs (schedules/packed_dot.py): 1094 GB/s in the same run (2026-11-22);
-    # the activation loaded as 16-byte words (activation_words): 7B q/k/v 844 -> 727 us a step,
-    # gate/up 1156 -> 972, o 475 -> 429, decode +8% (vulkan_speed.py, H200, 2026-12-01). 4 rows
+    # the activation loaded as 16-byte words (activation_words): 7B q/k/v 844 -> 728 us a step,
+    # gate/up 1156 -> 973, o 475 -> 431, decode +8% (vulkan_speed.py, H200, 2026-12-01). 4 rows
     # per lane with words: 4862 -> 5016 us of kernels a 7B step, 5279 -> 5684 for 8B.
     # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     "nvidia": Preset(32, 1024, 49152,
