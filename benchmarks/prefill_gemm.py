@@ -56,7 +56,7 @@ def build(out: Path) -> None:
     index = {}
     for shape, (n, k) in SHAPES.items():
         for i, (name, rule) in enumerate(schedules.items()):
-            with target, tvm.transform.PassContext():
+            with target:
                 mod = dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": prefill_func(n, k)}))
                 assert mod["main"].attrs.get("tirx.is_scheduled"), f"{name} did not apply to {shape}"
                 lib = tvm.compile(mod, target, tir_pipeline=cuda.TIR_PIPELINE)

@@ -17,8 +17,8 @@ the kernels dispatched, queue submissions and host time not spent waiting for th
 per-kernel profile of decode at context 128 (GPU timestamps). The bound is (weight + KV bytes read
 per token) / the bandwidth of the faster of two WGSL copies in the same run: TVM's copy kernel
 through the plugin (it stores element by element) and a hand-written one with 16-byte stores run
-by wgpu-py (benchmarks/wgsl_gemv.py; torch's CUDA copy is printed beside them). All configurations' logits are compared on the same
-weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run; the GPU
+by wgpu-py (benchmarks/wgsl_gemv.py; torch's CUDA copy is printed beside them). All
+configurations' logits are compared on the same weights. A sweep of decode-GEMV schedule knobs at the 7B layer shapes closes the run; the GPU
 time per dispatch of a trivial kernel (with and without a dependency on the one before) opens it.
 """
 

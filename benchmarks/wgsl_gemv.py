@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
+from gemv_efficiency import LAYER, SHAPES, rotation
+
+LAYER_SHAPES = {shape: SHAPES[shape] for shape in LAYER}
 QUICK_SHAPES = {"small": (256, 1024), "odd": (64, 11008)}
-L2_BYTES = 50 << 20
 LANES = 32  # a subgroup (NVIDIA warp) per row
 
 
@@ -293,14 +294,14 @@ def main(quick: bool) -> None:
         print(f"WGSL copy, 1 GiB, vec4<u32> loads and stores: {copy_gbs(bench, 1 << 30):.0f} GB/s")
     print(f"dependent one-workgroup dispatch: {dispatch_floor_us(bench):.1f} us")
     rng = np.random.default_rng(0)
-    shapes = QUICK_SHAPES if quick else SHAPES
+    shapes = QUICK_SHAPES if quick else LAYER_SHAPES
     table = {}
     for shape, (n, k) in shapes.items():
         qw, qs, dense = pack(rng, n, k)
         x = rng.standard_normal(k).astype(np.float16)
         ref = dense @ x.astype(np.float32)
         nbytes = qw.nbytes + qs.nbytes
-        copies = 1 if quick else max(2, -(-3 * L2_BYTES // nbytes))
+        copies = 1 if quick else rotation(nbytes)
         weights = [(bench.buffer(qw), bench.buffer(qs)) for _ in range(copies)]
         xb, y = bench.buffer(x), bench.buffer(np.zeros(n, np.float32))
         kernels = {}

@@ -242,11 +242,10 @@ class Engine:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
         self._check_ids(np.array([token_id]))
-        try:
-            greedy = self.vm["greedy"]
-        except AttributeError:
+        if not self.has_entry("greedy"):
             raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
-                              "rebuild it with `mlcgen build`") from None
+                              "rebuild it with `mlcgen build`")
+        greedy = self.vm["greedy"]
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
         fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
         start = self.length
