@@ -279,6 +279,74 @@ def dispatch_floor_us(bench: Bench) -> float:
     return bench.run(pipeline, [group] * 500, (1, 1, 1)) / 500 * 1e6
 
 
+def floor_wgsl(extra: int = 0, uniform: bool = False) -> str:
+    """A one-workgroup kernel B = A + 1 (+ `extra` more read-only buffers, + a uniform word)."""
+    lines = ["@group(0) @binding(0) var<storage, read> A : array<f32>;",
+             "@group(0) @binding(1) var<storage, read_write> B : array<f32>;"]
+    lines += [f"@group(0) @binding({2 + e}) var<storage, read> E{e} : array<f32>;" for e in range(extra)]
+    if uniform:
+        lines += ["struct P { v : vec4<u32> }", f"@group(0) @binding({2 + extra}) var<uniform> p : P;"]
+    value = "A[i] + 1.0" + "".join(f" + E{e}[i]" for e in range(extra)) + (" + f32(p.v.x)" if uniform else "")
+    lines.append(f"@compute @workgroup_size(32) fn main(@builtin(local_invocation_index) i : u32) {{ B[i] = {value}; }}")
+    return "\n".join(lines)
+
+
+def dispatch_costs_us(bench: Bench, n: int = 2000) -> dict:
+    """GPU time per dispatch of a trivial kernel, n in one pass (timestamps around the pass only),
+    in the patterns a decode step's dispatches take through the plugin: each reading what the one
+    before wrote (ping-pong between two buffers), with more bindings, with the plugin's
+    dynamic-offset uniform, alternating two pipelines; and with no dependency at all."""
+    wgpu, device = bench.wgpu, bench.device
+    arena = device.create_buffer(size=n * 256, usage="UNIFORM|COPY_DST")
+
+    def pipeline(extra=0, uniform=False):
+        kinds = [{"type": "read-only-storage"}, {"type": "storage"}] + [{"type": "read-only-storage"}] * extra
+        if uniform:
+            kinds.append({"type": "uniform", "has_dynamic_offset": True})
+        layout = device.create_bind_group_layout(entries=[
+            {"binding": i, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": kind} for i, kind in enumerate(kinds)])
+        module = bench.unchecked_module(floor_wgsl(extra, uniform))
+        return device.create_compute_pipeline(layout=device.create_pipeline_layout(bind_group_layouts=[layout]),
+                                              compute={"module": module, "entry_point": "main"}), layout
+
+    def group(p, a, b, extra=(), uniform=False):
+        resources = [{"buffer": a}, {"buffer": b}] + [{"buffer": e} for e in extra]
+        if uniform:
+            resources.append({"buffer": arena, "offset": 0, "size": 16})
+        return device.create_bind_group(layout=p[1], entries=[{"binding": i, "resource": r} for i, r in enumerate(resources)])
+
+    bufs = [bench.buffer(np.zeros(32, np.float32)) for _ in range(32)]
+    plain, wide, dyn, twin = pipeline(), pipeline(6), pipeline(uniform=True), pipeline()
+    ping = [group(plain, bufs[0], bufs[1]), group(plain, bufs[1], bufs[0])]
+    patterns = {
+        "ping-pong (each reads the last one's output)": [(plain, ping[i % 2], None) for i in range(n)],
+        "ping-pong, 6 more read-only bindings": [(wide, g, None) for g in
+                                                 [group(wide, bufs[0], bufs[1], bufs[2:8]), group(wide, bufs[1], bufs[0], bufs[2:8])]] * (n // 2),
+        "ping-pong, dynamic uniform offset per dispatch": [(dyn, [group(dyn, bufs[0], bufs[1], uniform=True),
+                                                                   group(dyn, bufs[1], bufs[0], uniform=True)][i % 2], i * 256) for i in range(n)],
+        "ping-pong, two pipelines in turn": [((plain, twin)[i % 2], [ping[0], group(twin, bufs[1], bufs[0])][i % 2], None) for i in range(n)],
+        "independent (16 buffer pairs in turn)": [(plain, g, None) for g in
+                                                  [group(plain, bufs[2 * j], bufs[2 * j + 1]) for j in range(16)]] * (n // 16),
+    }
+    result = {}
+    for timed in (False, True):
+        for name, steps in patterns.items():
+            encoder = device.create_command_encoder()
+            cpass = encoder.begin_compute_pass(timestamp_writes={"query_set": bench.queries, "beginning_of_pass_write_index": 0,
+                                                                 "end_of_pass_write_index": 1})
+            for p, g, offset in steps:
+                cpass.set_pipeline(p[0])
+                cpass.set_bind_group(0, g, [] if offset is None else [offset])
+                cpass.dispatch_workgroups(1, 1, 1)
+            cpass.end()
+            encoder.resolve_query_set(bench.queries, 0, 2, bench.stamps, 0)
+            device.queue.submit([encoder.finish()])
+            t0, t1 = np.frombuffer(device.queue.read_buffer(bench.stamps), np.uint64)
+            if timed:
+                result[name] = (int(t1) - int(t0)) * 1e-3 / len(steps)
+    return result
+
+
 def pack(rng, n: int, k: int):
     from mlcgen.compiler.quantization import get_quantization
 
@@ -333,6 +401,10 @@ def main(quick: bool) -> None:
 if __name__ == "__main__":
     if "--copy" in sys.argv:  # the copy alone, for vulkan_speed.py's bound
         print(f"{copy_gbs(Bench(), 1 << 30):.1f}")
+        sys.exit()
+    if "--dispatch" in sys.argv:  # what a dispatch costs the GPU, by pattern
+        for name, us in dispatch_costs_us(Bench()).items():
+            print(f"{name:50} {us:6.2f} us")
         sys.exit()
     t0 = time.time()
     main("--quick" in sys.argv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from functools import cache
 from pathlib import Path
@@ -257,7 +257,7 @@ class Engine:
                     pending.append(self._graphs.greedy())
                 else:
                     fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
-                    pending.append(lambda token=fed: int(token.numpy()[0]))
+                    pending.append(self._read_token_later(fed))
                 if len(pending) == 2:
                     given += 1
                     yield pending.pop(0)()
@@ -265,6 +265,8 @@ class Engine:
                 given += 1
                 yield pending.pop(0)()
         finally:
+            for read in pending:  # read-backs not taken: release them
+                read()
             self.pop(self.length - start - given)  # the cache holds token_id and every token yielded but the last
 
     def has_entry(self, name: str) -> bool:
@@ -286,6 +288,17 @@ class Engine:
 
     def _forward(self, entry: str, ids) -> np.ndarray:
         return self._run(entry, ids).numpy().reshape(-1)
+
+    def _read_token_later(self, token) -> Callable[[], int]:
+        """A function reading a one-token device tensor back. On Vulkan the copy is ordered now and
+        the wait covers it alone: reading step t's token does not wait for step t + 1, which keeps
+        the GPU busy while the host records step t + 2."""
+        if self.manifest["target"]["device"] == "vulkan":
+            from . import vulkan
+
+            read = vulkan.read_later(token)
+            return lambda: int(read()[0])
+        return lambda: int(token.numpy()[0])
 
     def _run(self, entry: str, ids):
         """ids: int32 token ids on the device; the last token's logits [1, 1, vocab], on the device

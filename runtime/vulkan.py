@@ -62,6 +62,18 @@ def counters() -> dict:
     return dict(tvm_ffi.get_global_func("mlcgen.wgpu.counters")().items())
 
 
+def read_later(tensor):
+    """Copy a device tensor to the host in queue order now; returns a function that waits for that
+    copy alone (not for work issued after it) and gives the numpy array."""
+    import numpy as np
+    import tvm_ffi
+
+    load()
+    read = tvm_ffi.get_global_func("mlcgen.wgpu.read_later")(tensor)
+    shape, dtype = tuple(tensor.shape), tensor.dtype
+    return lambda: np.frombuffer(tvm_ffi.get_global_func("mlcgen.wgpu.wait_read")(read), dtype).reshape(shape)
+
+
 @contextmanager
 def kernel_profile():
     """Per-kernel GPU time of the work run inside the block, from timestamps the plugin writes after

@@ -14,6 +14,7 @@
 // offset into one arena per submission, so a kernel's bind group depends only on its buffers and is
 // cached: decode replays the same kernels on the same buffers every token.
 #include <dlfcn.h>
+#include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/reflection/registry.h>
@@ -199,6 +200,61 @@ class Context {
     wgpuBufferUnmap(staging);
   }
 
+  // A read-back recorded now, in queue order, and waited for later (WaitRead): the greedy stream
+  // reads step t's token while step t + 1 runs. Download instead waits for everything submitted,
+  // step t + 1 included, and the GPU then idles while the host records step t + 2.
+  int64_t ReadLater(WGPUBuffer src, size_t offset, size_t nbytes) {
+    CheckAligned(offset, "source offset");
+    auto read = std::make_unique<Read>();
+    read->nbytes = nbytes;
+    size_t words = (nbytes + 3) / 4 * 4;
+    auto spare = spare_staging_.lower_bound(words);
+    if (spare != spare_staging_.end()) {
+      read->staging = spare->second;
+      spare_staging_.erase(spare);
+    } else {
+      WGPUBufferDescriptor desc = {};
+      desc.usage = WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst;
+      desc.size = words;
+      read->staging = wgpuDeviceCreateBuffer(device, &desc);
+    }
+    EndPass();
+    wgpuCommandEncoderCopyBufferToBuffer(Encoder(), src, offset, read->staging, 0, words);
+    Flush();
+    read->submission = last_submission_;
+    WGPUBufferMapCallbackInfo cb = {};
+    cb.mode = WGPUCallbackMode_AllowProcessEvents;
+    cb.callback = [](WGPUMapAsyncStatus s, WGPUStringView, void* r, void*) {
+      static_cast<Read*>(r)->done = true;
+      static_cast<Read*>(r)->status = s;
+    };
+    cb.userdata1 = read.get();
+    wgpuBufferMapAsync(read->staging, WGPUMapMode_Read, 0, words, cb);
+    reads_.emplace(++last_read_, std::move(read));
+    return last_read_;
+  }
+
+  // Wait for the submission of ReadLater's copy (not for later ones) and return its bytes.
+  ffi::Bytes WaitRead(int64_t id) {
+    auto it = reads_.find(id);
+    if (it == reads_.end()) TVM_FFI_THROW(RuntimeError) << "wgpu: read-back " << id << " is not pending";
+    std::unique_ptr<Read> read = std::move(it->second);
+    reads_.erase(it);
+    auto start = std::chrono::steady_clock::now();
+    while (!read->done) {
+      wgpuDevicePoll(device, true, &read->submission);
+      wgpuInstanceProcessEvents(instance_);
+    }
+    Waited(start);
+    CheckError("reading back");
+    TVM_FFI_ICHECK(read->status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
+    size_t words = (read->nbytes + 3) / 4 * 4;
+    ffi::Bytes bytes(static_cast<const char*>(wgpuBufferGetConstMappedRange(read->staging, 0, words)), read->nbytes);
+    wgpuBufferUnmap(read->staging);
+    spare_staging_.emplace(wgpuBufferGetSize(read->staging), read->staging);
+    return bytes;
+  }
+
   void CopyWithin(WGPUBuffer src, size_t src_offset, WGPUBuffer dst, size_t dst_offset, size_t nbytes) {
     if (nbytes == 0) return;
     CheckAligned(src_offset, "source offset");
@@ -270,7 +326,7 @@ class Context {
     wgpuCommandEncoderRelease(encoder_);
     encoder_ = nullptr;
     arena_used_ = 0;
-    wgpuQueueSubmit(queue, 1, &cmd);
+    last_submission_ = wgpuQueueSubmitForIndex(queue, 1, &cmd);
     wgpuCommandBufferRelease(cmd);
     ++submissions;
     CheckError("submitting kernels");
@@ -432,7 +488,8 @@ class Context {
     stamps_.clear();
   }
 
-  // The host waited for the GPU: it is idle, so the next work goes out soon (kFirstBatch).
+  // The host waited for the GPU, which is idle or (after WaitRead) on its last step: the next work
+  // goes out soon (kFirstBatch).
   void Waited(std::chrono::steady_clock::time_point start) {
     wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
     batch_ = kFirstBatch;
@@ -477,6 +534,14 @@ class Context {
     }
   }
 
+  struct Read {
+    WGPUBuffer staging = nullptr;
+    size_t nbytes = 0;
+    WGPUSubmissionIndex submission = 0;
+    bool done = false;
+    WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Error;
+  };
+
   std::once_flag init_once_;
   std::string init_error_;
   std::string pending_error_;
@@ -494,6 +559,10 @@ class Context {
   std::unordered_map<WGPUBuffer, size_t> sizes_;
   std::map<std::vector<void*>, WGPUBindGroup> bind_groups_;
   std::vector<void*> key_;
+  WGPUSubmissionIndex last_submission_ = 0;
+  std::map<int64_t, std::unique_ptr<Read>> reads_;  // ReadLater's copies not yet waited for
+  int64_t last_read_ = 0;
+  std::multimap<size_t, WGPUBuffer> spare_staging_;  // their staging buffers, once read, by size
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -928,6 +997,13 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         m.Set("wide_load_views", static_cast<int64_t>(c->wide_load_views));
         return m;
       })
+      .def("mlcgen.wgpu.read_later",
+           [](ffi::Tensor t) -> int64_t {
+             const DLTensor* d = t.GetDLTensorPtr();
+             TVM_FFI_ICHECK(d->device.device_type == kDLWebGPU && t.IsContiguous()) << "wgpu: read_later takes a contiguous device tensor";
+             return Context::Global()->ReadLater(static_cast<WGPUBuffer>(d->data), d->byte_offset, ffi::GetDataSize(*d));
+           })
+      .def("mlcgen.wgpu.wait_read", [](int64_t id) -> ffi::Bytes { return Context::Global()->WaitRead(id); })
       .def("mlcgen.wgpu.profile", [](bool on) { Context::Global()->Require(); Context::Global()->Profile(on); })
       .def("mlcgen.wgpu.kernel_times", []() -> ffi::Map<ffi::String, ffi::Array<int64_t>> {
         Context* c = Context::Global();
