@@ -21,6 +21,7 @@ waits for the last, as in a decode step), against numpy:
     python benchmarks/wgsl_gemv.py             # GPU machine: NVIDIA's Vulkan driver
     python benchmarks/wgsl_gemv.py --quick     # here: lavapipe, small shapes, correctness only
     python benchmarks/wgsl_gemv.py --copy      # the 1 GiB copy's GB/s alone (vulkan_speed.py's bound)
+    python benchmarks/wgsl_gemv.py --dispatch  # GPU time per dispatch of a trivial kernel, by pattern
 """
 
 from __future__ import annotations
