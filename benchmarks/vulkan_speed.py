@@ -245,8 +245,8 @@ def slug(label: str) -> str:
 
 
 def gemv_sweep(out: Path) -> list[dict]:
-    """Each GEMV library: GPU time per call (timestamps, weights rotated past the L2) and its
-    relative error against numpy."""
+    """Each GEMV library: GPU time per call (100 calls, timestamps around each compute pass only:
+    kernel_profile(per_pass=True); weights rotated past the L2) and its relative error against numpy."""
     import tvm
 
     from mlcgen.compiler.quantization import get_quantization
@@ -272,7 +272,7 @@ def gemv_sweep(out: Path) -> list[dict]:
             err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))
             for i in range(20):  # untimed: the first calls on new weights run slower (seen 2-4x on the H200)
                 lib[shape](x_dev, *weights[i % copies], y)
-            with vulkan.kernel_profile() as times:
+            with vulkan.kernel_profile(per_pass=True) as times:
                 for i in range(100):
                     lib[shape](x_dev, *weights[i % copies], y)
             ((seconds, calls),) = times.values()

@@ -69,11 +69,14 @@ PRESETS = {
     # group in packed fp16 pairs (schedules/packed_dot.py): 1094 GB/s in the same run (2026-11-22);
     # the activation loaded as 16-byte words (activation_words): 7B q/k/v 844 -> 728 us a step,
     # gate/up 1156 -> 973, o 475 -> 431, decode +8% (vulkan_speed.py, H200, 2026-12-01). 4 rows
-    # per lane with words: 4862 -> 5016 us of kernels a 7B step, 5279 -> 5684 for 8B.
+    # per lane with words: 4862 -> 5016 us of kernels a 7B step, 5279 -> 5684 for 8B. 2 steps
+    # unrolled instead of 1: decode 8B 278.7 -> 291.3 tok/s, 7B 290.4 -> 297.0, but 7B's padded
+    # down projection 796 -> 863 us a step (384 groups instead of 352: max_padding keeps it at 1
+    # step) (2026-12-02).
     # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     "nvidia": Preset(32, 1024, 49152,
-                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
-                               activation_words=True),
+                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
+                               activation_words=True, max_padding=1 / 16),
                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528)),
 }
 

@@ -78,6 +78,12 @@ def test_kernel_profile_times_every_dispatch_and_bounds_checks_change_no_result(
                          env={**os.environ, "MLCGEN_WGPU_BOUNDS_CHECKS": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tokens)
+    # Stamps around passes only: each pass charged to its last kernel, every dispatch counted
+    before = vulkan.counters()["dispatches"]
+    with vulkan.kernel_profile(per_pass=True) as passes:
+        gpu.decode(tokens[-1])
+    assert sum(calls for _, calls in passes.values()) == vulkan.counters()["dispatches"] - before
+    assert 0 < len(passes) < len(times) and all(seconds > 0 for seconds, _ in passes.values())
 
 
 def test_weights_past_the_binding_limit_run_as_row_chunks(lavapipe, tmp_path, monkeypatch):

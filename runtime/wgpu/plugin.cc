@@ -275,7 +275,7 @@ class Context {
     }
     if (!pass_) {
       pass_ = wgpuCommandEncoderBeginComputePass(Encoder(), nullptr);
-      Stamp(nullptr);
+      Stamp(nullptr, 0);
     }
     uint32_t offset = static_cast<uint32_t>(arena_used_ * kUniformSlot);
     std::memcpy(arena_host_.data() + offset, pod, pod_words * 4);
@@ -283,14 +283,22 @@ class Context {
     wgpuComputePassEncoderSetPipeline(pass_, pipeline);
     wgpuComputePassEncoderSetBindGroup(pass_, 0, group, 1, &offset);
     wgpuComputePassEncoderDispatchWorkgroups(pass_, grid[0], grid[1], grid[2]);
-    Stamp(name);
+    if (per_pass_) {
+      pass_kernel_ = name;
+      ++pass_calls_;
+    } else {
+      Stamp(name, 1);
+    }
     ++dispatches;
   }
 
   // Per-kernel GPU time: with profiling on, a timestamp opens every compute pass and follows every
   // dispatch; a kernel is charged the time since the previous stamp (its run plus the barrier
   // before it). Each submission is then waited for and its stamps read back: slower, but exact.
-  void Profile(bool on) {
+  // A timestamp costs the GPU ~4.7 us (NVIDIA, docs/benchmarks.md), so `per_pass` stamps only
+  // where a pass begins and ends and charges the pass to its last kernel: for timing one kernel
+  // called many times.
+  void Profile(bool on, bool per_pass) {
     Flush();
     if (on && !has_timestamps) {
       TVM_FFI_THROW(RuntimeError) << "wgpu: " << adapter_name << " has no timestamp queries inside compute passes";
@@ -309,6 +317,7 @@ class Context {
     }
     if (on) kernel_ns.clear();
     profiling_ = on;
+    per_pass_ = on && per_pass;
   }
   std::map<std::string, std::pair<uint64_t, uint64_t>> kernel_ns;  // name -> (ns, calls)
 
@@ -469,10 +478,10 @@ class Context {
     return "";
   }
 
-  void Stamp(const std::string* name) {
+  void Stamp(const std::string* name, size_t calls) {
     if (!profiling_) return;
     wgpuComputePassEncoderWriteTimestamp(pass_, queries_, static_cast<uint32_t>(stamps_.size()));
-    stamps_.push_back(name);
+    stamps_.emplace_back(name, calls);
   }
 
   void ChargeStamps() {
@@ -480,10 +489,10 @@ class Context {
     MapRead(stamps_read_, ticks.data(), ticks.size() * 8);
     double ns_per_tick = wgpuQueueGetTimestampPeriod(queue);
     for (size_t i = 1; i < ticks.size(); ++i) {
-      if (!stamps_[i]) continue;  // a pass opened: nothing ran since the previous stamp
-      auto& [ns, calls] = kernel_ns[*stamps_[i]];
+      if (!stamps_[i].first) continue;  // a pass opened: nothing ran since the previous stamp
+      auto& [ns, calls] = kernel_ns[*stamps_[i].first];
       ns += static_cast<uint64_t>((ticks[i] - ticks[i - 1]) * ns_per_tick);
-      ++calls;
+      calls += stamps_[i].second;
     }
     stamps_.clear();
   }
@@ -506,6 +515,8 @@ class Context {
 
   void EndPass() {
     if (!pass_) return;
+    if (per_pass_ && pass_calls_) Stamp(pass_kernel_, pass_calls_);
+    pass_calls_ = 0;
     wgpuComputePassEncoderEnd(pass_);
     wgpuComputePassEncoderRelease(pass_);
     pass_ = nullptr;
@@ -551,9 +562,11 @@ class Context {
   WGPUComputePassEncoder pass_ = nullptr;
   WGPUBuffer arena_ = nullptr, staging_ = nullptr, resolved_ = nullptr, stamps_read_ = nullptr;
   WGPUQuerySet queries_ = nullptr;
-  bool profiling_ = false;
+  bool profiling_ = false, per_pass_ = false;
+  const std::string* pass_kernel_ = nullptr;  // per_pass: the pass's last kernel and its dispatches so far
+  size_t pass_calls_ = 0;
   size_t batch_ = kFirstBatch;  // dispatches in the submission being recorded before it goes out
-  std::vector<const std::string*> stamps_;  // per timestamp: the kernel it ends, or null (a pass began)
+  std::vector<std::pair<const std::string*, size_t>> stamps_;  // per timestamp: the kernel it ends (null: a pass began), its calls
   size_t arena_used_ = 0, staging_size_ = 0;
   std::vector<uint8_t> arena_host_;
   std::unordered_map<WGPUBuffer, size_t> sizes_;
@@ -1004,7 +1017,7 @@ TVM_FFI_STATIC_INIT_BLOCK() {
              return Context::Global()->ReadLater(static_cast<WGPUBuffer>(d->data), d->byte_offset, ffi::GetDataSize(*d));
            })
       .def("mlcgen.wgpu.wait_read", [](int64_t id) -> ffi::Bytes { return Context::Global()->WaitRead(id); })
-      .def("mlcgen.wgpu.profile", [](bool on) { Context::Global()->Require(); Context::Global()->Profile(on); })
+      .def("mlcgen.wgpu.profile", [](bool on, bool per_pass) { Context::Global()->Require(); Context::Global()->Profile(on, per_pass); })
       .def("mlcgen.wgpu.kernel_times", []() -> ffi::Map<ffi::String, ffi::Array<int64_t>> {
         Context* c = Context::Global();
         c->Flush();

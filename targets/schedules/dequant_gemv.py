@@ -57,6 +57,9 @@ class GemvKnobs:
     # WGSL, packed form: each lane loads its activations as 16-byte words and converts them to
     # float32 once for all of its rows (packed_dot.activation_words); rows that need padding keep fp16
     activation_words: bool = False
+    # Rows the lanes' steps do not tile are padded; fewer steps are unrolled where whole steps would
+    # add more than this fraction to the row
+    max_padding: float = 1 / 8
 
     def __post_init__(self):
         if self.packed_fp16 and self.vector_words != 4:
@@ -180,8 +183,8 @@ class DequantGEMV(ScheduleRule):
         if vectors % lanes == 0:
             while vectors % (unroll * lanes):
                 unroll //= 2
-        else:  # padded: fewer steps unrolled where whole steps would add more than an eighth to the row
-            while unroll > 1 and -(-vectors // (unroll * lanes)) * unroll * lanes > vectors * 9 // 8:
+        else:  # padded: fewer steps unrolled where whole steps would add more than max_padding to the row
+            while unroll > 1 and -(-vectors // (unroll * lanes)) * unroll * lanes > vectors * (1 + k.max_padding):
                 unroll //= 2
         own_rows = k.rows_per_thread if rows % k.rows_per_thread == 0 else 1
         block_rows = k.rows_per_block
