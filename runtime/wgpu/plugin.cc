@@ -166,12 +166,8 @@ class Context {
 
   void Download(WGPUBuffer src, size_t offset, void* dst, size_t nbytes) {
     if (nbytes == 0) return;
-    CheckAligned(offset, "source offset");
-    size_t words = (nbytes + 3) / 4 * 4;
-    EndPass();
-    wgpuCommandEncoderCopyBufferToBuffer(Encoder(), src, offset, Staging(words), 0, words);
-    Flush();
-    MapRead(staging_, dst, nbytes);
+    ffi::Bytes bytes = WaitRead(ReadLater(src, offset, nbytes));
+    std::memcpy(dst, bytes.data(), nbytes);
   }
 
   // Wait for the submissions so far and copy the first `nbytes` of a map-read buffer to the host.
@@ -201,8 +197,9 @@ class Context {
   }
 
   // A read-back recorded now, in queue order, and waited for later (WaitRead): the greedy stream
-  // reads step t's token while step t + 1 runs. Download instead waits for everything submitted,
-  // step t + 1 included, and the GPU then idles while the host records step t + 2.
+  // reads step t's token while step t + 1 runs. A plain download (TVM's copy to the CPU) waits at
+  // once, for everything submitted: reading step t's token that way waited for step t + 1 too,
+  // and the GPU then idled while the host recorded step t + 2.
   int64_t ReadLater(WGPUBuffer src, size_t offset, size_t nbytes) {
     CheckAligned(offset, "source offset");
     auto read = std::make_unique<Read>();
@@ -522,18 +519,6 @@ class Context {
     pass_ = nullptr;
   }
 
-  WGPUBuffer Staging(size_t nbytes) {
-    if (staging_size_ < nbytes) {
-      if (staging_) { wgpuBufferDestroy(staging_); wgpuBufferRelease(staging_); }
-      WGPUBufferDescriptor desc = {};
-      desc.usage = WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst;
-      desc.size = nbytes;
-      staging_ = wgpuDeviceCreateBuffer(device, &desc);
-      staging_size_ = nbytes;
-    }
-    return staging_;
-  }
-
   void DropBindGroupsOf(WGPUBuffer buf) {
     for (auto it = bind_groups_.begin(); it != bind_groups_.end();) {
       if (std::find(it->first.begin() + 1, it->first.end(), static_cast<void*>(buf)) != it->first.end()) {
@@ -560,14 +545,14 @@ class Context {
   WGPUAdapter adapter_ = nullptr;
   WGPUCommandEncoder encoder_ = nullptr;
   WGPUComputePassEncoder pass_ = nullptr;
-  WGPUBuffer arena_ = nullptr, staging_ = nullptr, resolved_ = nullptr, stamps_read_ = nullptr;
+  WGPUBuffer arena_ = nullptr, resolved_ = nullptr, stamps_read_ = nullptr;
   WGPUQuerySet queries_ = nullptr;
   bool profiling_ = false, per_pass_ = false;
   const std::string* pass_kernel_ = nullptr;  // per_pass: the pass's last kernel and its dispatches so far
   size_t pass_calls_ = 0;
   size_t batch_ = kFirstBatch;  // dispatches in the submission being recorded before it goes out
   std::vector<std::pair<const std::string*, size_t>> stamps_;  // per timestamp: the kernel it ends (null: a pass began), its calls
-  size_t arena_used_ = 0, staging_size_ = 0;
+  size_t arena_used_ = 0;
   std::vector<uint8_t> arena_host_;
   std::unordered_map<WGPUBuffer, size_t> sizes_;
   std::map<std::vector<void*>, WGPUBindGroup> bind_groups_;
@@ -575,7 +560,7 @@ class Context {
   WGPUSubmissionIndex last_submission_ = 0;
   std::map<int64_t, std::unique_ptr<Read>> reads_;  // ReadLater's copies not yet waited for
   int64_t last_read_ = 0;
-  std::multimap<size_t, WGPUBuffer> spare_staging_;  // their staging buffers, once read, by size
+  std::multimap<size_t, WGPUBuffer> spare_staging_;  // read-back buffers not in use, by size
 };
 
 // ---------------------------------------------------------------------------------------------
