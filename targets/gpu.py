@@ -26,7 +26,7 @@ QUANTIZATION_NOTE = "GPU targets compute in fp16; TVM's float32 KV-cache kernels
 
 
 def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False,
-                    prefill_blocks: int | None = None) -> list:
+                    prefill_blocks: int | None = None, norm_threads: int = 256) -> list:
     from tvm.s_tir import dlight as dl
 
     from ..compiler.passes import check_thread_bindings, inline_dequantize
@@ -45,7 +45,7 @@ def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_c
     return [
         use_split_kv_decode(attention),
         use_prefill_blocks(prefill_blocks),
-        dl.ApplyDefaultSchedule(AddRMSNorm(), DequantizeRows(), DequantGEMV(gemv), *prefill),
+        dl.ApplyDefaultSchedule(AddRMSNorm(norm_threads), DequantizeRows(), DequantGEMV(gemv), *prefill),
         inline_dequantize,
         dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                                 dl.gpu.Fallback()),
