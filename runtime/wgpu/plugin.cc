@@ -170,32 +170,6 @@ class Context {
     std::memcpy(dst, bytes.data(), nbytes);
   }
 
-  // Wait for the submissions so far and copy the first `nbytes` of a map-read buffer to the host.
-  void MapRead(WGPUBuffer staging, void* dst, size_t nbytes) {
-    size_t words = (nbytes + 3) / 4 * 4;
-    bool done = false;
-    WGPUMapAsyncStatus status = WGPUMapAsyncStatus_Error;
-    WGPUBufferMapCallbackInfo cb = {};
-    cb.mode = WGPUCallbackMode_AllowProcessEvents;
-    cb.callback = [](WGPUMapAsyncStatus s, WGPUStringView, void* d, void* st) {
-      *static_cast<bool*>(d) = true;
-      *static_cast<WGPUMapAsyncStatus*>(st) = s;
-    };
-    cb.userdata1 = &done;
-    cb.userdata2 = &status;
-    wgpuBufferMapAsync(staging, WGPUMapMode_Read, 0, words, cb);
-    auto start = std::chrono::steady_clock::now();
-    while (!done) {
-      wgpuDevicePoll(device, true, nullptr);
-      wgpuInstanceProcessEvents(instance_);
-    }
-    Waited(start);
-    CheckError("reading back");
-    TVM_FFI_ICHECK(status == WGPUMapAsyncStatus_Success) << "wgpu: mapping the read-back buffer failed";
-    std::memcpy(dst, wgpuBufferGetConstMappedRange(staging, 0, words), nbytes);
-    wgpuBufferUnmap(staging);
-  }
-
   // A read-back recorded now, in queue order, and waited for later (WaitRead): the greedy stream
   // reads step t's token while step t + 1 runs. A plain download (TVM's copy to the CPU) waits at
   // once, for everything submitted: reading step t's token that way waited for step t + 1 too,
@@ -309,8 +283,6 @@ class Context {
       bdesc.usage = WGPUBufferUsage_QueryResolve | WGPUBufferUsage_CopySrc;
       bdesc.size = kQueries * 8;
       resolved_ = wgpuDeviceCreateBuffer(device, &bdesc);
-      bdesc.usage = WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst;
-      stamps_read_ = wgpuDeviceCreateBuffer(device, &bdesc);
     }
     if (on) kernel_ns.clear();
     profiling_ = on;
@@ -323,10 +295,7 @@ class Context {
     if (!encoder_) return;
     EndPass();
     size_t stamps = stamps_.size();
-    if (stamps) {
-      wgpuCommandEncoderResolveQuerySet(encoder_, queries_, 0, stamps, resolved_, 0);
-      wgpuCommandEncoderCopyBufferToBuffer(encoder_, resolved_, 0, stamps_read_, 0, stamps * 8);
-    }
+    if (stamps) wgpuCommandEncoderResolveQuerySet(encoder_, queries_, 0, stamps, resolved_, 0);
     if (arena_used_) wgpuQueueWriteBuffer(queue, arena_, 0, arena_host_.data(), arena_used_ * kUniformSlot);
     WGPUCommandBuffer cmd = wgpuCommandEncoderFinish(encoder_, nullptr);
     wgpuCommandEncoderRelease(encoder_);
@@ -482,16 +451,17 @@ class Context {
   }
 
   void ChargeStamps() {
-    std::vector<uint64_t> ticks(stamps_.size());
-    MapRead(stamps_read_, ticks.data(), ticks.size() * 8);
-    double ns_per_tick = wgpuQueueGetTimestampPeriod(queue);
-    for (size_t i = 1; i < ticks.size(); ++i) {
-      if (!stamps_[i].first) continue;  // a pass opened: nothing ran since the previous stamp
-      auto& [ns, calls] = kernel_ns[*stamps_[i].first];
-      ns += static_cast<uint64_t>((ticks[i] - ticks[i - 1]) * ns_per_tick);
-      calls += stamps_[i].second;
-    }
+    auto stamps = std::move(stamps_);  // taken first: the read-back's own submission has none
     stamps_.clear();
+    std::vector<uint64_t> ticks(stamps.size());
+    Download(resolved_, 0, ticks.data(), ticks.size() * 8);
+    double ns_per_tick = wgpuQueueGetTimestampPeriod(queue);
+    for (size_t i = 1; i < stamps.size(); ++i) {
+      if (!stamps[i].first) continue;  // a pass opened: nothing ran since the previous stamp
+      auto& [ns, calls] = kernel_ns[*stamps[i].first];
+      ns += static_cast<uint64_t>((ticks[i] - ticks[i - 1]) * ns_per_tick);
+      calls += stamps[i].second;
+    }
   }
 
   // The host waited for the GPU, which is idle or (after WaitRead) on its last step: the next work
@@ -545,7 +515,7 @@ class Context {
   WGPUAdapter adapter_ = nullptr;
   WGPUCommandEncoder encoder_ = nullptr;
   WGPUComputePassEncoder pass_ = nullptr;
-  WGPUBuffer arena_ = nullptr, resolved_ = nullptr, stamps_read_ = nullptr;
+  WGPUBuffer arena_ = nullptr, resolved_ = nullptr;
   WGPUQuerySet queries_ = nullptr;
   bool profiling_ = false, per_pass_ = false;
   const std::string* pass_kernel_ = nullptr;  // per_pass: the pass's last kernel and its dispatches so far
