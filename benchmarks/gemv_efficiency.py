@@ -46,9 +46,11 @@ L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 def gemv_func(n: int, k: int, dequant_dtype: str):
     """The decode matmul as compiler/layers.py writes it (a dequantize block, then the matmul);
-    with dequant_dtype float16, the earlier form: one block, fp16 dequantize arithmetic."""
+    with dequant_dtype float16, the earlier form: one block, fp16 dequantize arithmetic; with
+    "int8", on int8 activation codes (compiler/int8_activations.py)."""
     from tvm import te
 
+    from mlcgen.compiler import int8_activations
     from mlcgen.compiler.layers import q4_matmul_te
     from mlcgen.compiler.quantization import get_quantization
 
@@ -57,6 +59,9 @@ def gemv_func(n: int, k: int, dequant_dtype: str):
     w = te.placeholder((n, k // 8), "uint32", "w")
     s = te.placeholder((n, k // 32), "float16", "s")
     out_dtype = "float32" if n == SHAPES["lm_head"][0] else "float16"  # the lm_head keeps float32 logits
+    if dequant_dtype == "int8":
+        xq, xd = te.placeholder((k // 4,), "uint32", "xq"), te.placeholder((k // 32, 2), "float32", "xd")
+        return te.create_prim_func([xq, xd, w, s, int8_activations.matmul_te(q4, xq, xd, w, s, out_dtype)])
     if dequant_dtype != "float16":
         return te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, out_dtype)])
     r = te.reduce_axis((0, k), "r")
@@ -85,10 +90,15 @@ def build(out: Path) -> None:
         schedules[f"cuda/{name}{mark}"] = (cuda_target, DequantGEMV(g), "float32")
     for arch in ("gfx1100", "gfx90a"):
         schedules[arch] = (cuda_target, DequantGEMV(rocm.PRESETS[arch].gemv), "float32")
+    for knobs in ((32, 4, 4, 4, 2), (32, 4, 4, 2, 2), (32, 4, 4, 2, 1), (32, 8, 4, 2, 1)):  # rows the lanes tile only
+        schedules["cuda/" + "-".join(map(str, knobs)) + "+int8"] = (
+            cuda_target, DequantGEMV(GemvKnobs(*knobs, packed_fp16=True)), "int8")
     out.mkdir(parents=True, exist_ok=True)
     names = {}
     for shape, (n, k) in SHAPES.items():
         for i, (schedule, (target, rule, dequant_dtype)) in enumerate(schedules.items()):
+            if dequant_dtype == "int8" and k // 32 % 32:
+                continue
             with target:
                 mod = tvm.IRModule({"main": gemv_func(n, k, dequant_dtype)})
                 if rule:
@@ -98,7 +108,7 @@ def build(out: Path) -> None:
                     mod = dl.ApplyDefaultSchedule(dl.gpu.GEMV())(inline_dequantize(mod))
             file = f"{shape}-{i}.so"
             tvm.compile(mod, cuda_target).export_library(str(out / file))
-            names[file] = {"shape": shape, "schedule": schedule}
+            names[file] = {"shape": shape, "schedule": schedule, "int8": dequant_dtype == "int8"}
     (out / "index.json").write_text(json.dumps(names, indent=1))
     print(f"built {len(names)} libraries into {out}")
 
@@ -171,6 +181,7 @@ def run(out: Path) -> None:
     import torch
     import tvm
 
+    from mlcgen.compiler import int8_activations
     from mlcgen.compiler.quantization import get_quantization
     from mlcgen.runtime import cuda as cuda_runtime
 
@@ -189,12 +200,19 @@ def run(out: Path) -> None:
         nbytes = qw.nbytes + qs.nbytes + x.nbytes + n * (4 if shape == "lm_head" else 2)
         weights = weight_copies(qw, qs, dev, nbytes)
         copies = len(weights)
-        x_dev = tvm.runtime.tensor(x, dev)
+        x_dev = [tvm.runtime.tensor(x, dev)]
+        codes = int8_activations.quantize(x.reshape(-1))  # int8 forms: exact on what the codes stand for
+        int8_ref = int8_activations.dequantize(*codes) @ q4.unpack(qw, qs).T
+        codes_dev = [tvm.runtime.tensor(c, dev) for c in codes]
         for meta, lib in libraries(out, index, shape):
             y = tvm.runtime.empty((1, 1, n), "float32" if shape == "lm_head" else "float16", dev)
-            lib["main"](x_dev, *weights[0], y)
-            err = float(np.linalg.norm(y.numpy().astype(np.float32)[0, 0] - ref) / np.linalg.norm(ref))
-            seconds = kernel_seconds(lambda i: lib["main"](x_dev, *weights[i % copies], y), 200)
+            xs = codes_dev if meta.get("int8") else x_dev
+            lib["main"](*xs, *weights[0], y)
+            out_y = y.numpy().astype(np.float32)[0, 0]
+            err = float(np.linalg.norm(out_y - ref) / np.linalg.norm(ref))  # int8: against the fp16 activation
+            if meta.get("int8"):
+                assert np.linalg.norm(out_y - int8_ref) <= 2e-3 * np.linalg.norm(int8_ref), f"{meta['schedule']} on {shape}: wrong"
+            seconds = kernel_seconds(lambda i: lib["main"](*xs, *weights[i % copies], y), 200)
             rows.append({"shape": shape, "n": n, "k": k, "schedule": meta["schedule"], "rel_err": err, "us": seconds * 1e6,
                          "bytes": nbytes, "gbs": nbytes / seconds / 1e9, "efficiency": nbytes / seconds / 1e9 / copy_gbs})
         del weights

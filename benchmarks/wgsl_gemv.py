@@ -11,10 +11,12 @@ waits for the last, as in a decode step), against numpy:
   unpack2x16float, minus 1031, times the activations; `magic`: each code ORed into the mantissa of
   float32 2^23, minus 2^23 + 7 (the generic preset's float32 form); `folded`: as `unpack` but
   the 1031 taken out of the sum (sum x * (1024 + code) - 1031 * sum x: one instruction fewer per
-  weight, the subtract once per group and lane).
+  weight, the subtract once per group and lane); `dp4a`: the activation as int8 codes (layout and
+  math in compiler/int8_activations.py), a word's 8 codes in two dot4I8Packed.
 - act: the activation loaded as vec4<f16> (8 bytes, as TVM's WGSL) or as vec4<u32> (16 bytes,
   read with unpack2x16float), or staged once per workgroup in workgroup memory (16-byte reads,
-  padded so that neighbouring lanes do not share banks).
+  padded so that neighbouring lanes do not share banks); for dp4a, `i8`: quantized beforehand
+  (numpy), `u4`: quantized by each lane from the fp16 words.
 - sum: one dependent chain of multiply-adds per row and group (TVM's) or one per word (a tree).
 - unroll (groups a lane loads before using any), rows per lane, subgroups (rows) per workgroup.
 
@@ -41,8 +43,8 @@ LANES = 32  # a subgroup (NVIDIA warp) per row
 
 @dataclass(frozen=True)
 class Variant:
-    form: str = "unpack"  # unpack | magic | folded
-    act: str = "h4"  # h4 | u4 | staged
+    form: str = "unpack"  # unpack | magic | folded | dp4a
+    act: str = "h4"  # h4 | u4 | staged | i8 (dp4a only)
     sum: str = "chain"  # chain | tree
     unroll: int = 1
     rows: int = 2  # rows per lane
@@ -71,6 +73,14 @@ VARIANTS = [
     Variant(act="u4", sum="tree", unroll=2, rows=4),
     Variant(act="u4", sum="tree", unroll=4, warps=8),
     Variant(act="u4", sum="tree", unroll=4, warps=2),
+    Variant(form="magic", act="u4", sum="tree", unroll=2),
+    Variant(form="dp4a", act="i8"),
+    Variant(form="dp4a", act="i8", unroll=2),
+    Variant(form="dp4a", act="i8", unroll=4),
+    Variant(form="dp4a", act="i8", unroll=2, rows=4),
+    Variant(form="dp4a", act="i8", unroll=2, rows=1),
+    Variant(form="dp4a", act="u4", unroll=2),
+    Variant(form="dp4a", act="u4", unroll=2, rows=4),
 ]
 
 
@@ -106,8 +116,15 @@ def gemv_wgsl(v: Variant, n: int, k: int, subgroups: bool = True) -> str:
     emit("enable f16;")
     emit("@group(0) @binding(0) var<storage, read> W : array<vec4<u32>>;")  # [n, groups] groups of 4 words
     emit("@group(0) @binding(1) var<storage, read> S : array<f16>;")  # [n, groups]
-    emit("@group(0) @binding(2) var<storage, read> X : array<vec4<u32>>;")  # [k / 8]: 8 halfs each
-    emit("@group(0) @binding(3) var<storage, read> Xh : array<vec4<f16>>;")  # the same, 4 halfs each
+    if v.form == "dp4a" and v.act == "u4":  # the fp16 activation, quantized to int8 by each lane
+        emit("@group(0) @binding(2) var<storage, read> Xw : array<vec4<u32>>;")
+        emit("@group(0) @binding(3) var<storage, read> Xunused : array<u32>;")
+    elif v.form == "dp4a":  # the activation in int8 (layout: compiler/int8_activations.py)
+        emit("@group(0) @binding(2) var<storage, read> X : array<vec4<u32>>;")  # [groups * 2]: even, odd codes' bytes
+        emit("@group(0) @binding(3) var<storage, read> XD : array<vec2<f32>>;")  # [groups]: scale, 7 * sum of codes
+    else:
+        emit("@group(0) @binding(2) var<storage, read> X : array<vec4<u32>>;")  # [k / 8]: 8 halfs each
+        emit("@group(0) @binding(3) var<storage, read> Xh : array<vec4<f16>>;")  # the same, 4 halfs each
     emit("@group(0) @binding(4) var<storage, read_write> Y : array<f32>;")
     if not subgroups:
         emit(f"var<workgroup> RED : array<f32, {LANES * v.warps}>;")
@@ -131,6 +148,31 @@ def gemv_wgsl(v: Variant, n: int, k: int, subgroups: bool = True) -> str:
         for r in range(v.rows):
             emit(f"    let w{u}_{r} = W[(row0 + {r}u) * {groups}u + gc{u}];")
             emit(f"    let s{u}_{r} = f32(S[(row0 + {r}u) * {groups}u + gc{u}]);")
+        if v.form == "dp4a" and v.act == "u4":  # quantized by the lane from the fp16 activation
+            for j in range(4):
+                emit(f"    let xv{u}_{j} = select(vec4<u32>(), Xw[gc{u} * 4u + {j}u], ok{u});")
+                for c in range(4):
+                    emit(f"    let x{u}_{j}_{c} = unpack2x16float(xv{u}_{j}[{c}]);")
+            pairs = [f"x{u}_{j}_{c}" for j in range(4) for c in range(4)]
+            emit(f"    var m{u} = abs({pairs[0]});")
+            for pr in pairs[1:]:
+                emit(f"    m{u} = max(m{u}, abs({pr}));")
+            emit(f"    let amax{u} = max(m{u}.x, m{u}.y);")
+            emit(f"    let inv{u} = select(0.0, 127.0 / amax{u}, amax{u} > 0.0);")
+            for j in range(4):
+                for e, half in (("e", "x"), ("o", "y")):
+                    vals = ", ".join(f"x{u}_{j}_{c}.{half}" for c in range(4))
+                    emit(f"    let q{e}{u}_{j} = pack4xI8(vec4<i32>(round(vec4<f32>({vals}) * inv{u})));")
+            emit(f"    let xe{u} = vec4<u32>({', '.join(f'qe{u}_{j}' for j in range(4))});")
+            emit(f"    let xo{u} = vec4<u32>({', '.join(f'qo{u}_{j}' for j in range(4))});")
+            sums = " + ".join(f"dot4I8Packed(q{e}{u}_{j}, 0x01010101u)" for e in "eo" for j in range(4))
+            emit(f"    let xd{u} = vec2<f32>(amax{u} / 127.0, 7.0 * f32({sums}));")
+            continue
+        if v.form == "dp4a":
+            emit(f"    let xe{u} = select(vec4<u32>(), X[gc{u} * 2u], ok{u});")
+            emit(f"    let xo{u} = select(vec4<u32>(), X[gc{u} * 2u + 1u], ok{u});")
+            emit(f"    let xd{u} = select(vec2<f32>(), XD[gc{u}], ok{u});")
+            continue
         for j in range(4):
             if v.act == "h4":
                 emit(f"    let xh{u}_{j}a = select(vec4<f16>(), Xh[gc{u} * 8u + {2 * j}u], ok{u});")
@@ -139,6 +181,12 @@ def gemv_wgsl(v: Variant, n: int, k: int, subgroups: bool = True) -> str:
                 src = f"XS[gc{u} * 5u + {j}u]" if v.act == "staged" else f"X[gc{u} * 4u + {j}u]"
                 emit(f"    let xv{u}_{j} = select(vec4<u32>(), {src}, ok{u});")
     for u in range(v.unroll):
+        if v.form == "dp4a":  # integer dot products of 4 codes with 4 int8 activations
+            for r in range(v.rows):
+                dots = " + ".join(f"dot4I8Packed(w{u}_{r}[{j}] & 0x0F0F0F0Fu, xe{u}[{j}]) + "
+                                  f"dot4I8Packed((w{u}_{r}[{j}] >> 4u) & 0x0F0F0F0Fu, xo{u}[{j}])" for j in range(4))
+                emit(f"    acc{r} = fma(f32({dots}) - xd{u}.y, s{u}_{r} * xd{u}.x, acc{r});")
+            continue
         for j in range(4):  # word j's activations as f32 pairs (x[2c], x[2c+1])
             for c in range(4):
                 if v.act == "h4":
@@ -357,6 +405,8 @@ def pack(rng, n: int, k: int):
 
 
 def main(quick: bool) -> None:
+    from mlcgen.compiler import int8_activations
+
     bench = Bench()
     print(f"adapter: {bench.adapter.info['device']} ({bench.adapter.info['backend_type']})")
     if not quick:
@@ -372,15 +422,21 @@ def main(quick: bool) -> None:
         nbytes = qw.nbytes + qs.nbytes
         copies = 1 if quick else rotation(nbytes)
         weights = [(bench.buffer(qw), bench.buffer(qs)) for _ in range(copies)]
+        xq, xd = int8_activations.quantize(x)
+        ref8 = dense @ int8_activations.dequantize(xq, xd)  # what the dp4a form computes, exactly up to float32 rounding
         xb, y = bench.buffer(x), bench.buffer(np.zeros(n, np.float32))
+        xqb, xdb = bench.buffer(xq), bench.buffer(xd)
         kernels = {}
         for v in VARIANTS:
             pipeline = bench.pipeline(gemv_wgsl(v, n, k, subgroups=not quick), 5, v.checks)
-            groups = [bench.group(pipeline, [w, s, xb, xb, y]) for w, s in weights]
+            acts = [xqb, xdb] if v.act == "i8" else [xb, xb]
+            groups = [bench.group(pipeline, [w, s, *acts, y]) for w, s in weights]
             grid = (n // (v.warps * v.rows), 1, 1)
             bench.run(pipeline, groups[:1], grid)
-            err = float(np.linalg.norm(bench.read(y, np.float32) - ref) / np.linalg.norm(ref))
-            assert err < 1e-3, f"{v.name} on {shape}: relative error {err:.1e}"
+            out = bench.read(y, np.float32)
+            exact = ref8 if v.form == "dp4a" else ref  # the lane's own rounding may differ from numpy's in a few ties
+            assert np.linalg.norm(out - exact) < 1e-3 * np.linalg.norm(exact), f"{v.name} on {shape}: wrong"
+            err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))  # against the fp16 activation
             calls = 1 if quick else 100
             kernels[v] = (pipeline, (groups * calls)[:calls], grid, err)
         # Two rounds, the first untimed: the first variants timed on newly written weights ran

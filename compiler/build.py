@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..runtime import dist
 from ..runtime.conversation import checkpoint_template
 from . import convert
-from .quantization import get_quantization
+from .quantization import GroupQuant4, get_quantization
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "added_tokens.json", "chat_template.jinja")
@@ -46,7 +46,8 @@ def read_hf_config(model_dir: Path) -> dict:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
-def plan(model_dir: Path, quantization: str, target: str, context_window: int | None = None, prefill_chunk: int | None = None) -> BuildPlan:
+def plan(model_dir: Path, quantization: str, target: str, context_window: int | None = None, prefill_chunk: int | None = None,
+         int8_activations: bool = False) -> BuildPlan:
     """Everything decided before compiling; the manifest lacks only the conversion results."""
     from ..models import family_for  # imports the TVM compiler
     from ..targets import get_target
@@ -62,6 +63,10 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
     if scheme.name not in target_module.QUANTIZATIONS:
         raise ConfigError(f"--quantization {quantization} is not supported on target {target} ({target_module.QUANTIZATION_NOTE}); "
                           f"choose one of: {', '.join(target_module.QUANTIZATIONS)}")
+    if int8_activations and not getattr(target_module, "INT8_ACTIVATIONS", False):
+        raise ConfigError(f"--int8-activations is implemented for the cuda and vulkan targets, not for {target}")
+    if int8_activations and not (isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16"):
+        raise ConfigError(f"--int8-activations applies to the q4 matmuls of q4f16_1, not to --quantization {quantization}")
     context_window = cfg.max_position_embeddings if context_window is None else context_window
     prefill_chunk = min(DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk, context_window)
     if context_window <= 0 or prefill_chunk <= 0:
@@ -81,6 +86,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         "model": {"name": model_dir.resolve().name, "family": family.__name__.rsplit(".", 1)[-1], "architecture": arch, "config": cfg.to_dict()},
         "quantization": scheme.name,
         "max_param_bytes": max_param_bytes,  # larger weights are stored in row chunks (quantization.py)
+        "int8_activations": int8_activations,  # decode matmuls on int8 activations (compiler/int8_activations.py)
         "model_dtype": scheme.model_dtype,
         # runtime_facts: what the runtime must check on the device (the Vulkan subgroup width)
         "target": {"name": f"{target.partition(':')[0]}:{preset}", "device": target_module.DEVICE, "preset_reason": why,
@@ -126,7 +132,7 @@ def compile_library(p: BuildPlan, lib_path: Path, dump_ir: Path | None, log) -> 
 
     target = p.target_module.tvm_target(p.preset)
     mod = export_ir(p, target)
-    mod = pipeline.run(mod, p.target_module, target, dump_ir)
+    mod = pipeline.run(mod, p.target_module, target, dump_ir, p.manifest["int8_activations"])
     temporaries = pipeline.temporary_bytes(mod)
     with p.target_module.device_code() as device_code:  # e.g. the AMD code object, for inspection
         executable = relax.build(mod, target, relax_pipeline=None, tir_pipeline=p.target_module.TIR_PIPELINE)
@@ -141,10 +147,10 @@ def default_output(model_dir: Path, quantization: str, target: str) -> Path:
 
 
 def build(model_dir, quantization: str, target: str = "cpu", output=None, context_window: int | None = None,
-          prefill_chunk: int | None = None, dump_ir=None, log=print) -> Path:
+          prefill_chunk: int | None = None, dump_ir=None, log=print, int8_activations: bool = False) -> Path:
     model_dir = Path(model_dir)
     log = log or (lambda message: None)
-    p = plan(model_dir, quantization, target, context_window, prefill_chunk)
+    p = plan(model_dir, quantization, target, context_window, prefill_chunk, int8_activations)
     checkpoint = convert.open_checkpoint(model_dir, p.manifest)  # fail on a bad checkpoint before compiling
     out = Path(output) if output else default_output(model_dir, quantization, target)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -36,19 +36,25 @@ def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
     return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
 
 
-Q4_MATMUL_ATTR = "mlcgen.q4_matmul"  # PrimFunc attr: the quantization scheme of a plain q4 matmul
+Q4_MATMUL_ATTR = "mlcgen.q4_matmul"  # PrimFunc attr: the quantization scheme of a q4 matmul
+EPILOGUE_ATTR = "mlcgen.q4_matmul_epilogue"  # PrimFunc attr of a q4 matmul with an epilogue: its name (SWIGLU)
 DEQUANTIZE = "dequantize"  # block name: schedules find the weight's dequantize by it
 SWIGLU = "swiglu"  # block name: the decode GEMV pairs row r of the matmul with row r + N/2 for it
 
 
 def q4_matmul_swiglu_te(scheme, x, q_weight, q_scale, out_dtype: str):
     """silu(gate) * up of a gate/up projection whose weight stacks the gate rows over the up rows,
-    as the matmul's epilogue: gate and up rounded to out_dtype as the unfused layers store them,
-    silu and the product in float32, the result rounded once. Written as a product over the pair
-    (silu(gate), up) so that each output reads its two matmul rows through a reduction axis: TVM's
-    reverse_compute_at places no block that reads two fixed rows of a buffer."""
-    acc = q4_matmul_te(scheme, x, q_weight, q_scale, "float32")
-    half = q_weight.shape[0] // 2
+    as the matmul's epilogue (swiglu_te)."""
+    return swiglu_te(q4_matmul_te(scheme, x, q_weight, q_scale, "float32"), out_dtype)
+
+
+def swiglu_te(acc, out_dtype: str):
+    """silu(gate) * up of a float32 matmul output whose gate rows are stacked over its up rows:
+    gate and up rounded to out_dtype as the unfused layers store them, silu and the product in
+    float32, the result rounded once. Written as a product over the pair (silu(gate), up) so that
+    each output reads its two matmul rows through a reduction axis: TVM's reverse_compute_at places
+    no block that reads two fixed rows of a buffer."""
+    half = acc.shape[-1] // 2
     product = te.comm_reducer(lambda a, b: a * b, lambda dtype: tirx.const(1.0, dtype), name="product")
     pair = te.reduce_axis((0, 2), name="pair")
 
@@ -56,7 +62,7 @@ def q4_matmul_swiglu_te(scheme, x, q_weight, q_scale, out_dtype: str):
         value = acc[(*i[:-1], pair * half + i[-1])].astype(out_dtype).astype("float32")
         return tirx.if_then_else(pair == 0, value / (tirx.const(1.0, "float32") + tirx.exp(-value)), value)
 
-    y = te.compute((*x.shape[:-1], half), lambda *i: product(factor(*i), axis=pair), name=SWIGLU)
+    y = te.compute((*acc.shape[:-1], half), lambda *i: product(factor(*i), axis=pair), name=SWIGLU)
     return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="cast")
 
 
@@ -68,7 +74,7 @@ def gate_up_silu(gate_up, x: nn.Tensor) -> nn.Tensor:
     if isinstance(gate_up, GroupQuantLinear) and gate_up.bias is None and single_token and len(gate_up.chunks()) == 1:
         (w, s), = gate_up.chunks()
         return nn.op.tensor_expr_op(lambda x, w, s: q4_matmul_swiglu_te(gate_up.scheme, x, w, s, gate_up.out_dtype),
-                                    "q4_matmul_swiglu", [x, w, s])
+                                    "q4_matmul_swiglu", [x, w, s], attrs={Q4_MATMUL_ATTR: gate_up.scheme.name, EPILOGUE_ATTR: SWIGLU})
     gate, up = nn.op.split(gate_up(x), 2, axis=-1)
     return nn.op.silu(gate) * up
 

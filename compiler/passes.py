@@ -7,7 +7,7 @@ import tvm_ffi
 from tvm import relax, te, topi
 from tvm.relax.dpl import PatternContext, is_op, rewrite_bindings, wildcard
 
-from ..targets.schedules.add_rms_norm import KERNEL_ATTR
+from ..targets.schedules.add_rms_norm import EPSILON_ATTR, KERNEL_ATTR
 from ..targets.schedules.add_rms_norm import KERNEL as ADD_RMS_NORM
 
 
@@ -18,7 +18,7 @@ def _add_rms_norm_kernel(a: relax.Var, b: relax.Var, weight: relax.Var, epsilon:
     normed = topi.nn.rms_norm(total, tw, axis=[len(ta.shape) - 1], epsilon=epsilon)
     func = te.create_prim_func([ta, tb, tw, total, normed]).without_attr("global_symbol")
     # Opaque to FuseOps (it is fused already), and named for the GPU schedule rule that takes it.
-    return func.with_attr({"op_pattern": 8, KERNEL_ATTR: ADD_RMS_NORM})
+    return func.with_attr({"op_pattern": 8, KERNEL_ATTR: ADD_RMS_NORM, EPSILON_ATTR: tvm.tirx.FloatImm("float32", epsilon)})
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseAddRMSNorm")
@@ -150,14 +150,14 @@ class _PrefillMatmulOffload(relax.PyExprMutator):
     def _offloadable(self, call: relax.Call):
         """The quantization scheme of a call_tir to a tagged fp16 q4 matmul over a token count not
         known at compile time (prefill), else None."""
-        from .layers import Q4_MATMUL_ATTR
+        from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR
         from .quantization import QUANTIZATIONS
 
         if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar):
             return None
         func = self.mod[call.args[0]]
         attrs = func.attrs or {}
-        if Q4_MATMUL_ATTR not in attrs or call.ty.dtype != "float16" or call.args[1].fields[0].ty.dtype != "float16":
+        if Q4_MATMUL_ATTR not in attrs or EPILOGUE_ATTR in attrs or call.ty.dtype != "float16" or call.args[1].fields[0].ty.dtype != "float16":
             return None
         if all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values):
             return None  # decode and the last token's lm_head: the GEMV reads the q4 weight once

@@ -11,11 +11,12 @@ from tvm import relax
 from .passes import fuse_add_rms_norm
 
 
-def phases(target_module, target) -> list[tuple[str, list]]:
+def phases(target_module, target, int8_activations: bool = False) -> list[tuple[str, list]]:
     return [
         ("fuse", [
-            *target_module.offload_passes(target),      # e.g. cuda: a prefill entry whose matmuls run in cuBLAS
             fuse_add_rms_norm,                          # residual add + RMSNorm -> one kernel
+            *target_module.graph_passes(target, int8_activations),  # cuda: a prefill entry whose matmuls run in
+                                                        # cuBLAS; --int8-activations: decode matmuls on int8 codes
             relax.transform.LegalizeOps(),              # high-level Relax ops -> TIR PrimFuncs
             relax.transform.AnnotateTIROpPattern(),     # label PrimFuncs: elementwise, reduction, ...
             relax.transform.FoldConstant(),
@@ -40,13 +41,13 @@ def phases(target_module, target) -> list[tuple[str, list]]:
     ]
 
 
-def run(mod: tvm.IRModule, target_module, target, dump_ir: Path | None = None) -> tvm.IRModule:
+def run(mod: tvm.IRModule, target_module, target, dump_ir: Path | None = None, int8_activations: bool = False) -> tvm.IRModule:
     """Apply every phase under `target`; with dump_ir, write the IR before and after each."""
     if dump_ir:
         dump_ir.mkdir(parents=True, exist_ok=True)
         (dump_ir / "00-input.py").write_text(mod.script())
     with target, tvm.transform.PassContext():
-        for i, (name, passes) in enumerate(phases(target_module, target), start=1):
+        for i, (name, passes) in enumerate(phases(target_module, target, int8_activations), start=1):
             mod = tvm.transform.Sequential(passes, name=name)(mod)
             if dump_ir:
                 (dump_ir / f"{i:02d}-{name}.py").write_text(mod.script())

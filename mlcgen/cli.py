@@ -36,12 +36,16 @@ def main():
 @click.option("--context-window", type=int, help="max tokens in the KV cache [default: the model's max_position_embeddings]")
 @click.option("--prefill-chunk", type=int, help="max tokens per prefill call [default: 2048]")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="write the IR before and after each pipeline phase here")
+@click.option("--int8-activations", is_flag=True,
+              help="cuda, vulkan: decode matmuls after each RMSNorm on int8 activations (integer dot products; faster on Vulkan, "
+                   "less exact: see the README)")
 @_user_errors
-def build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir):
+def build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir, int8_activations):
     """Compile MODEL_DIR (a Hugging Face checkpoint folder) for one target."""
     from .compiler.build import build as run_build
 
-    run_build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir, log=click.echo)
+    run_build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir, log=click.echo,
+              int8_activations=int8_activations)
 
 
 @main.command()

@@ -28,7 +28,7 @@ QUANTIZATION_NOTE = ""
 TIR_PIPELINE = "default"
 
 
-def offload_passes(target) -> list:
+def graph_passes(target, int8_activations: bool = False) -> list:
     return []
 
 

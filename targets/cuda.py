@@ -77,17 +77,23 @@ TIR_PIPELINE = "default"
 CUBLAS_ENTRY = "prefill_cublas"
 
 
-def offload_passes(target) -> list:
+INT8_ACTIVATIONS = True  # --int8-activations: __dp4a (compiler/int8_activations.py)
+
+
+def graph_passes(target, int8_activations: bool = False) -> list:
     from ..compiler.passes import offload_prefill_matmuls
     from ..runtime.cublas import GEMM
 
+    from ..compiler.int8_activations import use_int8_decode_activations
+
     preset = PRESETS[str(target.attrs["arch"])]
-    return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes)]
+    int8 = [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
+    return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes), *int8]
 
 
 def runtime_facts(preset: str, scheme) -> dict:
     """Recorded in the manifest: decode steps run as whole-step CUDA graphs; and the prefill entry
-    the runtime calls where cuBLAS loads, for the q4 schemes (offload_passes adds it where it has
+    the runtime calls where cuBLAS loads, for the q4 schemes (graph_passes adds it where it has
     q4 matmuls to offload). It is faster than the compiled kernels at every prompt length measured,
     4 to 512 tokens (H200, docs/benchmarks.md): their tiles pad short prompts to 128 rows."""
     cublas = isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16"

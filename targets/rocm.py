@@ -139,7 +139,7 @@ TIR_PIPELINE = "mlcgen_rocm"
 
 
 # hipBLAS could take the prefill matmuls as cuBLAS does on CUDA; not built: no AMD GPU to measure it on
-def offload_passes(target) -> list:
+def graph_passes(target, int8_activations: bool = False) -> list:
     return []
 
 

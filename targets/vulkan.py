@@ -106,8 +106,14 @@ MAX_PARAM_BYTES = 128 << 20
 TIR_PIPELINE = "default"
 
 
-def offload_passes(target) -> list:
-    return []
+INT8_ACTIVATIONS = True  # --int8-activations: dot4I8Packed (compiler/int8_activations.py)
+
+
+def graph_passes(target, int8_activations: bool = False) -> list:
+    from ..compiler.int8_activations import use_int8_decode_activations
+
+    preset = PRESETS[str(target.tag)]
+    return [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
 
 
 def runtime_facts(preset: str, scheme) -> dict:

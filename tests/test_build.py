@@ -213,7 +213,7 @@ def test_library_prefill_entry_matches_the_compiled_prefill(tmp_path, builds, mo
         out.copyfrom(y.reshape(out.shape))
 
     slice_bytes = 64 * 96 * 2  # 64 rows of K = 96: qkv (288 rows) in slices of 128, 128, 32
-    monkeypatch.setattr(cpu, "offload_passes", lambda target: [offload_prefill_matmuls("prefill_lib", cublas.GEMM, slice_bytes)])
+    monkeypatch.setattr(cpu, "graph_passes", lambda target, int8_activations: [offload_prefill_matmuls("prefill_lib", cublas.GEMM, slice_bytes)])
     monkeypatch.setattr(cpu, "runtime_facts", lambda preset, scheme: {"library_prefill": "prefill_lib"}, raising=False)
     monkeypatch.setattr(cublas, "load", lambda: tvm_ffi.register_global_func(cublas.GEMM, q4_matmul_nt, override=True))
     dist = build(builds.checkpoint("mha_untied"), "q4f16_1", "cpu", output=tmp_path / "lib", log=None)

@@ -35,6 +35,42 @@ def test_gpu_targets_refuse_float32_activations(builds, quantization, target):
         plan(builds.checkpoint("gqa_tied"), quantization, target)
 
 
+def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(builds):
+    """--int8-activations on CUDA, with 2 lanes a row so that the tiny model's rows (2 groups) tile:
+    the decode step's fused add + RMSNorms write int8 codes and the q/k/v and gate/up matmuls read
+    them in __dp4a; the prefill keeps its norms and matmuls."""
+    import dataclasses
+
+    import tvm
+
+    from mlcgen.targets import cuda
+
+    preset = cuda.PRESETS["sm_90"]
+    narrow = dataclasses.replace(preset, gemv=dataclasses.replace(preset.gemv, threads_per_row=2))
+    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda", int8_activations=True)
+    assert p.manifest["int8_activations"]
+    target = p.target_module.tvm_target(p.preset)
+    cuda.PRESETS["sm_90"] = narrow
+    try:
+        mod = pipeline.run(export_ir(p, target), p.target_module, target, int8_activations=True)
+    finally:
+        cuda.PRESETS["sm_90"] = preset
+    decode = mod["decode"].script()
+    assert decode.count("add_rms_norm_quantize") >= 3 and "q4_int8_matmul" in decode  # layer 0's first norm has no add
+    assert "add_rms_norm_quantize" not in mod["prefill"].script()
+    matmul = next(f for gv, f in mod.functions_items() if gv.name_hint.startswith("q4_int8_matmul"))
+    source = tvm.compile(tvm.IRModule({"main": matmul.with_attr("global_symbol", "main")}), target).mod.imports[0].inspect_source()
+    assert "__dp4a(" in source
+
+
+@pytest.mark.parametrize("target, quantization, why", [("cpu", "q4f16_1", "implemented for the cuda and vulkan targets, not for cpu"),
+                                                         ("rocm", "q4f16_1", "implemented for the cuda and vulkan targets, not for rocm"),
+                                                         ("vulkan", "q0f16", "applies to the q4 matmuls of q4f16_1, not to --quantization q0f16")])
+def test_int8_activations_where_they_do_not_apply_are_refused(builds, target, quantization, why):
+    with pytest.raises(ConfigError, match=f"--int8-activations (is )?{why}"):
+        plan(builds.checkpoint("gqa_tied"), quantization, target, int8_activations=True)
+
+
 @pytest.mark.parametrize("target", ["cuda", "rocm"])
 def test_float_weight_builds_bind_every_kernel_to_gpu_threads(builds, target):
     """q0f16: the prefill matmuls take dlight's Matmul rule (LowBatchGEMV had left them mostly

@@ -57,6 +57,102 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
 
 
+def test_tiny_model_with_int8_decode_activations_on_lavapipe_matches_cpu_build(builds, lavapipe, monkeypatch, tmp_path):
+    """A generic-preset build with --int8-activations (compiler/int8_activations.py), with 2 lanes a
+    row: hidden 64 = 2 groups, so the q/k/v and gate/up projections after the fused add + RMSNorms
+    take int8 codes (the first layer's q/k/v, after a plain norm, keeps fp16, as do o, down and
+    lm_head). Fed the CPU build's greedy tokens, the logits stay within
+    int8 rounding of the CPU build's (~5e-3 a matmul on this random model; 0.5-5e-2 on the logits
+    against 4-10e-4 without int8), and their argmax agrees where the CPU's top two are apart."""
+    from mlcgen.compiler.build import build
+
+    generic = vulkan_target.PRESETS["generic"]
+    monkeypatch.setitem(vulkan_target.PRESETS, "generic", dataclasses.replace(generic, gemv=dataclasses.replace(generic.gemv, threads_per_row=2)))
+    dist = build(builds.checkpoint("gqa_tied"), "q4f16_1", "vulkan", output=tmp_path / "int8", log=None, int8_activations=True)
+    library = (dist / "lib.so").read_bytes()
+    assert b"dot4I8Packed" in library and b"add_rms_norm_quantize" in library
+    cpu = Engine(builds.dist("gqa_tied", "q4f16_1"))
+    gpu = Engine(dist, device="vulkan")
+    prompt = [1, 7, 99, 25, 13, 42, 5, 77]
+    cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
+    gpu_logits = [gpu.prefill(prompt)] + [gpu.decode(t) for t in cpu_tokens[:-1]]
+    errors = [rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)]
+    assert max(errors) <= 6e-2 and np.mean(errors) <= 3e-2, errors  # measured: max 5.0e-2, mean 2.4e-2
+    for g, c in zip(gpu_logits, cpu_logits):  # 31 of 32 agree; the other's top two are 0.6% of the range apart
+        top2 = np.sort(c)[-2:]
+        assert g.argmax() == c.argmax() or top2[1] - top2[0] < 0.02 * np.ptp(c)
+
+
+@pytest.mark.parametrize("hidden, max_threads", [(4096, 1024), (4096, 256), (4096, 128), (96, 1024)])
+def test_add_rms_norm_writing_int8_codes_on_lavapipe_vs_numpy(hidden, max_threads, lavapipe, tmp_path):
+    """The fused residual add + RMSNorm that writes the normed activation as int8 codes: the sum
+    exact, the codes and scales as numpy's quantize of numpy's norm (a tie may round the other
+    way). 8, 16 and 32 values a thread (4, 2 and 1 threads a group); 96 = 12 threads: a reduction
+    tree of 16 with idle threads."""
+    from mlcgen.compiler import int8_activations
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1, 1, hidden)).astype(np.float16) for _ in range(2))
+    w = (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float16)
+    lib = compile_on_lavapipe(int8_activations.add_rms_norm_quantize_kernel(hidden, 1e-5, max_threads).with_attr("global_symbol", "main"), tmp_path)
+    dev = tvm.device("webgpu", 0)
+    total = tvm.runtime.empty((1, 1, hidden), "float16", dev)
+    xq, xd = tvm.runtime.empty((hidden // 4,), "uint32", dev), tvm.runtime.empty((hidden // 32, 2), "float32", dev)
+    lib["main"](*(tvm.runtime.tensor(t, dev) for t in (a, b, w)), total, xq, xd)
+    s = (a + b)[0, 0]
+    np.testing.assert_array_equal(total.numpy()[0, 0], s)
+    s32 = s.astype(np.float32)
+    normed = (s32 / np.sqrt(np.mean(s32 * s32) + 1e-5) * w.astype(np.float32)).astype(np.float16)
+    want_q, want_d = int8_activations.quantize(normed)
+    assert (xq.numpy() == want_q).mean() > 0.99
+    np.testing.assert_allclose(xd.numpy(), want_d, rtol=1e-3, atol=8)
+    assert rel_err(int8_activations.dequantize(xq.numpy(), xd.numpy()), normed.astype(np.float32)) < 1e-2
+
+
+@pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["nvidia"].gemv, vulkan_target.PRESETS["steamdeck"].gemv],
+                         ids=["vulkan-nvidia", "vulkan-steamdeck"])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_int8_activation_gemv_on_lavapipe_vs_numpy(knobs, swiglu, lavapipe, tmp_path):
+    """A preset's GEMV with int8 activations (dot4I8Packed in the WGSL; the steamdeck preset has no
+    packed form of its own): exact against numpy on the activation the codes stand for, up to the
+    fp16 output's rounding."""
+    from tvm import te
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.compiler import int8_activations
+    from mlcgen.compiler.layers import swiglu_te
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    n, k = 192, 4096
+    q4 = get_quantization("q4f16_1")
+    xq, xd = te.placeholder((k // 4,), "uint32", "xq"), te.placeholder((k // 32, 2), "float32", "xd")
+    w, s = te.placeholder((n, k // 8), "uint32", "w"), te.placeholder((n, k // 32), "float16", "s")
+    y = int8_activations.matmul_te(q4, xq, xd, w, s, "float32" if swiglu else "float16")
+    func = te.create_prim_func([xq, xd, w, s, swiglu_te(y, "float16") if swiglu else y])
+    with vulkan_target.tvm_target("generic"):
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func}))
+    assert mod["main"].attrs.get("tirx.is_scheduled")
+    lib = compile_on_lavapipe(mod["main"], tmp_path)
+    assert "dot4I8Packed" in lib.imports[0].inspect_source()
+    rng = np.random.default_rng(0)
+    qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+    codes, scales = int8_activations.quantize(rng.standard_normal(k).astype(np.float16))
+    expected = q4.unpack(qw, qs) @ int8_activations.dequantize(codes, scales)
+    if swiglu:
+        gate, up = expected[:n // 2].astype(np.float16).astype(np.float32), expected[n // 2:].astype(np.float16).astype(np.float32)
+        expected = gate / (1 + np.exp(-gate)) * up
+    dev = tvm.device("webgpu", 0)
+    out = tvm.runtime.empty((1, 1, expected.shape[-1]), "float16", dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (codes, scales, qw, qs)), out)
+    assert rel_err(out.numpy().astype(np.float32)[0, 0], expected) <= 1e-3
+
+
+def compile_on_lavapipe(func, tmp_path):
+    """A scheduled PrimFunc built for the generic Vulkan target and loaded through the plugin."""
+    tvm.compile(tvm.IRModule({"main": func}), vulkan_target.tvm_target("generic")).export_library(str(tmp_path / "kernel.so"))
+    return tvm.runtime.load_module(str(tmp_path / "kernel.so"))
+
+
 def test_kernel_profile_times_every_dispatch_and_bounds_checks_change_no_result(builds, lavapipe):
     dist_dir = builds.dist("gqa_tied", "q4f16_1", target="vulkan")
     gpu = Engine(dist_dir, device="vulkan")

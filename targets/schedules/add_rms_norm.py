@@ -17,6 +17,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 KERNEL_ATTR = "mlcgen.kernel"  # set by compiler/passes.py on the kernels this rule schedules
 KERNEL = "add_rms_norm"
+EPSILON_ATTR = "mlcgen.rms_norm_epsilon"  # the kernel's epsilon, for passes that rebuild it (compiler/int8_activations.py)
 # 4: WGSL's vectors stop at 4 lanes, and TVM's CUDA code for 8-lane float32 vectors (the norm is
 # computed in float32) does not compile (make_ulonglong4 with 8 arguments).
 VECTOR = 4

@@ -19,6 +19,8 @@ schedule's job is to keep enough wide loads in flight:
 - with `activation_words` (WGSL, whose vectors stop at 4 lanes: 8-byte fp16 loads), a lane loads
   its activations as 16-byte words and converts them to float32 once for all of its rows
   (packed_dot.activation_words);
+- a matmul on int8 activation codes (compiler/int8_activations.py, `--int8-activations`) takes
+  the packed form's steps, each scale group in integer dot products (packed_dot.int8_intrinsic_for);
 - rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
   the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
   each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
@@ -36,6 +38,7 @@ import tvm
 from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 
+from ...compiler.int8_activations import ACTIVATION_BLOCK
 from ...compiler.layers import DEQUANTIZE, SWIGLU
 from . import packed_dot, q4_schedule
 
@@ -78,27 +81,33 @@ class DequantGEMV(ScheduleRule):
         inlined = self._inlined(func)
         if inlined is None:
             return None
-        sch, matmul, padding, epilogues = inlined
+        sch, matmul, padding, epilogues, int8 = inlined
         *spatial, reduce = sch.get_loops(matmul)
         k = self.knobs
         if self._swiglu(sch, epilogues):
             k = replace(k, rows_per_thread=2)  # a lane's two rows: gate row r and up row r + N/2
-        if k.packed_fp16:
+        if int8 and k.vector_words != 4:
+            raise ValueError("an int8-activation GEMV computes a scale group (4 words) a step: it needs vector_words=4")
+        if k.packed_fp16 or int8:  # a scale group a step: steps must tile the row (int8: always, by the rewrite)
             rows = math.prod(int(sch.get(loop).extent) for loop in spatial)
             k = self._packed_knobs(rows, int(sch.get(reduce).extent) // GROUP)
             step = k.threads_per_row * k.unroll * GROUP
             if int(sch.get(reduce).extent) % step:
-                sch, matmul, padding, epilogues = self._inlined(func, pad_to=step)
-        return self._schedule(sch, matmul, padding, epilogues, target, k)
+                if int8:
+                    raise ValueError(f"internal: an int8-activation GEMV whose rows {step} weights a step do not tile")
+                sch, matmul, padding, epilogues, _ = self._inlined(func, pad_to=step)
+        return self._schedule(sch, matmul, padding, epilogues, target, k, int8)
 
     def _inlined(self, func, pad_to: int = 0):
-        """(schedule, matmul block, blocks before it, blocks after it) with the dequantize inlined,
-        or None where `func` is not a q4 GEMV. With `pad_to`, the reduction is first padded to a
-        multiple of it (_pad_reduction): the block before the matmul pads its activation."""
+        """(schedule, matmul block, blocks before it, blocks after it, whether the activation is
+        int8) with the dequantize inlined, or None where `func` is not a q4 GEMV. With `pad_to`, the
+        reduction is first padded to a multiple of it (_pad_reduction): the block before the matmul
+        pads its activation."""
         q4 = q4_schedule(func)
         if q4 is None:
             return None
         sch, dequantize = q4
+        int8 = any(sch.get(b).name_hint == ACTIVATION_BLOCK for b in dequantize)
         if pad_to:
             dequantize.append(self._pad_reduction(sch, pad_to))
         for block in dequantize:
@@ -111,7 +120,7 @@ class DequantGEMV(ScheduleRule):
         index = blocks.index(matmuls[0])
         if index != bool(pad_to):
             return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
-        return sch, matmuls[0], blocks[:index], blocks[index + 1:]
+        return sch, matmuls[0], blocks[:index], blocks[index + 1:], int8
 
     @staticmethod
     def _reductions(sch, blocks) -> list:
@@ -216,7 +225,7 @@ class DequantGEMV(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
 
-    def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs):
+    def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs, int8: bool):
         words = k.vector_words
         paired = self._swiglu(sch, epilogues)
         if paired:  # a lane's two rows: gate row r and up row r + N/2
@@ -244,7 +253,8 @@ class DequantGEMV(ScheduleRule):
                     self._stage_activation(sch, k, partial, index, block_rows, 8 * words)
                 cache = sch.cache_read(partial, index, "local")
                 # a lane's words for each of its rows; for gate and up rows (far apart), row by row
-                sch.compute_at(cache, own_row if paired and buffer.source.dtype == "uint32" else u, preserve_unit_loops=True)
+                weight = buffer.source.dtype == "uint32" and len(buffer.source.shape) == 2  # not an int8 activation's
+                sch.compute_at(cache, own_row if paired and weight else u, preserve_unit_loops=True)
                 inner = sch.get_loops(cache)[-1]
                 if activation_words and buffer.source.dtype != "uint32":
                     sch.unsafe_set_dtype(cache, 0, "float32")
@@ -272,7 +282,9 @@ class DequantGEMV(ScheduleRule):
                 sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
                 if block != epilogues[-1]:
                     sch.set_scope(block, 0, "local")
-        if k.packed_fp16:  # last: tensorize replaces the partial-sum block
+        if int8:  # last: tensorize replaces the partial-sum block
+            sch.tensorize(element, packed_dot.int8_intrinsic_for(target.kind.name, 5 if paired else 4))
+        elif k.packed_fp16:
             sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4, activation_words))
         else:
             sch.unroll(element)

@@ -20,6 +20,9 @@ GEMV once its activation reads moved to shared memory (Nsight Compute, docs/benc
 WGSL's vectors stop at 4 lanes, so fp16 activations load 8 bytes at a time; `activation_words`
 loads a lane's group as 16-byte words through a uint32 view and converts it to float32 once for all
 of the lane's rows (the `_words` intrinsics read those float32 values).
+With int8 activations (compiler/int8_activations.py) a group is instead 8 integer dot products of
+4 weight codes with 4 activation codes (`int8_intrinsic_for`: WGSL dot4I8Packed, CUDA __dp4a),
+about 1 instruction per 2 weights.
 """
 
 from __future__ import annotations
@@ -241,4 +244,82 @@ def activation_words() -> str:
                                    [0, 0, T.Ramp(8 * q + 2 * c, 1, 2)])
 
     TensorIntrin.register(name, description, implementation, override=True)
+    return name
+
+
+def _int8_buffers(c, xq, w, xd, s, sum_dims):
+    """The int8 form's regions (compiler/int8_activations.py): the row's float32 partial sum, the
+    group's 8 activation words and 4 weight words (registers), the group's activation scale and
+    7 * code sum, the weight's scale."""
+    return (T.match_buffer(c, (1,) * sum_dims, "float32", offset_factor=1, scope="local"),
+            T.match_buffer(xq, (2 * WORDS,), "uint32", offset_factor=1, scope="local"),
+            T.match_buffer(w, (1, WORDS), "uint32", offset_factor=1, scope="local"),
+            T.match_buffer(xd, (1, 2), "float32", offset_factor=1),
+            T.match_buffer(s, (1, 1), "float16", offset_factor=1))
+
+
+def _int8_description(sum_dims: int):
+    """The int8 matmul's update (int8_activations.matmul_te) for one group, as the GEMV leaves it."""
+    point = (0,) * sum_dims
+
+    @T.prim_func(s_tir=True)
+    def description(c: T.handle, xq: T.handle, w: T.handle, xd: T.handle, s: T.handle):
+        C, XQ, W, XD, S = T.meta_var(_int8_buffers(c, xq, w, xd, s, sum_dims))
+        with T.sblock("root"):
+            T.reads(C[point], W[0, 0:WORDS], XQ[0:2 * WORDS], XD[0, 0:2], S[0, 0])  # in the order the GEMV reads them
+            T.writes(C[point])
+            for k in range(GROUP):
+                with T.sblock("update"):
+                    vk = T.axis.reduce(GROUP, k)
+                    code = T.meta_var(T.Cast("float32", W[0, vk // 8] >> T.Cast("uint32", vk % 8 * 4) & T.uint32(15)))
+                    activation = T.meta_var(T.Cast("float32", T.Cast("int32", XQ[vk % 2 * 4 + vk // 8] << T.Cast("uint32", 24 - vk % 8 // 2 * 8)) >> 24))
+                    C[point] = C[point] + (code * activation - XD[0, 1] * T.float32(1 / GROUP)) * (XD[0, 0] * T.Cast("float32", S[0, 0]))
+
+    return description
+
+
+def _wgsl_dot4(a, b, acc):
+    return acc + tirx.call_pure_extern("int32", "dot4I8Packed", a, b)
+
+
+def _cuda_dot4(a, b, acc):
+    return tirx.call_pure_extern("int32", "__dp4a", a.astype("int32"), b.astype("int32"), acc)
+
+
+INT8_DOT4 = {"webgpu": _wgsl_dot4, "cuda": _cuda_dot4}
+
+
+def _int8_implementation(dot4, sum_dims: int):
+    """A group in 8 dot4s of 4 weight codes (masked, or shifted and masked, from a word) with the
+    4 activation codes in the matching bytes, then the 7 * sum(q) taken off once."""
+    point = (0,) * sum_dims
+    mask = tirx.const(0x0F0F0F0F, "uint32")
+
+    @T.prim_func(s_tir=True)
+    def implementation(c: T.handle, xq: T.handle, w: T.handle, xd: T.handle, s: T.handle):
+        C, XQ, W, XD, S = T.meta_var(_int8_buffers(c, xq, w, xd, s, sum_dims))
+        with T.sblock("root"):
+            T.reads(C[point], W[0, 0:WORDS], XQ[0:2 * WORDS], XD[0, 0:2], S[0, 0])  # in the order the GEMV reads them
+            T.writes(C[point])
+            total = T.meta_var(_int8_group(dot4, XQ, W, mask))
+            C[point] = C[point] + (T.Cast("float32", total) - XD[0, 1]) * (XD[0, 0] * T.Cast("float32", S[0, 0]))
+
+    return implementation
+
+
+def _int8_group(dot4, XQ, W, mask):
+    acc = tirx.const(0, "int32")
+    for j in range(WORDS):
+        acc = dot4(W[0, j] & mask, XQ[j], acc)
+        acc = dot4((W[0, j] >> tirx.const(4, "uint32")) & mask, XQ[WORDS + j], acc)
+    return acc
+
+
+@cache
+def int8_intrinsic_for(kind: str, sum_dims: int = 4) -> str:
+    """The int8 form's group (compiler/int8_activations.py) for a target kind, registered on first use."""
+    if kind not in INT8_DOT4:
+        raise NotImplementedError(f"int8 activations are implemented for {', '.join(INT8_DOT4)}, not for {kind}")
+    name = f"mlcgen_q4_int8_dot4_{kind}_{sum_dims}d"
+    TensorIntrin.register(name, _int8_description(sum_dims), _int8_implementation(INT8_DOT4[kind], sum_dims), override=True)
     return name
