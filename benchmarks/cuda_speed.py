@@ -1,6 +1,7 @@
 """Decode and prefill speed on the GPU machine, against the bandwidth bound and PyTorch, in one run.
 
     python benchmarks/cuda_speed.py build .bench/speed        # here: compile the libraries (TVM compiler)
+    python benchmarks/cuda_speed.py build .bench/int8 --int8-activations   # the same, with that build option
     python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
     python benchmarks/cuda_speed.py run .bench/speed llama2-7b   # that model, mlcgen only (to compare builds)
 
@@ -49,15 +50,16 @@ def hf_config(name: str) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, **MODELS[name]}
 
 
-def compile_from_config(model: str, quantization: str, target: str, out: Path, context_window: int, prefill_chunk: int) -> None:
+def compile_from_config(model: str, quantization: str, target: str, out: Path, context_window: int, prefill_chunk: int,
+                        int8_activations: bool = False) -> None:
     """lib.so + manifest.json for a MODELS shape, from its config alone (no weights: the engine
-    generates random ones, or the weights are converted later)."""
+    generates random ones, or the weights are converted later); `mlcgen build`'s options as arguments."""
     from mlcgen.compiler.build import _memory_estimate, compile_library, plan
     from mlcgen.runtime import dist
 
     with tempfile.TemporaryDirectory() as config_dir:
         (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(model)))
-        p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk)
+        p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk, int8_activations)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     temporaries, kernels = compile_library(p, out / dist.LIBRARY, None, None)
@@ -67,11 +69,11 @@ def compile_from_config(model: str, quantization: str, target: str, out: Path, c
     print(f"{out}: compiled for {target} in {time.time() - start:.1f} s")
 
 
-def build(out: Path) -> None:
+def build(out: Path, *options: str) -> None:
     from mlcgen.runtime import cublas, plugins
 
     for name in MODELS:
-        compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL)
+        compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL, "--int8-activations" in options)
     plugins.carry(out, cublas.build_plugin())
 
 
@@ -420,6 +422,6 @@ def report(r: dict) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "build":
-        build(Path(sys.argv[2]))
+        build(Path(sys.argv[2]), *sys.argv[3:])
     else:
         run(Path(sys.argv[2]), sys.argv[3:])

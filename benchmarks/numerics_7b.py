@@ -3,7 +3,8 @@ mlcgen's converter, against transformers over 256 teacher-forced positions.
 
     python benchmarks/numerics_7b.py build .bench/numerics     # here: q0f16 and q4f16_1 CUDA libraries
     python benchmarks/numerics_7b.py run .bench/numerics       # GPU machine
-    (a quantization after the folder, e.g. `q4f16_1`, builds or runs that one only)
+    (a quantization after the folder, e.g. `q4f16_1`, builds or runs that one only; `--int8-activations`
+    after `build` builds with that option)
 
 q0f16 is compared with the fp16 transformers model itself; q4f16_1 with the same model whose
 quantized weights are replaced by their dequantized values (computed here in torch, independently
@@ -30,11 +31,12 @@ POSITIONS = 256
 PREFILLS = (32, 128, 256)
 
 
-def build(out: Path, *quants: str) -> None:
+def build(out: Path, *args: str) -> None:
     from mlcgen.runtime import cublas, plugins
 
+    quants = [a for a in args if not a.startswith("--")]
     for quant in quants or QUANTS:
-        compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS)
+        compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS, "--int8-activations" in args)
     plugins.carry(out, cublas.build_plugin())
 
 

@@ -1,6 +1,7 @@
 """Decode and prefill speed of the Vulkan target on the GPU machine (NVIDIA's Vulkan driver, via wgpu).
 
     python benchmarks/vulkan_speed.py build .bench/vulkan     # here: libraries, a copy kernel, the plugin
+    python benchmarks/vulkan_speed.py build .bench/int8 --int8-activations   # the libraries with that build option
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
     python benchmarks/vulkan_speed.py run .bench/vulkan "llama2-7b vulkan:nvidia"   # those configurations only, no GEMV sweep
 
@@ -104,11 +105,11 @@ def gemv_libraries(out: Path) -> None:
     (out / "gemv.json").write_text(json.dumps(index, indent=1))
 
 
-def build(out: Path) -> None:
+def build(out: Path, *options: str) -> None:
     from mlcgen.runtime import plugins, vulkan
 
     for model, preset in dict.fromkeys((model, preset) for model, preset, _ in CONFIGS.values()):
-        compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL)
+        compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL, "--int8-activations" in options)
     copy_kernel(out)
     gemv_libraries(out)
     plugins.carry(out, vulkan.build_plugin())
@@ -392,4 +393,4 @@ if __name__ == "__main__":
         plugins.use_carried(out)
         print_gemv_sweep(gemv_sweep(out))
     else:
-        build(out)
+        build(out, *sys.argv[3:])

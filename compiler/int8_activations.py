@@ -224,12 +224,11 @@ def _mutator_class():
         def __init__(self, mod, lanes: int, max_threads: int):
             super().__init__(mod)
             self.mod, self.lanes, self.max_threads = mod, lanes, max_threads
-            self.norms = {}  # norm call's var -> its int8 kernel's call (emitted)
-            self.parts = {}  # var of norm[0] / norm[1] -> (norm var, index)
-            self.codes = {}  # var of a norm's normed output -> (xq, xd)
+            self.norms = {}  # var of a norm to rewrite -> its int8 kernel's call, once emitted
+            self.codes = {}  # var of such a norm's normed output -> (xq, xd)
 
         def visit_function_(self, func):
-            self.norms, self.parts, self.codes = self._int8_norms(func), {}, {}
+            self.norms, self.codes = self._int8_norms(func), {}
             return super().visit_function_(func)
 
         def visit_var_binding_(self, binding):
@@ -273,22 +272,24 @@ def _mutator_class():
             return x if fits else None
 
         def _int8_norms(self, func) -> dict:
-            """The vars of one-token fused add + RMSNorm calls in `func` whose normed output only
-            int8-capable q4 matmuls read (as their activation)."""
-            candidates, normed, bindings = set(), {}, [b for block in func.body.blocks for b in block.bindings]
+            """{var: None} of the one-token fused add + RMSNorm calls in `func` whose sum and normed
+            output are taken apart by index and whose normed output only int8-capable q4 matmuls
+            read, as their activation."""
+            bindings = [b for block in func.body.blocks for b in block.bindings]
+            norms = {b.var for b in bindings if self._is_one_token_norm(b.value)}
+            normed = {b.var: b.value.tuple_value for b in bindings
+                      if isinstance(b.value, relax.TupleGetItem) and b.value.tuple_value in norms and b.value.index == 1}
             for b in bindings:
-                value = b.value
-                if (isinstance(value, relax.Call) and value.op == ir.Op.get("relax.call_tir") and isinstance(value.args[0], ir.GlobalVar)
-                        and (self.mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == KERNEL and one_token(value.args[1].fields[0].ty)):
-                    candidates.add(b.var)
-                elif isinstance(value, relax.TupleGetItem) and value.tuple_value in candidates and value.index == 1:
-                    normed[b.var] = value.tuple_value
-            for b in bindings:
-                users = set(relax.analysis.free_vars(b.value)) & set(normed)
-                if users and self._int8_matmul(b.value) not in users:  # read other than as a matmul's activation
-                    candidates -= {normed[v] for v in users}
-            for v in set(relax.analysis.free_vars(func.body.body)) & set(normed):  # returned
-                candidates.discard(normed[v])
-            return {v: None for v in candidates if any(n == v for n in normed.values())}
+                used = set(relax.analysis.free_vars(b.value))
+                if used & norms and not isinstance(b.value, relax.TupleGetItem):
+                    norms -= used  # the norm's pair used whole
+                if used & set(normed) and self._int8_matmul(b.value) not in used:
+                    norms -= {normed[v] for v in used & set(normed)}  # the normed output read otherwise
+            norms -= {normed[v] for v in set(relax.analysis.free_vars(func.body.body)) & set(normed)}  # returned
+            return {v: None for v in norms & set(normed.values())}
+
+        def _is_one_token_norm(self, value) -> bool:
+            return (isinstance(value, relax.Call) and value.op == ir.Op.get("relax.call_tir") and isinstance(value.args[0], ir.GlobalVar)
+                    and (self.mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == KERNEL and one_token(value.args[1].fields[0].ty))
 
     return Int8Activations

@@ -61,9 +61,9 @@ def test_tiny_model_with_int8_decode_activations_on_lavapipe_matches_cpu_build(b
     """A generic-preset build with --int8-activations (compiler/int8_activations.py), with 2 lanes a
     row: hidden 64 = 2 groups, so the q/k/v and gate/up projections after the fused add + RMSNorms
     take int8 codes (the first layer's q/k/v, after a plain norm, keeps fp16, as do o, down and
-    lm_head). Fed the CPU build's greedy tokens, the logits stay within
-    int8 rounding of the CPU build's (~5e-3 a matmul on this random model; 0.5-5e-2 on the logits
-    against 4-10e-4 without int8), and their argmax agrees where the CPU's top two are apart."""
+    lm_head). Fed the CPU build's greedy tokens, the logits stay within int8 rounding of the CPU
+    build's (~5e-3 a matmul; on the logits max 2.5e-2, mean 1.1e-2, against 1.1e-3 / 6.5e-4 for
+    the same build without the option), and their argmax agrees where the CPU's top two are apart."""
     from mlcgen.compiler.build import build
 
     generic = vulkan_target.PRESETS["generic"]
@@ -77,8 +77,8 @@ def test_tiny_model_with_int8_decode_activations_on_lavapipe_matches_cpu_build(b
     cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
     gpu_logits = [gpu.prefill(prompt)] + [gpu.decode(t) for t in cpu_tokens[:-1]]
     errors = [rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)]
-    assert max(errors) <= 6e-2 and np.mean(errors) <= 3e-2, errors  # measured: max 5.0e-2, mean 2.4e-2
-    for g, c in zip(gpu_logits, cpu_logits):  # 31 of 32 agree; the other's top two are 0.6% of the range apart
+    assert max(errors) <= 4e-2 and np.mean(errors) <= 2e-2, errors
+    for g, c in zip(gpu_logits, cpu_logits):  # 31 of 32 agree
         top2 = np.sort(c)[-2:]
         assert g.argmax() == c.argmax() or top2[1] - top2[0] < 0.02 * np.ptp(c)
 
