@@ -81,10 +81,9 @@ INT8_ACTIVATIONS = True  # --int8-activations: __dp4a (compiler/int8_activations
 
 
 def graph_passes(target, int8_activations: bool = False) -> list:
+    from ..compiler.int8_activations import use_int8_decode_activations
     from ..compiler.passes import offload_prefill_matmuls
     from ..runtime.cublas import GEMM
-
-    from ..compiler.int8_activations import use_int8_decode_activations
 
     preset = PRESETS[str(target.attrs["arch"])]
     int8 = [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
