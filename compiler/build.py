@@ -64,7 +64,7 @@ def plan(model_dir: Path, quantization: str, target: str, context_window: int | 
         raise ConfigError(f"--quantization {quantization} is not supported on target {target} ({target_module.QUANTIZATION_NOTE}); "
                           f"choose one of: {', '.join(target_module.QUANTIZATIONS)}")
     if int8_activations and not getattr(target_module, "INT8_ACTIVATIONS", False):
-        raise ConfigError(f"--int8-activations is implemented for the cuda and vulkan targets, not for {target}")
+        raise ConfigError(f"--int8-activations is implemented for the cuda, rocm and vulkan targets, not for {target}")
     if int8_activations and not (isinstance(scheme, GroupQuant4) and scheme.model_dtype == "float16"):
         raise ConfigError(f"--int8-activations applies to the q4 matmuls of q4f16_1, not to --quantization {quantization}")
     context_window = cfg.max_position_embeddings if context_window is None else context_window

@@ -37,8 +37,8 @@ def main():
 @click.option("--prefill-chunk", type=int, help="max tokens per prefill call [default: 2048]")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="write the IR before and after each pipeline phase here")
 @click.option("--int8-activations", is_flag=True,
-              help="cuda, vulkan: decode matmuls after each RMSNorm on int8 activations (integer dot products; faster on Vulkan, "
-                   "less exact: see the README)")
+              help="cuda, rocm, vulkan: decode matmuls after each RMSNorm on int8 activations (integer dot products; faster "
+                   "on Vulkan, less exact: see the README)")
 @_user_errors
 def build(model_dir, quantization, target, output, context_window, prefill_chunk, dump_ir, int8_activations):
     """Compile MODEL_DIR (a Hugging Face checkpoint folder) for one target."""

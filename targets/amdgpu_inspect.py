@@ -73,7 +73,8 @@ def kernel_resources(code_object: Path) -> tuple[str, dict[str, dict]]:
 
 def instruction_mix(code_object: Path, mcpu: str) -> dict[str, Counter]:
     """Per kernel: counts of the instructions that matter for memory-bound kernels: global load
-    widths, vector ALU instructions (valu) and among them dot / packed / MFMA / WMMA ones."""
+    widths, vector ALU instructions (valu) and among them dot / packed / MFMA / WMMA ones, the dot
+    instructions also by name."""
     text = subprocess.run([_llvm_tool("llvm-objdump"), "-d", f"--mcpu={mcpu}", str(code_object)], capture_output=True, text=True, check=True).stdout
     mix, current = {}, None
     for line in text.splitlines():
@@ -93,6 +94,8 @@ def instruction_mix(code_object: Path, mcpu: str) -> dict[str, Counter]:
             for family in ("v_dot", "v_pk_", "v_mfma", "v_wmma"):
                 if name.startswith(family):
                     current[family.strip("_")] += 1
+            if name.startswith("v_dot"):  # and by name: which dot product (fp16 pairs, int8 quads)
+                current[name] += 1
     return mix
 
 

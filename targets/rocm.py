@@ -138,9 +138,15 @@ QUANTIZATIONS, QUANTIZATION_NOTE = gpu.QUANTIZATIONS, gpu.QUANTIZATION_NOTE
 TIR_PIPELINE = "mlcgen_rocm"
 
 
+INT8_ACTIVATIONS = True  # --int8-activations: v_dot4_i32_i8 / v_dot4_i32_iu8 (compiled and inspected, not run: no AMD GPU)
+
+
 # hipBLAS could take the prefill matmuls as cuBLAS does on CUDA; not built: no AMD GPU to measure it on
 def graph_passes(target, int8_activations: bool = False) -> list:
-    return []
+    from ..compiler.int8_activations import use_int8_decode_activations
+
+    preset = PRESETS[str(target.attrs["mcpu"])]
+    return [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
 
 
 def schedule_passes(target) -> list:

@@ -63,8 +63,7 @@ def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(build
     assert "__dp4a(" in source
 
 
-@pytest.mark.parametrize("target, quantization, why", [("cpu", "q4f16_1", "implemented for the cuda and vulkan targets, not for cpu"),
-                                                         ("rocm", "q4f16_1", "implemented for the cuda and vulkan targets, not for rocm"),
+@pytest.mark.parametrize("target, quantization, why", [("cpu", "q4f16_1", "implemented for the cuda, rocm and vulkan targets, not for cpu"),
                                                          ("vulkan", "q0f16", "applies to the q4 matmuls of q4f16_1, not to --quantization q0f16")])
 def test_int8_activations_where_they_do_not_apply_are_refused(builds, target, quantization, why):
     with pytest.raises(ConfigError, match=f"--int8-activations (is )?{why}"):

@@ -18,7 +18,7 @@ import tvm
 from mlcgen.errors import ConfigError
 from mlcgen.targets import amdgpu_inspect, rocm
 
-from conftest import gemv_func
+from conftest import gemv_func, int8_gemv_func
 
 ARCHS = {"gfx1100": 32, "gfx90a": 64}
 ATTENTION_DECODE = ("batch_decode_paged_kv_kernel", "batch_decode_paged_kv_kernel_1")  # split-KV partials, merge
@@ -150,6 +150,38 @@ def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k
     assert mix[True]["v_dot"] % 16 == 0 and mix[True]["v_pk"] >= mix[True]["v_dot"]
     assert mix[True]["valu"] <= 0.6 * mix[False]["valu"], (mix[True], mix[False])
     assert resources[True]["private_segment_fixed_size"] == 0
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_int8_activation_gemv_and_norm_use_integer_dot_instructions(arch, tmp_path):
+    """--int8-activations on AMD (compiled and inspected; its numerics run on lavapipe and CUDA):
+    the decode GEMV takes each scale group in 8 integer dot products (v_dot4c_i32_i8 on gfx90a,
+    v_dot4_i32_iu8 on gfx11) with fewer vector ALU instructions than the packed fp16 form, and
+    the int8-writing add + RMSNorm compiles; neither spills to scratch."""
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.compiler import int8_activations
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = rocm.tvm_target(arch)
+    preset = rocm.PRESETS[arch]
+    with target:
+        gemv = dl.ApplyDefaultSchedule(DequantGEMV(preset.gemv))(tvm.IRModule({"main": int8_gemv_func(4096, 4096)}))
+    norm = int8_activations.add_rms_norm_quantize_kernel(4096, 1e-5, preset.max_threads).with_attr("global_symbol", "main")
+    packed = gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "packed.hsaco")
+    mix = {"packed": amdgpu_inspect.instruction_mix(packed, arch)["main_kernel"]}
+    for name, mod in (("int8", gemv), ("norm", tvm.IRModule({"main": norm}))):
+        path = tmp_path / f"{name}.hsaco"
+        with rocm.device_code() as objects:
+            tvm.compile(mod, target)
+        path.write_bytes(objects[rocm.CODE_OBJECT])
+        _, kernels = amdgpu_inspect.kernel_resources(path)
+        assert kernels["main_kernel"]["private_segment_fixed_size"] == 0
+        mix[name] = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
+    dot4 = "v_dot4_i32_iu8" if arch.startswith("gfx11") else "v_dot4c_i32_i8"  # gfx90a: the accumulating form
+    int8_dots = sum(count for name, count in mix["int8"].items() if name.startswith(dot4))
+    assert mix["int8"]["v_dot"] > 0 and mix["int8"]["v_dot"] % 8 == 0 and int8_dots == mix["int8"]["v_dot"], mix["int8"]
+    assert mix["int8"]["valu"] < mix["packed"]["valu"], (mix["int8"], mix["packed"])
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

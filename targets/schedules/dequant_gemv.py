@@ -283,7 +283,7 @@ class DequantGEMV(ScheduleRule):
                 if block != epilogues[-1]:
                     sch.set_scope(block, 0, "local")
         if int8:  # last: tensorize replaces the partial-sum block
-            sch.tensorize(element, packed_dot.int8_intrinsic_for(target.kind.name, 5 if paired else 4))
+            sch.tensorize(element, packed_dot.int8_intrinsic_for(target, 5 if paired else 4))
         elif k.packed_fp16:
             sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4, activation_words))
         else:

@@ -21,8 +21,8 @@ WGSL's vectors stop at 4 lanes, so fp16 activations load 8 bytes at a time; `act
 loads a lane's group as 16-byte words through a uint32 view and converts it to float32 once for all
 of the lane's rows (the `_words` intrinsics read those float32 values).
 With int8 activations (compiler/int8_activations.py) a group is instead 8 integer dot products of
-4 weight codes with 4 activation codes (`int8_intrinsic_for`: WGSL dot4I8Packed, CUDA __dp4a),
-about 1 instruction per 2 weights.
+4 weight codes with 4 activation codes (`int8_intrinsic_for`: WGSL dot4I8Packed, CUDA __dp4a,
+gfx90a v_dot4_i32_i8, gfx11 v_dot4_i32_iu8), about 1 instruction per 2 weights.
 """
 
 from __future__ import annotations
@@ -286,7 +286,18 @@ def _cuda_dot4(a, b, acc):
     return tirx.call_pure_extern("int32", "__dp4a", a.astype("int32"), b.astype("int32"), acc)
 
 
-INT8_DOT4 = {"webgpu": _wgsl_dot4, "cuda": _cuda_dot4}
+def _cdna_dot4(a, b, acc):
+    """gfx90a's v_dot4_i32_i8 (the weight codes, 0..14, read the same as signed bytes)."""
+    return tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.sdot4", a.astype("int32"), b.astype("int32"), acc, tirx.const(False, "bool"))
+
+
+def _rdna3_dot4(a, b, acc):
+    """gfx11's v_dot4_i32_iu8 (gfx11 has no signed-by-signed form): unsigned weight codes, signed activation."""
+    return tirx.call_llvm_pure_intrin("int32", "llvm.amdgcn.sudot4", tirx.const(False, "bool"), a.astype("int32"),
+                                      tirx.const(True, "bool"), b.astype("int32"), acc, tirx.const(False, "bool"))
+
+
+INT8_DOT4 = {"webgpu": _wgsl_dot4, "cuda": _cuda_dot4, "gfx90a": _cdna_dot4, "gfx11": _rdna3_dot4}
 
 
 def _int8_implementation(dot4, sum_dims: int):
@@ -315,11 +326,20 @@ def _int8_group(dot4, XQ, W, mask):
     return acc
 
 
-@cache
-def int8_intrinsic_for(kind: str, sum_dims: int = 4) -> str:
-    """The int8 form's group (compiler/int8_activations.py) for a target kind, registered on first use."""
+def int8_intrinsic_for(target, sum_dims: int = 4) -> str:
+    """The int8 form's group (compiler/int8_activations.py) for `target`: by kind, and for ROCm by
+    GPU family."""
+    kind = target.kind.name
+    if kind == "rocm":
+        mcpu = str(target.attrs["mcpu"])
+        kind = "gfx11" if mcpu.startswith("gfx11") else mcpu
     if kind not in INT8_DOT4:
         raise NotImplementedError(f"int8 activations are implemented for {', '.join(INT8_DOT4)}, not for {kind}")
+    return _int8_registered(kind, sum_dims)
+
+
+@cache
+def _int8_registered(kind: str, sum_dims: int) -> str:
     name = f"mlcgen_q4_int8_dot4_{kind}_{sum_dims}d"
     TensorIntrin.register(name, _int8_description(sum_dims), _int8_implementation(INT8_DOT4[kind], sum_dims), override=True)
     return name
