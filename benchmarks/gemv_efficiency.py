@@ -55,13 +55,12 @@ def gemv_func(n: int, k: int, dequant_dtype: str):
     from mlcgen.compiler.quantization import get_quantization
 
     q4 = get_quantization("q4f16_1")
+    out_dtype = "float32" if n == SHAPES["lm_head"][0] else "float16"  # the lm_head keeps float32 logits
+    if dequant_dtype == "int8":
+        return int8_activations.matmul_func(q4, n, k, out_dtype)
     x = te.placeholder((1, 1, k), "float16", "x")
     w = te.placeholder((n, k // 8), "uint32", "w")
     s = te.placeholder((n, k // 32), "float16", "s")
-    out_dtype = "float32" if n == SHAPES["lm_head"][0] else "float16"  # the lm_head keeps float32 logits
-    if dequant_dtype == "int8":
-        xq, xd = te.placeholder((k // 4,), "uint32", "xq"), te.placeholder((k // 32, 2), "float32", "xd")
-        return te.create_prim_func([xq, xd, w, s, int8_activations.matmul_te(q4, xq, xd, w, s, out_dtype)])
     if dequant_dtype != "float16":
         return te.create_prim_func([x, w, s, q4_matmul_te(q4, x, w, s, out_dtype)])
     r = te.reduce_axis((0, k), "r")

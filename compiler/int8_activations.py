@@ -188,22 +188,24 @@ def use_int8_decode_activations(lanes: int, max_threads: int):
     return rewrite
 
 
-def _int8_matmul_func(scheme, k: int, weight_ty, scale_ty, out_dtype: str, epilogue: str | None):
+def matmul_func(scheme, n: int, k: int, out_dtype: str, epilogue: str | None = None):
+    """The PrimFunc (xq, xd, q_weight, q_scale) -> y[1, 1, N] of matmul_te for an [n, k] weight,
+    with its epilogue (SWIGLU: y has n / 2 columns); what the pass adds, and what tests compile."""
     from tvm import te
 
     from .layers import SWIGLU, swiglu_te
 
     xq = te.placeholder((k // 4,), "uint32", "xq")
     xd = te.placeholder((k // GROUP, 2), "float32", "xd")
-    w = te.placeholder([int(d) for d in weight_ty.shape.values], weight_ty.dtype, "q_weight")
-    s = te.placeholder([int(d) for d in scale_ty.shape.values], scale_ty.dtype, "q_scale")
+    w = te.placeholder((n, k // scheme.PACK), "uint32", "q_weight")
+    s = te.placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
     if epilogue == SWIGLU:
         y = swiglu_te(matmul_te(scheme, xq, xd, w, s, "float32"), out_dtype)
     elif epilogue is None:
         y = matmul_te(scheme, xq, xd, w, s, out_dtype)
     else:
         raise NotImplementedError(f"int8 activations for a q4 matmul with epilogue {epilogue!r}")
-    return te.create_prim_func([xq, xd, w, s, y]).without_attr("global_symbol")
+    return te.create_prim_func([xq, xd, w, s, y])
 
 
 @cache
@@ -257,8 +259,8 @@ def _mutator_class():
             x, w, s = call.args[1].fields
             scheme = QUANTIZATIONS[str(attrs[Q4_MATMUL_ATTR])]
             epilogue = str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None
-            func = _int8_matmul_func(scheme, int(x.ty.shape.values[-1]), w.ty, s.ty, call.ty.dtype, epilogue)
-            matmul = self.builder_.add_func(func, "q4_int8_matmul")
+            func = matmul_func(scheme, int(w.ty.shape.values[0]), int(x.ty.shape.values[-1]), call.ty.dtype, epilogue)
+            matmul = self.builder_.add_func(func.without_attr("global_symbol"), "q4_int8_matmul")
             return relax.call_tir(matmul, [*self.codes[x], self.visit_expr(w), self.visit_expr(s)], call.ty)
 
         def _int8_matmul(self, call):

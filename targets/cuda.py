@@ -81,13 +81,12 @@ INT8_ACTIVATIONS = True  # --int8-activations: __dp4a (compiler/int8_activations
 
 
 def graph_passes(target, int8_activations: bool = False) -> list:
-    from ..compiler.int8_activations import use_int8_decode_activations
     from ..compiler.passes import offload_prefill_matmuls
     from ..runtime.cublas import GEMM
 
     preset = PRESETS[str(target.attrs["arch"])]
-    int8 = [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
-    return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes), *int8]
+    return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes),
+            *gpu.int8_decode_passes(preset.gemv, preset.max_threads, int8_activations)]
 
 
 def runtime_facts(preset: str, scheme) -> dict:

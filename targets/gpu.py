@@ -25,6 +25,14 @@ QUANTIZATIONS = ("q4f16_1", "q0f16")
 QUANTIZATION_NOTE = "GPU targets compute in fp16; TVM's float32 KV-cache kernels do not compile for CUDA"
 
 
+def int8_decode_passes(gemv: GemvKnobs, max_threads: int, int8_activations: bool) -> list:
+    """--int8-activations' rewrite (compiler/int8_activations.py) for a preset: rows whose scale
+    groups the GEMV's lanes tile, norms in at most max_threads threads."""
+    from ..compiler.int8_activations import use_int8_decode_activations
+
+    return [use_int8_decode_activations(gemv.threads_per_row, max_threads)] if int8_activations else []
+
+
 def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False,
                     prefill_blocks: int | None = None, norm_threads: int = 256) -> list:
     from tvm.s_tir import dlight as dl

@@ -110,10 +110,8 @@ INT8_ACTIVATIONS = True  # --int8-activations: dot4I8Packed (compiler/int8_activ
 
 
 def graph_passes(target, int8_activations: bool = False) -> list:
-    from ..compiler.int8_activations import use_int8_decode_activations
-
     preset = PRESETS[str(target.tag)]
-    return [use_int8_decode_activations(preset.gemv.threads_per_row, preset.max_threads)] if int8_activations else []
+    return gpu.int8_decode_passes(preset.gemv, preset.max_threads, int8_activations)
 
 
 def runtime_facts(preset: str, scheme) -> dict:

@@ -144,17 +144,6 @@ def manifest(dist_dir: Path) -> dict:
     return json.loads((dist_dir / "manifest.json").read_text())
 
 
-def int8_gemv_func(n, k):
-    """A decode matmul on int8 activation codes, as --int8-activations writes it (compiler/int8_activations.py)."""
-    from tvm import te
-
-    from mlcgen.compiler.int8_activations import matmul_te
-
-    xq, xd = te.placeholder((k // 4,), "uint32", "xq"), te.placeholder((k // 32, 2), "float32", "xd")
-    w, s = te.placeholder((n, k // 8), "uint32", "w"), te.placeholder((n, k // 32), "float16", "s")
-    return te.create_prim_func([xq, xd, w, s, matmul_te(get_quantization("q4f16_1"), xq, xd, w, s, "float16")])
-
-
 def gemv_func(n, k):
     """A decode matmul exactly as the model writes it (compiler/layers.py), on its own."""
     from tvm import te

@@ -15,10 +15,11 @@ import sys
 import pytest
 import tvm
 
+from mlcgen.compiler.quantization import get_quantization
 from mlcgen.errors import ConfigError
 from mlcgen.targets import amdgpu_inspect, rocm
 
-from conftest import gemv_func, int8_gemv_func
+from conftest import gemv_func
 
 ARCHS = {"gfx1100": 32, "gfx90a": 64}
 ATTENTION_DECODE = ("batch_decode_paged_kv_kernel", "batch_decode_paged_kv_kernel_1")  # split-KV partials, merge
@@ -166,7 +167,7 @@ def test_int8_activation_gemv_and_norm_use_integer_dot_instructions(arch, tmp_pa
     target = rocm.tvm_target(arch)
     preset = rocm.PRESETS[arch]
     with target:
-        gemv = dl.ApplyDefaultSchedule(DequantGEMV(preset.gemv))(tvm.IRModule({"main": int8_gemv_func(4096, 4096)}))
+        gemv = dl.ApplyDefaultSchedule(DequantGEMV(preset.gemv))(tvm.IRModule({"main": int8_activations.matmul_func(get_quantization("q4f16_1"), 4096, 4096, "float16")}))
     norm = int8_activations.add_rms_norm_quantize_kernel(4096, 1e-5, preset.max_threads).with_attr("global_symbol", "main")
     packed = gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "packed.hsaco")
     mix = {"packed": amdgpu_inspect.instruction_mix(packed, arch)["main_kernel"]}

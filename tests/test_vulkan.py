@@ -116,19 +116,15 @@ def test_int8_activation_gemv_on_lavapipe_vs_numpy(knobs, swiglu, lavapipe, tmp_
     """A preset's GEMV with int8 activations (dot4I8Packed in the WGSL; the steamdeck preset has no
     packed form of its own): exact against numpy on the activation the codes stand for, up to the
     fp16 output's rounding."""
-    from tvm import te
     from tvm.s_tir import dlight as dl
 
     from mlcgen.compiler import int8_activations
-    from mlcgen.compiler.layers import swiglu_te
+    from mlcgen.compiler.layers import SWIGLU
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
     n, k = 192, 4096
     q4 = get_quantization("q4f16_1")
-    xq, xd = te.placeholder((k // 4,), "uint32", "xq"), te.placeholder((k // 32, 2), "float32", "xd")
-    w, s = te.placeholder((n, k // 8), "uint32", "w"), te.placeholder((n, k // 32), "float16", "s")
-    y = int8_activations.matmul_te(q4, xq, xd, w, s, "float32" if swiglu else "float16")
-    func = te.create_prim_func([xq, xd, w, s, swiglu_te(y, "float16") if swiglu else y])
+    func = int8_activations.matmul_func(q4, n, k, "float16", SWIGLU if swiglu else None)
     with vulkan_target.tvm_target("generic"):
         mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func}))
     assert mod["main"].attrs.get("tirx.is_scheduled")
