@@ -1,9 +1,9 @@
 """Does the AMD decode GEMV have the ALU to keep up with its card's memory? Static analysis of the
 code objects (no AMD GPU needed): the vector ALU instructions in the GEMV's loop body, per weight a
-lane handles in it, float32 form vs the presets' packed fp16 form (targets/schedules/packed_dot.py),
-then the share of the card's VALU issue rate that streaming weights at full bandwidth would take.
+lane handles in it, float32 form vs the presets' packed fp16 form (targets/schedules/packed_dot.py)
+vs the int8 form of `--int8-activations` (compiler/int8_activations.py), then the share of the card's VALU issue rate that streaming weights at full bandwidth would take.
 
-    python benchmarks/rocm_gemv_alu.py        # here: compiles 8 kernels, prints one table (docs/rocm.md)
+    python benchmarks/rocm_gemv_alu.py        # here: compiles 6 kernels, prints one table (docs/rocm.md)
 
 VALU issue rate: one wave instruction per SIMD per (wave size / SIMD width) clocks, i.e. 64 lane
 operations per CU per clock on both CDNA2 (4 x SIMD16, wave64) and RDNA3 (2 x SIMD32, wave32,
@@ -32,10 +32,10 @@ K = 16384  # several loop steps for every preset, so the step loop is a loop
 BYTES_PER_WEIGHT = 0.5 + 2 / 32
 
 
-def code_object(arch: str, knobs, path: Path) -> Path:
+def code_object(arch: str, knobs, path: Path, form: str) -> Path:
     target = rocm.tvm_target(arch)
     with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(N, K, "float32")}))
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(N, K, "int8" if form == "int8" else "float32")}))
     with rocm.device_code() as objects:
         tvm.compile(mod, target)
     path.write_bytes(objects[rocm.CODE_OBJECT])
@@ -61,8 +61,8 @@ def main() -> None:
     print(f"{'arch':8} {'form':8} {'lanes':>5} {'loop VALU':>9} {'weights':>7} {'VALU/weight':>11} {'VALU at full bandwidth':>23}")
     with tempfile.TemporaryDirectory() as tmp:
         for arch, preset in rocm.PRESETS.items():
-            for form, knobs in (("float32", dataclasses.replace(preset.gemv, packed_fp16=False)), ("packed", preset.gemv)):
-                valu = loop_valu(code_object(arch, knobs, Path(tmp) / f"{arch}-{form}.hsaco"), arch)
+            for form, knobs in (("float32", dataclasses.replace(preset.gemv, packed_fp16=False)), ("packed", preset.gemv), ("int8", preset.gemv)):
+                valu = loop_valu(code_object(arch, knobs, Path(tmp) / f"{arch}-{form}.hsaco", form), arch)
                 weights = knobs.unroll * knobs.rows_per_thread * 8 * knobs.vector_words  # per lane per step
                 per_weight = valu / weights
                 rate = preset.compute_units * 64 * preset.clock_ghz * 1e9  # lane operations per second
