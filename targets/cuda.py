@@ -27,13 +27,13 @@ class Preset:
     # Decode GEMV: a warp (32 lanes) per weight row, so the row's sum is a pure shuffle reduction;
     # 4 packed words = one 128-bit load per lane per step, 4 steps unrolled; 2 rows per lane share
     # its activation loads, 4 warps per block; the activation staged in shared memory; each word's
-    # products summed in fp16 pairs (HFMA2) before the float32 sum (schedules/packed_dot.py). From
-    # the sweeps in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): the four 7B
-    # layer matmuls 43.8-44.0 us (the down projection padded to whole steps; 47.9-48.3 with it in
-    # float32 form) against 52.4 with float32 products, 55.9 unstaged and 62.5 for
-    # the float32 form; lm_head 22.1 against 27.2. 8 warps per block: 47.1-47.2 for the 7B four but
-    # 15.2 us against 14.2 for Llama-3-8B's down projection. Fewer or more lanes per row, 8-word
-    # loads, 4 rows per lane and weights through shared memory (cp.async) were all slower.
+    # products summed in packed fp16 pairs (HFMA2) before the float32 sum (schedules/packed_dot.py).
+    # From the sweeps in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): the four 7B
+    # layer matmuls 38.8-38.9 us (the down projection padded to whole steps), 43.8-44.0 before the
+    # fp16 pairs were packed instructions, 52.4 with float32 products, 55.9 unstaged and 62.5 for
+    # the float32 form; lm_head 20.2 against 27.2. Re-swept with packed pairs (session 18): 16 or 64
+    # lanes a row, 2 or 8 warps a block, 2 steps or 1 row a lane were all slower (41.7-45.9 us);
+    # 8-word loads, 4 rows per lane and weights through shared memory (cp.async) were slower before.
     gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2,
                                 packed_fp16=True, stage_activation=True, fp16_products=True)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps

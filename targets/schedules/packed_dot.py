@@ -15,8 +15,10 @@ About 2.3-2.8 instructions per weight (gfx1100, gfx90a) instead of 4.4-4.9. Wher
 exists (WebGPU, and CUDA without `fp16_products`) the same pairs are multiplied and added in float32:
 the runnable variant that the tests (lavapipe) execute. CUDA's preset sums each word's 8 products
 in fp16 pairs (HFMA2) and only then in float32, with one LOP3 per code pair (inline PTX) and one
-shift per word: 0.74x the instructions, 0.68x those on the FMA pipe, which was what stalled the
-GEMV once its activation reads moved to shared memory (Nsight Compute, docs/benchmarks.md).
+shift per word, in a CUDA function of ours (mlcgen_q4_word_dot) so that each fp16 operation is
+one packed instruction: ~2.9 instructions per weight on sm_90 against ~3.6 when TVM printed the
+same float16x2 arithmetic (lane by lane, which nvcc compiled to scalar fp16). The GEMV is bound by
+instruction issue as much as by memory (docs/benchmarks.md, session 18).
 WGSL's vectors stop at 4 lanes, so fp16 activations load 8 bytes at a time; `activation_words`
 loads a lane's group as 16-byte words through a uint32 view and converts it to float32 once for all
 of the lane's rows (the `_words` intrinsics read those float32 values).
@@ -122,47 +124,58 @@ def _group_sum(X, W, pair, dot2):
     return acc
 
 
-LOP3_SOURCE = """
-__forceinline__ __device__ unsigned mlcgen_magic_{mask:08x}(unsigned a) {{
+WORD_DOT_SOURCE = """
+template <unsigned mask>
+__forceinline__ __device__ unsigned mlcgen_magic_pair(unsigned a) {{
   unsigned r;  // (a & mask) | fp16 1024 pair in one LOP3: C would give two, one per immediate
-  asm("lop3.b32 %0, %1, 0x{mask:08x}, 0x64006400, 0xea;" : "=r"(r) : "r"(a));
+  asm("lop3.b32 %0, %1, %2, 0x64006400, 0xea;" : "=r"(r) : "r"(a), "n"(mask));
   return r;
 }}
-"""
 
+__forceinline__ __device__ __half2 mlcgen_bits_half2(unsigned a) {{
+  return *reinterpret_cast<__half2*>(&a);
+}}
 
-def _cuda_code_pairs(word):
-    """A word's 8 codes as 4 fp16 pairs (code - MAX_CODE), codes (p, p + 4) in pair p, with one
-    shift per word: codes 0/4 and 2/6 sit in the low nibble of each 16-bit half of the word and of
-    the word >> 8 (1024 + code); codes 1/5 and 3/7 in the next nibble (1024 + 16 code, scaled by
-    1/16 in the same fp16 multiply-add that subtracts)."""
-    from tvm.backend.cuda.op import cuda_func_call
+// A packed word's 8 codes dotted with their 8 activations: the products summed in fp16 pairs
+// (one HFMA2 per 2 weights), then the pair's halves in float32. Codes (p, p + 4) form pair p:
+// codes 0/4 and 2/6 sit in the low nibble of each 16-bit half of the word and of the word >> 8
+// (1024 + code), codes 1/5 and 3/7 in the next nibble (1024 + 16 code, scaled by 1/16 in the
+// multiply-add that subtracts); each pair minus 1024 + {max_code} is code - {max_code}, exactly.
+__forceinline__ __device__ __half2 mlcgen_activation_pair(__half2 a, __half2 b, unsigned selector) {{
+  unsigned u = __byte_perm(*reinterpret_cast<unsigned*>(&a), *reinterpret_cast<unsigned*>(&b), selector);
+  return *reinterpret_cast<__half2*>(&u);
+}}
 
-    def magic(value, mask):
-        bits = cuda_func_call(f"mlcgen_magic_{mask:08x}", value, source_code=LOP3_SOURCE.format(mask=mask), return_type="uint32")
-        return tirx.reinterpret("float16x2", bits)
-
-    def const(value):
-        return tirx.Broadcast(tirx.const(value, "float16"), 2)
-
-    high = word >> tirx.const(8, "uint32")
-    low_nibble = lambda w: magic(w, 0x000F000F) - const(1024 + MAX_CODE)
-    next_nibble = lambda w: magic(w, 0x00F000F0) * const(1 / 16) - const(64 + MAX_CODE)
-    return [low_nibble(word), next_nibble(word), low_nibble(high), next_nibble(high)]
+__forceinline__ __device__ float mlcgen_q4_word_dot(unsigned w, __half2 x01, __half2 x23, __half2 x45, __half2 x67) {{
+  const __half2 bias = __float2half2_rn({low_bias}.0f), sixteenth = __float2half2_rn(0.0625f);
+  const __half2 next_bias = __float2half2_rn(-{next_bias}.0f);
+  unsigned high = w >> 8;
+  __half2 c0 = __hsub2(mlcgen_bits_half2(mlcgen_magic_pair<0x000f000f>(w)), bias);
+  __half2 c1 = __hfma2(mlcgen_bits_half2(mlcgen_magic_pair<0x00f000f0>(w)), sixteenth, next_bias);
+  __half2 c2 = __hsub2(mlcgen_bits_half2(mlcgen_magic_pair<0x000f000f>(high)), bias);
+  __half2 c3 = __hfma2(mlcgen_bits_half2(mlcgen_magic_pair<0x00f000f0>(high)), sixteenth, next_bias);
+  __half2 sum = __hmul2(mlcgen_activation_pair(x01, x45, 0x5410), c0);
+  sum = __hfma2(mlcgen_activation_pair(x01, x45, 0x7632), c1, sum);
+  sum = __hfma2(mlcgen_activation_pair(x23, x67, 0x5410), c2, sum);
+  sum = __hfma2(mlcgen_activation_pair(x23, x67, 0x7632), c3, sum);
+  float2 f = __half22float2(sum);
+  return f.x + f.y;
+}}
+""".format(max_code=MAX_CODE, low_bias=1024 + MAX_CODE, next_bias=64 + MAX_CODE)
 
 
 def _group_sum_fp16_words(X, W):
-    """The same with each word's 8 products summed in fp16 pairs (4 HFMA2 on CUDA), then added to
-    the float32 sum: two thirds of the FMA-pipe instructions of float32 products (no activation
-    conversions) and fewer integer ones. A lane sums 4 products in fp16 (11-bit mantissa) before
-    they meet float32."""
+    """The same with each word's 8 products summed in fp16 pairs (packed HFMA2 on CUDA), then added
+    to the float32 sum (mlcgen_q4_word_dot, written in CUDA so that every fp16 operation is a
+    packed pair: TVM prints float16x2 arithmetic lane by lane, which nvcc leaves as scalar fp16).
+    A lane sums 4 products in fp16 (11-bit mantissa) before they meet float32."""
+    from tvm.backend.cuda.op import cuda_func_call
+
     acc = tirx.const(0.0, "float32")
     for j in range(WORDS):
-        word = None
-        for p, codes in enumerate(_cuda_code_pairs(W[0, j])):
-            product = _activation_pair(X, j, p) * codes
-            word = product if word is None else word + product
-        acc = acc + tirx.Shuffle([word], [0]).astype("float32") + tirx.Shuffle([word], [1]).astype("float32")
+        activations = [X.vload([0, 0, 8 * j + i], "float16x2") for i in range(0, 8, 2)]
+        acc = acc + cuda_func_call("mlcgen_q4_word_dot", W[0, j], *activations, source_code=WORD_DOT_SOURCE,
+                                   return_type="float32")
     return acc
 
 
