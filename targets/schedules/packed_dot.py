@@ -4,16 +4,19 @@ dotted with its 32 activations, in packed fp16 pairs instead of one float32 weig
 The description is the q4 matmul's update as DequantGEMV leaves it (compiler/quantization.py,
 GroupQuant4.dequantize in float32): per weight a shift, a mask-or into a float's mantissa, a
 subtract, a scale multiply and an FMA, about 5 VALU instructions. The implementation:
-- `(word >> 4p) & 0x000F000F | 0x64006400` is a pair of fp16 values 1024 + code, for the codes
-  p and p + 4 of the word (one mask-or for two weights); one packed fp16 subtract
-  (v_pk_add_f16) makes them code - 7, exactly;
+- `word & 0x000F000F | 0x64006400` is a pair of fp16 values 1024 + code, for the codes 0 and 4
+  of the word (one mask-or for two weights), and the same of `word >> 8` for codes 2 and 6; one
+  packed fp16 subtract (v_pk_add_f16) makes them code - 7, exactly; codes 1/5 and 3/7 take the
+  mask 0x00F000F0 (1024 + 16 code) and one packed multiply-add (times 1/16, minus 71), so a word
+  takes one shift;
 - a dot-product instruction multiplies the pair with the matching activations and adds both
   products to a float32 sum: AMD's v_dot2_f32_f16 (`llvm.amdgcn.fdot2`, gfx90a and gfx11); the
   products of fp16 values are exact in float32, so only the sums round, as before;
 - the group's sum is scaled once (one FMA per 32 weights instead of a multiply per weight).
-About 2.3-2.8 instructions per weight (gfx1100, gfx90a) instead of 4.4-4.9. Where no dot instruction
-exists (WebGPU, and CUDA without `fp16_products`) the same pairs are multiplied and added in float32:
-the runnable variant that the tests (lavapipe) execute. CUDA's preset sums each word's 8 products
+About 2.2-2.6 instructions per weight (gfx1100, gfx90a) instead of 4.5-5.0
+(benchmarks/rocm_gemv_alu.py). Where no dot instruction exists (WebGPU, and CUDA without
+`fp16_products`) the same pairs are multiplied and added in float32: the runnable variant that the
+tests (lavapipe) execute. CUDA's preset sums each word's 8 products
 in fp16 pairs (HFMA2) and only then in float32, with one LOP3 per code pair (inline PTX) and one
 shift per word, in a CUDA function of ours (mlcgen_q4_word_dot) so that each fp16 operation is
 one packed instruction: ~2.9 instructions per weight on sm_90 against ~3.6 when TVM printed the
@@ -79,16 +82,27 @@ def _description(sum_dims: int, words: bool = False):
     return description
 
 
-def _fp16_pair(bits):
-    """The two codes' fp16 values 1024 + code, minus 1024 + MAX_CODE: one packed subtract."""
-    return tirx.reinterpret("float16x2", bits) - tirx.Broadcast(tirx.const(1024 + MAX_CODE, "float16"), 2)
+def _fp16_pair(bits, next_nibble: bool):
+    """The two codes' fp16 values minus MAX_CODE, exactly: 1024 + code minus 1024 + MAX_CODE (one
+    packed subtract), or for the next nibble 1024 + 16 code, times 1/16 minus 64 + MAX_CODE (one
+    packed multiply-add)."""
+    pair = tirx.reinterpret("float16x2", bits)
+    return _minus_bias(pair, next_nibble, "float16")
 
 
-def _wgsl_pair(bits):
+def _wgsl_pair(bits, next_nibble: bool):
     """The same in float32 for WGSL, whose compiler (naga) mistypes bitcast<vec2<f16>>(u32):
     unpack2x16float reads the two fp16 halves exactly."""
-    pair = tirx.call_pure_extern("float32x2", "unpack2x16float", bits)
-    return pair - tirx.Broadcast(tirx.const(1024 + MAX_CODE, "float32"), 2)
+    return _minus_bias(tirx.call_pure_extern("float32x2", "unpack2x16float", bits), next_nibble, "float32")
+
+
+def _minus_bias(pair, next_nibble: bool, dtype: str):
+    def const(value):
+        return tirx.Broadcast(tirx.const(value, dtype), 2)
+
+    if next_nibble:
+        return pair * const(1 / 16) - const(64 + MAX_CODE)
+    return pair - const(1024 + MAX_CODE)
 
 
 def _amd_dot2(a, b, acc):
@@ -109,18 +123,23 @@ def _activation_pair(X, j, p):
 
 
 def _pairs(X, W, j):
-    """Word j's four (activation pair, code pair bits) operands: codes p and p + 4 of the word."""
+    """Word j's four (activation pair, code pair bits, whether the codes are the next nibble)
+    operands, codes p and p + 4 of the word in pair p, with one shift per word: codes 0/4 and 2/6
+    sit in the low nibble of each 16-bit half of the word and of the word >> 8, codes 1/5 and 3/7
+    in the next nibble (1024 + 16 code once ORed into the fp16 magic)."""
     for p in range(4):
-        bits = (W[0, j] >> tirx.const(4 * p, "uint32")) & tirx.const(0x000F000F, "uint32") | tirx.const(HALF_MAGIC * 0x10001, "uint32")
-        yield _activation_pair(X, j, p), bits
+        word = W[0, j] if p < 2 else W[0, j] >> tirx.const(8, "uint32")
+        mask = 0x00F000F0 if p % 2 else 0x000F000F
+        bits = word & tirx.const(mask, "uint32") | tirx.const(HALF_MAGIC * 0x10001, "uint32")
+        yield _activation_pair(X, j, p), bits, bool(p % 2)
 
 
 def _group_sum(X, W, pair, dot2):
     """sum over the group of x * (code - MAX_CODE), in pairs (code p, code p + 4) of each word."""
     acc = tirx.const(0.0, "float32")
     for j in range(WORDS):
-        for activations, bits in _pairs(X, W, j):
-            acc = dot2(activations, pair(bits), acc)
+        for activations, bits, next_nibble in _pairs(X, W, j):
+            acc = dot2(activations, pair(bits, next_nibble), acc)
     return acc
 
 
@@ -136,11 +155,9 @@ __forceinline__ __device__ __half2 mlcgen_bits_half2(unsigned a) {{
   return *reinterpret_cast<__half2*>(&a);
 }}
 
-// A packed word's 8 codes dotted with their 8 activations: the products summed in fp16 pairs
-// (one HFMA2 per 2 weights), then the pair's halves in float32. Codes (p, p + 4) form pair p:
-// codes 0/4 and 2/6 sit in the low nibble of each 16-bit half of the word and of the word >> 8
-// (1024 + code), codes 1/5 and 3/7 in the next nibble (1024 + 16 code, scaled by 1/16 in the
-// multiply-add that subtracts); each pair minus 1024 + {max_code} is code - {max_code}, exactly.
+// A packed word's 8 codes dotted with their 8 activations: the code pairs as _pairs makes them
+// (codes p and p + 4 in pair p, one shift per word), the products summed in fp16 pairs (one
+// HFMA2 per 2 weights), then the pair's halves in float32.
 __forceinline__ __device__ __half2 mlcgen_activation_pair(__half2 a, __half2 b, unsigned selector) {{
   unsigned u = __byte_perm(*reinterpret_cast<unsigned*>(&a), *reinterpret_cast<unsigned*>(&b), selector);
   return *reinterpret_cast<__half2*>(&u);
@@ -161,7 +178,7 @@ __forceinline__ __device__ float mlcgen_q4_word_dot(unsigned w, __half2 x01, __h
   float2 f = __half22float2(sum);
   return f.x + f.y;
 }}
-""".format(max_code=MAX_CODE, low_bias=1024 + MAX_CODE, next_bias=64 + MAX_CODE)
+""".format(low_bias=1024 + MAX_CODE, next_bias=64 + MAX_CODE)
 
 
 def _group_sum_fp16_words(X, W):
