@@ -155,14 +155,15 @@ __forceinline__ __device__ __half2 mlcgen_bits_half2(unsigned a) {{
   return *reinterpret_cast<__half2*>(&a);
 }}
 
-// A packed word's 8 codes dotted with their 8 activations: the code pairs as _pairs makes them
-// (codes p and p + 4 in pair p, one shift per word), the products summed in fp16 pairs (one
-// HFMA2 per 2 weights), then the pair's halves in float32.
+// Two activations from two fp16 pairs (x0 and x4 from x01 and x45: selector 0x5410).
 __forceinline__ __device__ __half2 mlcgen_activation_pair(__half2 a, __half2 b, unsigned selector) {{
   unsigned u = __byte_perm(*reinterpret_cast<unsigned*>(&a), *reinterpret_cast<unsigned*>(&b), selector);
   return *reinterpret_cast<__half2*>(&u);
 }}
 
+// A packed word's 8 codes dotted with their 8 activations: the code pairs as _pairs makes them
+// (codes p and p + 4 in pair p, one shift per word), the products summed in fp16 pairs (one
+// HFMA2 per 2 weights), then the pair's halves in float32.
 __forceinline__ __device__ float mlcgen_q4_word_dot(unsigned w, __half2 x01, __half2 x23, __half2 x45, __half2 x67) {{
   const __half2 bias = __float2half2_rn({low_bias}.0f), sixteenth = __float2half2_rn(0.0625f);
   const __half2 next_bias = __float2half2_rn(-{next_bias}.0f);
