@@ -19,8 +19,9 @@ About 2.2-2.6 instructions per weight (gfx1100, gfx90a) instead of 4.5-5.0
 tests (lavapipe) execute. CUDA's preset sums each word's 8 products
 in fp16 pairs (HFMA2) and only then in float32, with one LOP3 per code pair (inline PTX) and one
 shift per word, in a CUDA function of ours (mlcgen_q4_word_dot) so that each fp16 operation is
-one packed instruction: ~2.9 instructions per weight on sm_90 against ~3.6 when TVM printed the
-same float16x2 arithmetic (lane by lane, which nvcc compiled to scalar fp16). The GEMV is bound by
+one packed instruction: 2.82 instructions per weight on sm_90 against 3.57 when TVM printed the
+same float16x2 arithmetic (lane by lane, which nvcc compiled to scalar fp16;
+benchmarks/cuda_gemv_sass.py). The GEMV is bound by
 instruction issue as much as by memory (docs/benchmarks.md, session 18).
 WGSL's vectors stop at 4 lanes, so fp16 activations load 8 bytes at a time; `activation_words`
 loads a lane's group as 16-byte words through a uint32 view and converts it to float32 once for all
