@@ -35,15 +35,17 @@ STRAIGHT = ("qkv", "o", "gate_up", "lm_head")  # K = 4096: one unrolled step a l
 
 
 def nvdisasm() -> str:
+    """nvdisasm on PATH, else the one of the `nvidia-cuda-nvdisasm` wheel."""
     found = shutil.which("nvdisasm")
     if found is None:
         try:
             import nvidia
         except ImportError:
-            sys.exit("no nvdisasm: pip install nvidia-cuda-nvdisasm")
-        found = next((str(p) for root in nvidia.__path__ for p in Path(root).glob("cu*/bin/nvdisasm")), None)
-        if found is None:
-            sys.exit("no nvdisasm: pip install nvidia-cuda-nvdisasm")
+            nvidia = None
+        roots = nvidia.__path__ if nvidia else []
+        found = next((str(p) for root in roots for p in Path(root).glob("cu*/bin/nvdisasm")), None)
+    if found is None:
+        sys.exit("no nvdisasm: pip install nvidia-cuda-nvdisasm")
     return found
 
 
@@ -54,22 +56,28 @@ def kernel_source(n: int, k: int) -> str:
     return tvm.compile(mod, target).mod.imports[0].inspect_source()
 
 
-def sass(source: str, work: Path, disassembler: str) -> tuple[list[str], int]:
-    """The kernel's instructions up to its last EXIT, and its registers (ptxas -v)."""
+def sass(source: str, work: Path, disassembler: str) -> tuple[int, int]:
+    """The kernel's instructions up to its last EXIT (NOPs left out), and its registers (ptxas -v)."""
     (work / "gemv.cu").write_text(source)
     built = subprocess.run(["nvcc", "--cubin", "-O3", f"-arch={ARCH}", "-Xptxas", "-v", "-o", str(work / "gemv.cubin"),
                             str(work / "gemv.cu")], capture_output=True, text=True, check=True)
     registers = int(re.search(r"Used (\d+) registers", built.stderr).group(1))
     text = subprocess.run([disassembler, "-c", str(work / "gemv.cubin")], capture_output=True, text=True, check=True).stdout
-    lines = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", text)
+    labels, lines = {}, []  # label -> address of the instruction after it; (address, instruction)
+    for line in text.splitlines():
+        if label := re.match(r"(\.L_x_\d+):", line):
+            labels[label.group(1)] = None
+        elif instruction := re.search(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", line):
+            address = int(instruction.group(1), 16)
+            labels.update({name: address for name, at in labels.items() if at is None})
+            lines.append((address, instruction.group(2).strip()))
     last_exit = max(i for i, (_, code) in enumerate(lines) if re.search(r"\bEXIT\b", code))
     body = lines[:last_exit + 1]
     for address, code in body:
-        target = re.search(r"BRA\s+`?\(?\.L_x_\d+", code)
-        jump = re.search(r"0x([0-9a-f]+)\s*$", code)
-        if target and jump and int(jump.group(1), 16) <= int(address, 16):
+        target = re.search(r"BRA\s+`\((\.L_x_\d+)\)", code)
+        if target and labels[target.group(1)] <= address:
             raise RuntimeError("a backward branch: the static count is not what a thread issues")
-    return [code.split()[0] if not code.startswith("@") else code.split()[1] for _, code in body if "NOP" not in code], registers
+    return sum("NOP" not in code for _, code in body), registers
 
 
 def main() -> None:
@@ -81,10 +89,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for shape in STRAIGHT:
             n, k = SHAPES[shape]
-            ops, registers = sass(kernel_source(n, k), Path(tmp), disassembler)
-            per_weight = len(ops) / (knobs.rows_per_thread * k / knobs.threads_per_row)
+            instructions, registers = sass(kernel_source(n, k), Path(tmp), disassembler)
+            per_weight = instructions / (knobs.rows_per_thread * k / knobs.threads_per_row)
             share = per_weight * WEIGHTS_PER_SECOND / ISSUE_PER_SECOND
-            print(f"{shape:8} {f'{n} x {k}':>12} {registers:>9} {len(ops):>12} {per_weight:>10.2f} {share:>26.0%}")
+            print(f"{shape:8} {f'{n} x {k}':>12} {registers:>9} {instructions:>12} {per_weight:>10.2f} {share:>26.0%}")
 
 
 if __name__ == "__main__":
