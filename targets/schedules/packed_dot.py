@@ -148,7 +148,7 @@ WORD_DOT_SOURCE = """
 template <unsigned mask>
 __forceinline__ __device__ unsigned mlcgen_magic_pair(unsigned a) {{
   unsigned r;  // (a & mask) | fp16 1024 pair in one LOP3: C would give two, one per immediate
-  asm("lop3.b32 %0, %1, %2, 0x64006400, 0xea;" : "=r"(r) : "r"(a), "n"(mask));
+  asm("lop3.b32 %0, %1, %2, {magic:#010x}, 0xea;" : "=r"(r) : "r"(a), "n"(mask));
   return r;
 }}
 
@@ -180,7 +180,7 @@ __forceinline__ __device__ float mlcgen_q4_word_dot(unsigned w, __half2 x01, __h
   float2 f = __half22float2(sum);
   return f.x + f.y;
 }}
-""".format(low_bias=1024 + MAX_CODE, next_bias=64 + MAX_CODE)
+""".format(magic=HALF_MAGIC * 0x10001, low_bias=1024 + MAX_CODE, next_bias=64 + MAX_CODE)
 
 
 def _group_sum_fp16_words(X, W):
