@@ -140,15 +140,21 @@ def run(out: Path) -> None:
                     for i in range(reps):
                         call(i)
                     torch.cuda.synchronize()
-                us = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA" and "kernel" in e.name) / reps
-                rows.append({"shape": shape, "context": n, "kernel": meta["kernel"], "us": us, "gbs": nbytes / us / 1e3, "rel_err": err})
+                per_kernel = {}  # kernel name -> us a call, in launch order (split kernel: partial, merge)
+                for e in prof.events():
+                    if e.device_type.name == "CUDA" and "kernel" in e.name:
+                        per_kernel[e.name] = per_kernel.get(e.name, 0.0) + e.device_time / reps
+                us = sum(per_kernel.values())
+                rows.append({"shape": shape, "context": n, "kernel": meta["kernel"], "us": us, "gbs": nbytes / us / 1e3,
+                             "rel_err": err, "per_kernel_us": list(per_kernel.values())})
     (out / "result.json").write_text(json.dumps({"copy_gbs": copy_gbs, "rows": rows}, indent=1))
-    print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s; us per call (GB/s of K+V read), rel_err vs torch")
+    print(f"{torch.cuda.get_device_name()}: copy {copy_gbs:.0f} GB/s; us per call (GB/s of K+V read; us per kernel: "
+          "partial + merge), rel_err vs torch")
     for shape in SHAPES:
         print(f"\n{shape}: " + " | ".join(f"ctx {n}" for n in CONTEXTS))
         for kernel in dict.fromkeys(r["kernel"] for r in rows if r["shape"] == shape):
             mine = [r for r in rows if r["shape"] == shape and r["kernel"] == kernel]
-            cells = " | ".join(f"{r['us']:6.1f} us ({r['gbs']:5.0f})" for r in mine)
+            cells = " | ".join(f"{r['us']:6.1f} us ({r['gbs']:5.0f}; {' + '.join(f'{t:.1f}' for t in r['per_kernel_us'])})" for r in mine)
             print(f"  {kernel:22} {cells}   err {max(r['rel_err'] for r in mine):.1e}")
     run_prefill(out, index)
 
