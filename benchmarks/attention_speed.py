@@ -43,7 +43,7 @@ def build(out: Path) -> None:
 
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
-    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, pairs_to_aim_for, split_kv_decode
+    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, for_model, lanes_per_row, split_kv_decode
 
     target = cuda.tvm_target("sm_90")
     preset = cuda.PRESETS["sm_90"].attention
@@ -51,10 +51,10 @@ def build(out: Path) -> None:
     index = {}
     for shape, (heads, kv_heads, head_dim) in SHAPES.items():
         kernels = {"tvm": None}
-        preset_blocks = pairs_to_aim_for(preset, heads, kv_heads)
+        mine = for_model(preset, heads, kv_heads)
         for knobs in SWEEP:
             k = AttentionKnobs(*knobs)
-            mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (preset.vector, preset.threads, preset.unroll, preset_blocks) else ""
+            mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (mine.vector, mine.threads, mine.unroll, mine.blocks) else ""
             kernels["split/" + "-".join(map(str, knobs)) + mark] = k
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:

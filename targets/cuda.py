@@ -37,12 +37,14 @@ class Preset:
     gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2,
                                 packed_fp16=True, stage_activation=True, fp16_products=True)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
-    # per block, 4 rows in flight per lane; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA
-    # model. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens: within 12% of the
-    # best setting of each case at 7B (benchmarks/attention_speed.py, docs/benchmarks.md). Grouped
-    # (GQA) models aim at twice the (query head, split) pairs: Llama-3-8B shape 5.9 / 10.6 / 18.0 us
-    # a call at 128 / 1024 / 4096 tokens against 5.8 / 9.9 / 22.7 with 528 (H200, 2026-12-01).
-    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056)
+    # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, 8 rows in flight per
+    # lane. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens (benchmarks/
+    # attention_speed.py, docs/benchmarks.md; H200, session 19): Llama-2-7B shape 4.8 / 9.5 / 22.1
+    # us a call at 128 / 1024 / 4096 tokens against 4.6 / 10.1 / 24.8 with 4 rows in flight.
+    # Grouped (GQA) models aim at twice the (query head, split) pairs with 4 rows in flight:
+    # Llama-3-8B shape 5.8 / 8.8 / 16.1 us against 5.9 / 9.1 / 22.3 with 528 pairs and 7.4 / 10.2
+    # / 16.7 with 8 rows.
+    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=8, blocks=528, grouped_blocks=1056, grouped_unroll=4)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512

@@ -17,8 +17,9 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
 The split count is chosen on the host from the batch size and page count, so that there are about
 `blocks` (query head, split) pairs (a few per compute unit; a preset may ask grouped models for
-more, `grouped_blocks`) but no split shorter than a page. A group's query heads are unrolled
-loops, so that their queries, softmax states and outputs stay in registers.
+more, `grouped_blocks`, and for other rows in flight, `grouped_unroll`) but no split shorter than
+a page. A group's query heads are unrolled loops, so that their queries, softmax states and
+outputs stay in registers.
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
@@ -29,7 +30,7 @@ or NONE: rotary_mode is 0); head dims that do not split into a power-of-two lane
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PAGE = 16  # rows per KV-cache page (the page_size models/llama.py's cache is created with)
 LOG2E = math.log2(math.e)
@@ -47,12 +48,18 @@ class AttentionKnobs:
     # fewer partials to merge (Llama-3-8B shape at 1024 tokens on the H200: 10.7 us a call
     # against 18.3 when counting blocks; benchmarks/attention_speed.py, docs/benchmarks.md)
     blocks: int = 512
-    grouped_blocks: int | None = None  # the same for models whose query heads share KV heads; None: `blocks`
+    # For models whose query heads share KV heads (None: as above): a grouped row costs a dot
+    # product and a cross-lane sum per query head, so such models may want other values
+    grouped_blocks: int | None = None
+    grouped_unroll: int | None = None
 
 
-def pairs_to_aim_for(knobs: AttentionKnobs, heads: int, kv_heads: int) -> int:
-    """The (query head, split) pairs the split count aims at for this model's head grouping."""
-    return knobs.grouped_blocks if heads > kv_heads and knobs.grouped_blocks else knobs.blocks
+def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnobs:
+    """The knobs for this model's head grouping: `blocks` and `unroll` from the grouped values for
+    grouped (GQA) models where the preset gives them."""
+    if heads == kv_heads:
+        return knobs
+    return replace(knobs, blocks=knobs.grouped_blocks or knobs.blocks, unroll=knobs.grouped_unroll or knobs.unroll)
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -69,8 +76,8 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
     from tvm.script import tirx as T
 
     group = heads // kv_heads
-    blocks = pairs_to_aim_for(knobs, heads, kv_heads)
-    vec, unroll = knobs.vector, knobs.unroll
+    knobs = for_model(knobs, heads, kv_heads)
+    blocks, vec, unroll = knobs.blocks, knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
     symbol = NAMES[1] if sliding_window else NAMES[0]
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
