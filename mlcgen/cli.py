@@ -84,9 +84,10 @@ def chat(model, device, template, system):
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--random-weights", is_flag=True, help="generate params of the right shapes instead of loading them")
+@click.option("--sample", is_flag=True, help="decode as a sampling chat does (logits to the host, temperature 0.7, top-p 0.95)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @_user_errors
-def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
+def bench(model, prompt_len, gen_len, repeat, device, random_weights, sample, as_json):
     """Prefill and decode speed as llama-bench measures them (token ids in, no tokenizer)."""
     import json
 
@@ -94,7 +95,7 @@ def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
     from .runtime.engine import Engine
 
     engine = Engine(model, device, random_weights=random_weights)
-    result = bench_engine(engine, prompt_len, gen_len, repeat)
+    result = bench_engine(engine, prompt_len, gen_len, repeat, sample)
     result["random_weights"] = random_weights
     if as_json:
         click.echo(json.dumps(result))
@@ -102,7 +103,7 @@ def bench(model, prompt_len, gen_len, repeat, device, random_weights, as_json):
         click.echo(f"{result['model']} {result['quantization']} on {result['device']}:")
         click.echo(f"  pp{prompt_len}: {result['prefill_tok_s']:.1f} ± {result['prefill_tok_s_std']:.1f} tok/s "
                    f"({result['prefill_entry']})")
-        click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s")
+        click.echo(f"  tg{gen_len}: {result['decode_tok_s']:.1f} ± {result['decode_tok_s_std']:.1f} tok/s ({result['decode']})")
 
 
 @main.command("vulkan-info")

@@ -1,6 +1,8 @@
 """Prefill/decode throughput measured as llama-bench does: random token ids, no tokenizer, the KV
 cache emptied between repetitions; pp = prompt tokens / prefill time, tg = generated tokens /
-decode time (greedy: Engine.decode_greedy, the argmax on the device, the host a step ahead)."""
+decode time. Decode is greedy (Engine.decode_greedy: the argmax on the device, the host a step
+ahead), or with `sample` as a sampling chat decodes: the logits to the host each step and a draw
+at the default temperature and top-p (runtime/sampling.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .engine import Engine
+from .sampling import GenerationConfig, Sampler
 
 
-def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3) -> dict:
+def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3, sample: bool = False) -> dict:
     if prompt_len + gen_len > engine.context_window:
         raise ConfigError(f"--prompt-len {prompt_len} + --gen-len {gen_len} exceeds the context window {engine.context_window}")
     vocab = engine.manifest["model"]["config"]["vocab_size"]
@@ -24,7 +27,10 @@ def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3)
         start = time.perf_counter()
         token = int(engine.prefill(prompt).argmax())
         middle = time.perf_counter()
-        engine.decode_greedy(token, gen_len)
+        if sample:
+            _decode_sampled(engine, token, gen_len)
+        else:
+            engine.decode_greedy(token, gen_len)
         end = time.perf_counter()
         prefill.append(prompt_len / (middle - start))
         decode.append(gen_len / (end - middle))
@@ -37,8 +43,15 @@ def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3)
         "gen_len": gen_len,
         "repeat": repeat,
         "prefill_entry": engine.prefill_entry,  # prefill_cublas on CUDA where cuBLAS loads
+        "decode": "sampled" if sample else "greedy",
         "prefill_tok_s": float(np.mean(prefill)),
         "prefill_tok_s_std": float(np.std(prefill)),
         "decode_tok_s": float(np.mean(decode)),
         "decode_tok_s_std": float(np.std(decode)),
     }
+
+
+def _decode_sampled(engine: Engine, token: int, steps: int) -> None:
+    sampler = Sampler(GenerationConfig(seed=0))
+    for _ in range(steps):
+        token = sampler(engine.decode(token))

@@ -4,6 +4,7 @@ process memory over many chat turns."""
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -93,7 +94,12 @@ def test_bench_json_with_random_weights_and_no_params(tmp_path, chat_dist):
     assert result["prompt_len"] == 16 and result["gen_len"] == 8 and result["random_weights"] is True
     assert result["prefill_entry"] == "prefill"  # a CPU build: no vendor-library entry
     assert result["prefill_tok_s"] > 0 and result["decode_tok_s"] > 0
+    assert result["decode"] == "greedy"
     print(f"bench (tiny model, CPU): pp16 {result['prefill_tok_s']:.0f} tok/s, tg8 {result['decode_tok_s']:.0f} tok/s")
+    sampled = subprocess.run([*MLCGEN, "bench", str(shipped), "--prompt-len", "16", "--gen-len", "8", "--repeat", "1",
+                              "--random-weights", "--sample"], capture_output=True, text=True, timeout=300)
+    assert sampled.returncode == 0, sampled.stderr
+    assert re.search(r"tg8: [0-9.]+ ± [0-9.]+ tok/s \(sampled\)", sampled.stdout), sampled.stdout
     missing = subprocess.run([*MLCGEN, "bench", str(shipped)], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "tensor-cache.json: missing" in missing.stderr
 
