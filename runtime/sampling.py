@@ -75,7 +75,7 @@ class Sampler:
     def _draw(self, logits: np.ndarray) -> int:
         """A token from the top-k / top-p set of `logits` (already divided by the temperature).
         The set is found among the highest logits only, widened until it is complete: a full sort of
-        a 128K vocabulary took 12 ms a token on this machine's CPU, longer than a GPU decode step
+        a 128K vocabulary took 11 ms a token on a 2-core machine, longer than a GPU decode step
         (benchmarks/sampler_speed.py)."""
         c = self.config
         # top-p's mass is of the whole row (exp in float32: a tenth of float64's time, 1e-7 off)

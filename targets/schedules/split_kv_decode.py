@@ -222,7 +222,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                     b: T.let[T.int32] = bh // heads
                     h: T.let[T.int32] = bh % heads
                     # The splits' max and sum, all loaded at once (a thread each), then read from shared
-                    # memory: read in the loops below, a split at a time, they made this kernel 5.9 us for
+                    # memory: read in the loops below, a split at a time, they made this kernel 5.8 us for
                     # Llama-3-8B's 33 splits against 3.9 now (H200, benchmarks/attention_speed.py).
                     for i in T.serial(T.truncdiv(max_splits + head_dim - 1, head_dim)):
                         if i * head_dim + tx < splits:
