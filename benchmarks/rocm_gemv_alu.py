@@ -1,7 +1,8 @@
 """Does the AMD decode GEMV have the ALU to keep up with its card's memory? Static analysis of the
 code objects (no AMD GPU needed): the vector ALU instructions in the GEMV's loop body, per weight a
 lane handles in it, float32 form vs the presets' packed fp16 form (targets/schedules/packed_dot.py)
-vs the int8 form of `--int8-activations` (compiler/int8_activations.py), then the share of the card's VALU issue rate that streaming weights at full bandwidth would take.
+vs the int8 form of `--int8-activations` (compiler/int8_activations.py), then the share of the
+card's VALU issue rate that streaming weights at full bandwidth would take.
 
     python benchmarks/rocm_gemv_alu.py        # here: compiles 6 kernels, prints one table (docs/rocm.md)
 

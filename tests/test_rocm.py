@@ -115,18 +115,23 @@ def test_fused_add_rms_norm_is_one_kernel(rocm_build):
     assert names and all(n.endswith("_kernel") for n in names), names
 
 
-def gemv_code_object(arch, knobs, n, k, path):
-    """The decode GEMV at [n, k], scheduled with `knobs` for `arch`, as an HSA code object."""
+def gemv_code_object(arch, knobs, n, k, path, func=None):
+    """The decode GEMV at [n, k] (or `func`, another q4 GEMV), scheduled with `knobs` for `arch`,
+    as an HSA code object."""
     from tvm.s_tir import dlight as dl
 
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
-    target = rocm.tvm_target(arch)
-    with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": gemv_func(n, k)}))
+    with rocm.tvm_target(arch):
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func or gemv_func(n, k)}))
     assert mod["main"].attrs.get("tirx.is_scheduled")
+    return code_object(mod, arch, path)
+
+
+def code_object(mod, arch, path):
+    """`mod` compiled for `arch`, its HSA code object written to `path`."""
     with rocm.device_code() as objects:
-        tvm.compile(mod, target)
+        tvm.compile(mod, rocm.tvm_target(arch))
     path.write_bytes(objects[rocm.CODE_OBJECT])
     return path
 
@@ -159,23 +164,16 @@ def test_int8_activation_gemv_and_norm_use_integer_dot_instructions(arch, tmp_pa
     the decode GEMV takes each scale group in 8 integer dot products (v_dot4c_i32_i8 on gfx90a,
     v_dot4_i32_iu8 on gfx11) with fewer vector ALU instructions than the packed fp16 form, and
     the int8-writing add + RMSNorm compiles; neither spills to scratch."""
-    from tvm.s_tir import dlight as dl
-
     from mlcgen.compiler import int8_activations
-    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
-    target = rocm.tvm_target(arch)
     preset = rocm.PRESETS[arch]
-    with target:
-        gemv = dl.ApplyDefaultSchedule(DequantGEMV(preset.gemv))(tvm.IRModule({"main": int8_activations.matmul_func(get_quantization("q4f16_1"), 4096, 4096, "float16")}))
+    int8 = int8_activations.matmul_func(get_quantization("q4f16_1"), 4096, 4096, "float16")
     norm = int8_activations.add_rms_norm_quantize_kernel(4096, 1e-5, preset.max_threads).with_attr("global_symbol", "main")
-    packed = gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "packed.hsaco")
-    mix = {"packed": amdgpu_inspect.instruction_mix(packed, arch)["main_kernel"]}
-    for name, mod in (("int8", gemv), ("norm", tvm.IRModule({"main": norm}))):
-        path = tmp_path / f"{name}.hsaco"
-        with rocm.device_code() as objects:
-            tvm.compile(mod, target)
-        path.write_bytes(objects[rocm.CODE_OBJECT])
+    objects = {"packed": gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "packed.hsaco"),
+               "int8": gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "int8.hsaco", int8),
+               "norm": code_object(tvm.IRModule({"main": norm}), arch, tmp_path / "norm.hsaco")}
+    mix = {}
+    for name, path in objects.items():
         _, kernels = amdgpu_inspect.kernel_resources(path)
         assert kernels["main_kernel"]["private_segment_fixed_size"] == 0
         mix[name] = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
