@@ -25,16 +25,18 @@ class Preset:
     max_threads: int = 1024  # per block, all current NVIDIA GPUs
     shared_bytes: int = 49152  # static shared memory per block without opt-in
     # Decode GEMV: a warp (32 lanes) per weight row, so the row's sum is a pure shuffle reduction;
-    # 4 packed words = one 128-bit load per lane per step, 4 steps unrolled; 2 rows per lane share
-    # its activation loads, 4 warps per block; the activation staged in shared memory; each word's
-    # products summed in packed fp16 pairs (HFMA2) before the float32 sum (schedules/packed_dot.py).
-    # From the sweeps in benchmarks/gemv_efficiency.py on an H200 (docs/benchmarks.md): the four 7B
-    # layer matmuls 38.8-38.9 us (the down projection padded to whole steps), 43.8-44.0 before the
-    # fp16 pairs were packed instructions, 52.4 with float32 products, 55.9 unstaged and 62.5 for
-    # the float32 form; lm_head 20.2 against 27.2. Re-swept with packed pairs (session 18): 16 or 64
-    # lanes a row, 2 or 8 warps a block, 2 steps or 1 row a lane were all slower (41.7-45.9 us);
+    # 4 packed words = one 128-bit load per lane per step, up to 16 steps unrolled (all of a lane's
+    # steps at once in every Llama-shape row: 4 at K = 4096, 11 in the 7B down projection, 14 in
+    # 8B's); 2 rows per lane share its activation loads, 4 warps per block; the activation staged in
+    # shared memory; each word's products summed in packed fp16 pairs (HFMA2) before the float32
+    # sum (schedules/packed_dot.py). From the sweeps in benchmarks/gemv_efficiency.py on an H200
+    # (docs/benchmarks.md): the four 7B layer matmuls 38.0 us, 39.0 with 4 steps unrolled (the down
+    # projections 9.2 and 10.8 us against 10.1 and 12.8), 43.8-44.0 before the fp16 pairs were
+    # packed instructions, 52.4 with float32 products, 55.9 unstaged and 62.5 for the float32 form;
+    # lm_head 20.2 against 27.2. Re-swept in sessions 18 and 20: 16 or 64 lanes a row, 1, 2 or 8
+    # warps a block, 1 row a lane were all slower (40.4-48.8 us);
     # 8-word loads, 4 rows per lane and weights through shared memory (cp.async) were slower before.
-    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2,
+    gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=16, rows_per_thread=2,
                                 packed_fp16=True, stage_activation=True, fp16_products=True)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
     # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, 8 rows in flight per

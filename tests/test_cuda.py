@@ -147,9 +147,9 @@ def test_preset_decode_gemv_stages_the_activation_and_sums_products_in_fp16_pair
 
 
 def test_down_projection_rows_are_padded_into_the_preset_gemv():
-    """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes x 4 steps): padded
-    to 384 groups, the activation staged with zeros past the row (384 rows of 5 uint4 in shared
-    memory), the padded groups' weight and scale reads clamped to the row's last group (343), and
+    """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes): padded to 352
+    groups (one round of 11 steps a lane), the activation staged with zeros past the row (352 rows
+    of 5 uint4 in shared memory), the padded groups' weight and scale reads clamped to the row's last group (343), and
     still the fp16-pair form."""
     import tvm
     from conftest import gemv_func
@@ -162,15 +162,16 @@ def test_down_projection_rows_are_padded_into_the_preset_gemv():
     with target:
         mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(256, 11008)}))
     source = tvm.compile(mod, target).mod.imports[0].inspect_source()
-    assert re.search(r"__shared__ alignas\(\d+\) uint4 x\w*_shared_ptr\[1920\]", source)
+    assert re.search(r"__shared__ alignas\(\d+\) uint4 x\w*_shared_ptr\[1760\]", source)
     assert ", 343)" in source and "mlcgen_q4_word_dot(" in source
 
 
-@pytest.mark.parametrize("vectors, unroll", [(344, 4), (152, 1), (28, 1), (96, 1), (448, 2), (128, 4)])
-def test_padded_rows_unroll_no_more_steps_than_an_eighth_of_padding_allows(vectors, unroll):
-    """Rows the 32 lanes divide unroll as many steps as tile them; padded rows keep the preset's 4
-    only where whole steps add at most an eighth (344 -> 384 groups), else fewer (Qwen2-0.5B's 28
-    groups pad to 32, not 128)."""
+@pytest.mark.parametrize("vectors, unroll", [(448, 14), (128, 4), (96, 3), (344, 11), (152, 5), (28, 1)])
+def test_gemv_rows_take_as_few_rounds_of_steps_as_tile_them(vectors, unroll):
+    """The cuda preset unrolls up to 16 steps: rows the 32 lanes divide take the most steps that
+    tile them (448 vectors: 14 a lane, one round); padded rows spread their steps evenly over as
+    few rounds (344 -> 352 vectors, one round of 11; 152 -> 160), not past an eighth of padding
+    (Qwen2-0.5B's 28 groups pad to 32)."""
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 

@@ -180,21 +180,24 @@ class DequantGEMV(ScheduleRule):
 
     def _packed_knobs(self, rows: int, vectors: int) -> GemvKnobs:
         """The knobs for the packed form at `rows` x `vectors` (128-bit weight vectors per row).
-        Tensorize takes no predicated iterations, so steps must tile the row exactly: fewer steps
-        unrolled where the row needs it (halved until they tile it), fewer rows per block likewise.
-        Where the lanes themselves do not divide the row (Llama-2-7B's down projection: 344
-        vectors), `apply` pads the row instead (_pad_reduction), as fewer lanes per row starve the
-        GPU of parallel work (8 lanes: 0.14 of copy bandwidth on an H200 against 0.37 for the
-        float32 form; docs/benchmarks.md); 344 vectors keep 4 steps unrolled (384, 11.6 us on the
-        H200 against 12.4 for 2 steps), a 28-vector row (Qwen2-0.5B) takes 1 (32, not 128)."""
+        Tensorize takes no predicated iterations, so the steps must tile the row. Where the lanes
+        divide the row, `unroll` is the most steps, at most the knob's, that tile it exactly: padding
+        such a row costs more than rounds do (Llama-3-8B's down projection, 14 steps a lane, 7 + 7:
+        11.6 us on the H200, 4 + 4 + 4 + 4 padded: 17.8, 2 x 7: 12.8). Where they do not
+        (Llama-2-7B's down projection: 344 vectors), `apply` pads the row (_pad_reduction), as fewer
+        lanes starve the GPU of parallel work (8 lanes: 0.14 of copy bandwidth against 0.37 for the
+        float32 form); its steps are spread evenly over as few rounds as the knob allows (11 steps
+        with unroll 16: one round of 11, 352 vectors), with fewer unrolled where padding would add
+        more than max_padding to the row (docs/benchmarks.md)."""
         k = self.knobs
-        unroll, lanes = k.unroll, k.threads_per_row
+        lanes = k.threads_per_row
+        steps = -(-vectors // lanes)  # a lane's steps along the row
         if vectors % lanes == 0:
-            while vectors % (unroll * lanes):
-                unroll //= 2
-        else:  # padded: fewer steps unrolled where whole steps would add more than max_padding to the row
-            while unroll > 1 and -(-vectors // (unroll * lanes)) * unroll * lanes > vectors * (1 + k.max_padding):
-                unroll //= 2
+            unroll = max(u for u in range(1, k.unroll + 1) if steps % u == 0)
+        else:
+            unroll = -(-steps // -(-steps // k.unroll))  # as few rounds as the knob allows, evenly filled
+            while unroll > 1 and -(-steps // unroll) * unroll * lanes > vectors * (1 + k.max_padding):
+                unroll -= 1
         own_rows = k.rows_per_thread if rows % k.rows_per_thread == 0 else 1
         block_rows = k.rows_per_block
         while rows % (block_rows * own_rows):
