@@ -73,12 +73,15 @@ PRESETS = {
     # per lane with words: 4862 -> 5016 us of kernels a 7B step, 5279 -> 5684 for 8B. 2 steps
     # unrolled instead of 1: decode 8B 278.7 -> 291.3 tok/s, 7B 290.4 -> 297.0, but 7B's padded
     # down projection 796 -> 863 us a step (384 groups instead of 352: max_padding keeps it at 1
-    # step) (2026-12-02).
+    # step) (2026-12-02). 4 steps unrolled (the 7B down projection keeps 1, 8B's 2: the rule in
+    # schedules/dequant_gemv.py): decode 7B 297.0-297.3 -> 303.4-304.1 tok/s, 8B 297.6-297.8 ->
+    # 305.9 (two runs each, interleaved, one call); 16 (all of a lane's steps, as CUDA): 7B 308.5,
+    # 8B 265.4 (2026-12-02, session 20).
     # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
     # timestamps after each, H200, 2026-12-02).
     "nvidia": Preset(32, 1024, 49152,
-                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
+                     GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
                                activation_words=True, max_padding=1 / 16),
                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528), norm_threads=512),
 }
