@@ -5,10 +5,10 @@ shapes, batch 1, contexts 128, 1024 and 4096.
     python benchmarks/attention_speed.py build .bench/attention   # here: compile the kernels (TVM compiler)
     python benchmarks/attention_speed.py run .bench/attention     # GPU machine: TVM runtime, torch
 
-Each kernel is checked against torch (float32) and timed over calls that rotate through 8 layers'
-pages (more than the L2 holds), as decode does: GPU time of all its kernels per call (CUPTI,
-through torch.profiler; the split kernel is two launches). GB/s counts the K and V bytes one call
-must read. The cuda preset's knobs are marked `*`.
+Each kernel's output and log-sum-exp are checked against torch (float32), before and after it is
+timed over calls that rotate through 8 layers' pages (more than the L2 holds), as decode does: GPU
+time of all its kernels per call (CUPTI, through torch.profiler; the split kernel is two
+launches). GB/s counts the K and V bytes one call must read. The cuda preset's knobs are marked `*`.
 
 Then prefill: TVM's ragged prefill-attention kernel (causal, the new tokens among themselves) for
 a 512-token prompt, as TVM generates it (16 blocks per KV head) and regenerated for more blocks

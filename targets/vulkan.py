@@ -74,9 +74,9 @@ PRESETS = {
     # unrolled instead of 1: decode 8B 278.7 -> 291.3 tok/s, 7B 290.4 -> 297.0, but 7B's padded
     # down projection 796 -> 863 us a step (384 groups instead of 352: max_padding keeps it at 1
     # step) (2026-12-02). 4 steps unrolled (the 7B down projection keeps 1, 8B's 2: the rule in
-    # schedules/dequant_gemv.py): decode 7B 297.0-297.3 -> 303.4-304.1 tok/s, 8B 297.6-297.8 ->
-    # 305.9 (two runs each, interleaved, one call); 16 (all of a lane's steps, as CUDA): 7B 308.5,
-    # 8B 265.4 (2026-12-02, session 20).
+    # schedules/dequant_gemv.py): decode 7B 296.5-297.3 -> 303.4-304.1 tok/s, 8B 297.6-297.8 ->
+    # 305.1-305.9 (three runs each, two calls, interleaved); 16 (all of a lane's steps, as CUDA):
+    # 7B 308.5, 8B 265.4 (2026-12-02, session 20).
     # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
     # timestamps after each, H200, 2026-12-02).
