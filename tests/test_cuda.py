@@ -149,8 +149,8 @@ def test_preset_decode_gemv_stages_the_activation_and_sums_products_in_fp16_pair
 def test_down_projection_rows_are_padded_into_the_preset_gemv():
     """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes): padded to 352
     groups (one round of 11 steps a lane), the activation staged with zeros past the row (352 rows
-    of 5 uint4 in shared memory), the padded groups' weight and scale reads clamped to the row's last group (343), and
-    still the fp16-pair form."""
+    of 5 uint4 in shared memory), the padded groups' weight and scale reads clamped to the row's
+    last group (343), and still the fp16-pair form."""
     import tvm
     from conftest import gemv_func
     from tvm.s_tir import dlight as dl

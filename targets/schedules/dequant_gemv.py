@@ -51,7 +51,7 @@ class GemvKnobs:
     threads_per_row: int = 32
     rows_per_block: int = 4
     vector_words: int = 4  # packed uint32 words per load: 4 -> 128-bit loads
-    unroll: int = 2  # steps per lane unrolled together, so their loads are in flight at once
+    unroll: int = 2  # at most this many steps per lane unrolled together, their loads in flight at once
     rows_per_thread: int = 1  # rows a lane works on at once, sharing its activation loads
     activation_lanes: int = 8  # fp16 activations per load: 8 -> 128 bits (WGSL vectors stop at 4)
     packed_fp16: bool = False  # a lane's group in fp16 pairs (schedules/packed_dot.py); needs vector_words 4
