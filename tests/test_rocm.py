@@ -115,15 +115,15 @@ def test_fused_add_rms_norm_is_one_kernel(rocm_build):
     assert names and all(n.endswith("_kernel") for n in names), names
 
 
-def gemv_code_object(arch, knobs, n, k, path, func=None):
-    """The decode GEMV at [n, k] (or `func`, another q4 GEMV), scheduled with `knobs` for `arch`,
-    as an HSA code object."""
+def gemv_code_object(arch, knobs, func, path):
+    """The q4 GEMV `func` (conftest.gemv_func, or the int8-activation form) scheduled with `knobs`
+    for `arch`, as an HSA code object."""
     from tvm.s_tir import dlight as dl
 
     from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
 
     with rocm.tvm_target(arch):
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func or gemv_func(n, k)}))
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func}))
     assert mod["main"].attrs.get("tirx.is_scheduled")
     return code_object(mod, arch, path)
 
@@ -142,12 +142,11 @@ def test_decode_gemv_computes_in_packed_fp16_pairs_with_dot_instructions(arch, k
     """The presets' packed_fp16 GEMV: v_dot2_f32_f16 for every pair of weights, packed fp16
     subtracts, and at most 60% of the float32 form's vector ALU instructions (docs/rocm.md: on the
     MI210 the float32 form needs more ALU than its bandwidth leaves room for); no scratch."""
-    n = 4096
     preset = rocm.PRESETS[arch].gemv
     assert preset.packed_fp16
     mix, resources = {}, {}
     for packed in (True, False):
-        path = gemv_code_object(arch, dataclasses.replace(preset, packed_fp16=packed), n, k, tmp_path / f"{packed}.hsaco")
+        path = gemv_code_object(arch, dataclasses.replace(preset, packed_fp16=packed), gemv_func(4096, k), tmp_path / f"{packed}.hsaco")
         _, kernels = amdgpu_inspect.kernel_resources(path)
         (name, resources[packed]), = kernels.items()
         mix[packed] = amdgpu_inspect.instruction_mix(path, arch)[name]
@@ -169,8 +168,8 @@ def test_int8_activation_gemv_and_norm_use_integer_dot_instructions(arch, tmp_pa
     preset = rocm.PRESETS[arch]
     int8 = int8_activations.matmul_func(get_quantization("q4f16_1"), 4096, 4096, "float16")
     norm = int8_activations.add_rms_norm_quantize_kernel(4096, 1e-5, preset.max_threads).with_attr("global_symbol", "main")
-    objects = {"packed": gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "packed.hsaco"),
-               "int8": gemv_code_object(arch, preset.gemv, 4096, 4096, tmp_path / "int8.hsaco", int8),
+    objects = {"packed": gemv_code_object(arch, preset.gemv, gemv_func(4096, 4096), tmp_path / "packed.hsaco"),
+               "int8": gemv_code_object(arch, preset.gemv, int8, tmp_path / "int8.hsaco"),
                "norm": code_object(tvm.IRModule({"main": norm}), arch, tmp_path / "norm.hsaco")}
     mix = {}
     for name, path in objects.items():
@@ -188,7 +187,7 @@ def test_rows_the_lanes_do_not_divide_are_padded_into_the_packed_form(arch, tmp_
     """Llama-2-7B's down projection: 344 groups per row, which 32 or 64 lanes cannot share in whole
     steps (tensorize takes no partial step): the reduction is padded, and the row still computes
     in packed pairs with dot instructions, without scratch (results: test_vulkan.py, 43 groups)."""
-    path = gemv_code_object(arch, rocm.PRESETS[arch].gemv, 4096, 11008, tmp_path / "down.hsaco")
+    path = gemv_code_object(arch, rocm.PRESETS[arch].gemv, gemv_func(4096, 11008), tmp_path / "down.hsaco")
     _, kernels = amdgpu_inspect.kernel_resources(path)
     mix = amdgpu_inspect.instruction_mix(path, arch)["main_kernel"]
     assert mix["v_dot"] > 0 and mix["v_dot"] % 16 == 0 and mix["b128" if arch == "gfx1100" else "dwordx4"] > 0
