@@ -20,6 +20,12 @@ from mlcgen.runtime.sampling import GenerationConfig
 MLCGEN = [sys.executable, "-c", "from mlcgen.cli import main; main()"]
 
 
+def test_python_dash_m_runs_the_cli(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mlcgen", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: mlcgen ") and "chat" in result.stdout and "build" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def chat_dist(builds):
     return builds.dist("chat-llama-2", "q0f32")
