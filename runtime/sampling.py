@@ -60,39 +60,49 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         c = self.config
-        logits = logits.astype(np.float64, copy=True)
+        row = logits.astype(np.float32, copy=True)  # float32 throughout: the row is read a few times
         if self.seen:
             ids = np.fromiter(self.seen.keys(), dtype=np.int64)
             counts = np.fromiter(self.seen.values(), dtype=np.float64)
+            seen = row[ids].astype(np.float64)
             if c.repetition_penalty != 1.0:
-                seen = logits[ids]
-                logits[ids] = np.where(seen > 0, seen / c.repetition_penalty, seen * c.repetition_penalty)
-            logits[ids] -= c.presence_penalty + c.frequency_penalty * counts
-        token = int(np.argmax(logits)) if c.temperature == 0 else self._draw(logits / c.temperature)
+                seen = np.where(seen > 0, seen / c.repetition_penalty, seen * c.repetition_penalty)
+            row[ids] = seen - (c.presence_penalty + c.frequency_penalty * counts)
+        if c.temperature == 0:
+            token = int(np.argmax(row))
+        else:
+            row /= np.float32(c.temperature)
+            token = self._draw(row)
         self.seen[token] += 1
         return token
 
     def _draw(self, logits: np.ndarray) -> int:
-        """A token from the top-k / top-p set of `logits` (already divided by the temperature).
-        The set is found among the highest logits only, widened until it is complete: a full sort of
-        a 128K vocabulary took 11 ms a token on a 2-core machine, longer than a GPU decode step
-        (benchmarks/sampler_speed.py)."""
+        """A token from the top-k / top-p set of `logits` (already divided by the temperature),
+        found among the highest logits only, widened until the set is complete: a full sort of a
+        128K vocabulary took 11 ms a token on a 2-core machine, longer than a GPU decode step
+        (benchmarks/sampler_speed.py). For top-p only the tokens whose probability reaches
+        (1 - top_p) / vocabulary are searched: they hold the nucleus (a token less likely than that
+        has more than top_p of the mass above it), and picking them is one pass over the row."""
         c = self.config
-        # top-p's mass is of the whole row (exp in float32: a tenth of float64's time, 1e-7 off)
-        total = None if c.top_k else np.exp((logits - logits.max()).astype(np.float32)).sum(dtype=np.float64)
+        pool, ids, total = logits, None, None  # the logits searched; ids: their indices, where not all
+        if not c.top_k:
+            top = logits.max()
+            total = np.exp(logits - top).sum(dtype=np.float64)  # the row's mass, relative to its top
+            if c.top_p < 1:  # 1e-3 below the bound, for float32 rounding
+                ids = np.flatnonzero(logits >= top + np.log(total) - np.log(len(logits) / (1 - c.top_p)) - 1e-3)
+                pool = logits[ids]
         candidates = c.top_k or 64
         while True:
-            order = _highest(logits, candidates)
-            if c.top_k:
-                order = order[: c.top_k]
-            probs = np.exp(logits[order] - logits[order[0]])
+            order = _highest(pool, candidates)[: c.top_k or None]
+            order = order if ids is None else ids[order]
+            probs = np.exp(logits[order].astype(np.float64) - logits[order[0]])
             mass = np.cumsum(probs) / (probs.sum() if c.top_k else total)
             keep = int(np.searchsorted(mass, c.top_p)) + 1  # smallest set with mass >= top_p
-            if c.top_k or keep <= len(order) or len(order) == len(logits):
+            if c.top_k or keep <= len(order) or len(order) == len(pool):
                 break  # with top_k the first candidates hold the whole set
-            # The set reaches past the candidates: look further, or sort the whole row once the
+            # The set reaches past the candidates: look further, or sort the whole pool once the
             # candidates would be an eighth of it (a flat row's set can hold most of it)
-            candidates = candidates * 8 if candidates * 64 < len(logits) else len(logits)
+            candidates = candidates * 8 if candidates * 64 < len(pool) else len(pool)
         keep = min(keep, len(order))  # a top-k set's rounded mass can fall short of top_p
         probs = probs[:keep] / probs[:keep].sum()
         return int(order[self.rng.choice(keep, p=probs)])
