@@ -168,6 +168,24 @@ def test_sampler_draws_what_a_full_sort_draws(options):
             assert Sampler(config)(logits) == full_sort_draw(config, logits)
 
 
+def test_top_p_keeps_a_nucleus_whose_last_token_is_near_the_search_bound():
+    """Top-p searches only tokens with probability >= (1 - top_p) / vocabulary. A head token just
+    short of top_p and an even tail put the nucleus's second token 5% above that bound (the
+    closest an even tail gets: vocabulary / (vocabulary - 1)); every draw must be what a full sort
+    draws, the tail's first token among them."""
+    vocab, top_p = 20, 0.9
+    probs = np.full(vocab, (1 - top_p + 1e-6) / (vocab - 1))
+    probs[0] = top_p - 1e-6
+    logits = np.log(probs).astype(np.float32)
+    assert 1 < probs[1] / ((1 - top_p) / vocab) < 1.06
+    tokens = []
+    for seed in range(1000):
+        config = GenerationConfig(temperature=1.0, top_p=top_p, seed=seed)
+        tokens.append(Sampler(config)(logits))
+        assert tokens[-1] == full_sort_draw(config, logits)
+    assert set(tokens) == {0, 1}
+
+
 @pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 0}, {"top_k": -2}, {"max_gen_len": 0}])
 def test_generation_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError, match=f"GenerationConfig.{next(iter(bad))}="):
