@@ -84,7 +84,7 @@ def chat(model, device, template, system):
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--random-weights", is_flag=True, help="generate params of the right shapes instead of loading them")
-@click.option("--sample", is_flag=True, help="decode as a sampling chat does (logits to the host, temperature 0.7, top-p 0.95)")
+@click.option("--sample", is_flag=True, help="decode as a sampling chat does (temperature 0.7, top-p 0.95, drawn on the device)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @_user_errors
 def bench(model, prompt_len, gen_len, repeat, device, random_weights, sample, as_json):

@@ -121,8 +121,10 @@ class ChatModule:
         stats.finish_reason = "length"
         start = time.perf_counter()
         stopped_by_string = False
-        # Plain argmax runs on the device (Engine.greedy_stream): no logits cross to the host.
-        greedy = config.is_plain_argmax() and self.engine.has_entry("greedy")
+        # Plain argmax and top-p sampling run on the device (Engine.greedy_stream, sample_stream):
+        # no logits cross to the host, and the host issues each step ahead of the last one's token.
+        on_device = (config.is_plain_argmax() and self.engine.has_entry("greedy")) or \
+            (config.samples_on_device() and self.engine.has_entry("sample"))
         stream = None
         token = sampler(logits)
         try:
@@ -139,8 +141,8 @@ class ChatModule:
                     break
                 if step + 1 == config.max_gen_len or len(self.cached) >= self.engine.context_window:
                     break
-                if greedy:
-                    stream = stream or self.engine.greedy_stream(token, config.max_gen_len - 1)
+                if on_device:
+                    stream = stream or self._device_stream(token, config, sampler)
                     next_token = next(stream)
                 else:
                     next_token = sampler(self.engine.decode(token))
@@ -158,6 +160,11 @@ class ChatModule:
             stats.decode_seconds = time.perf_counter() - start
             stats.dropped_exchanges = self.dropped_exchanges
             self.conversation.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def _device_stream(self, token: int, config: GenerationConfig, sampler: Sampler):
+        if config.is_plain_argmax():
+            return self.engine.greedy_stream(token, config.max_gen_len - 1)
+        return self.engine.sample_stream(token, sampler, config.max_gen_len - 1)
 
     def _render_ids(self) -> list[int]:
         text = self.conversation.render(self.special_tokens, add_generation_prompt=True)

@@ -3,8 +3,8 @@
 A CUDA build's decode is ~900 small kernels, a third of them launched by TVM's KV cache between
 the model's own kernels; TVM's RewriteCUDAGraph can capture only the runs between those KV-cache
 calls, and the GPU idled ~15% of a 7B step at the hand-overs. Here the engine captures the step
-whole (embed, decode, and for greedy decoding the argmax and its copy into the next step's input)
-on a stream of its own and replays it with one launch.
+whole (embed, decode, and for greedy or sampled decoding the next token's kernels and its copy
+into the next step's input) on a stream of its own and replays it with one launch.
 
 What the capture cannot hold: the KV cache's per-step host work. begin_forward and end_forward
 run on the host every step as before, and the cache's tables (page table, positions, lengths) are
@@ -61,9 +61,9 @@ class DecodeGraphs:
         self.engine, self.page_size, self.cu = engine, page_size, Driver()
         self.stream = self.cu.new("cuStreamCreate", ctypes.c_uint(NON_BLOCKING))
         self.joined = self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING))
-        self.graphs = {}  # greedy: (page count, graph exec, output tensor); only the current page count's
+        self.graphs = {}  # head (None: logits): (page count, graph exec, output tensor); only the current page count's
         self.captures, self.capture_seconds = 0, 0.0  # host time to record steps and update or instantiate their graphs
-        # A greedy step's token is read back through one of two page-locked words: the host reads
+        # A step's token is read back through one of two page-locked words: the host reads
         # step t's while step t + 1 runs.
         self.host_tokens = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(8))
         self.token_copied = [self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING)) for _ in range(2)]
@@ -86,13 +86,14 @@ class DecodeGraphs:
 
     def logits(self):
         """One step from the engine's token tensor: its logits tensor, ordered for the legacy stream."""
-        return self._replay(greedy=False)
+        return self._replay(None)
 
-    def greedy(self):
-        """One greedy step from the engine's token tensor, which then holds the step's token (the
-        next step's input); returns a function that reads that token back (call it before the
-        step after next is issued)."""
-        self._replay(greedy=True)
+    def step(self, head: str, sample_params=None):
+        """One step from the engine's token tensor whose next token `head` picks (the greedy or
+        sample entry; sample_params: the sample entry's values for this step), which then holds
+        that token (the next step's input); returns a function that reads the token back (call it
+        before the step after next is issued)."""
+        self._replay(head, sample_params)
         slot = self.steps % 2
         self.steps += 1
         self.cu("cuMemcpyDtoHAsync_v2", ctypes.c_void_p(self.host_tokens.value + 4 * slot),
@@ -105,16 +106,18 @@ class DecodeGraphs:
 
         return read
 
-    def _replay(self, greedy: bool):
+    def _replay(self, head: str | None, sample_params=None):
         e = self.engine
         pages = e.length // self.page_size + 1  # after this step's token
         e._begin_step(1)  # waits for the last replay, which has read the tables the copy below overwrites
+        if sample_params is not None:  # ... and the parameters, which every sampling graph reads from here
+            e._sample_params[0].copyfrom(sample_params)
         _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
         self._join(LEGACY, self.stream)  # ... and any eager work before this step
-        entry = self.graphs.get(greedy)
+        entry = self.graphs.get(head)
         if entry is None or entry[0] != pages:
             start = time.perf_counter()
-            entry = self.graphs[greedy] = (pages, *self._capture(greedy, entry[1] if entry else None))
+            entry = self.graphs[head] = (pages, *self._capture(head, entry[1] if entry else None))
             self.captures += 1
             self.capture_seconds += time.perf_counter() - start
         self.cu("cuGraphLaunch", entry[1], self.stream)
@@ -127,7 +130,7 @@ class DecodeGraphs:
         self.cu("cuEventRecord", self.joined, first)
         self.cu("cuStreamWaitEvent", then, self.joined, ctypes.c_uint(0))
 
-    def _capture(self, greedy: bool, graph_exec):
+    def _capture(self, head: str | None, graph_exec):
         """(graph exec, output tensor) of one step, captured on our stream with TVM's launches
         directed to it; the first time, the step runs once eagerly first (the VM's first
         allocations and module loads). A page count's graph differs from the last one's only in
@@ -138,14 +141,14 @@ class DecodeGraphs:
         e = self.engine
         if not self.warm:
             given = e._token.numpy()
-            self._run_body(greedy, LEGACY)
+            self._run_body(head, LEGACY)
             e._token.copyfrom(given)
             e.device.sync()
             self.warm = True
         self.cu("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(RELAXED))
         try:
             with tvm_ffi.use_raw_stream(e.device, self.stream.value):
-                out = self._run_body(greedy, self.stream)
+                out = self._run_body(head, self.stream)
         finally:
             graph = ctypes.c_void_p()
             self.cu("cuStreamEndCapture", self.stream, ctypes.byref(graph))
@@ -160,15 +163,15 @@ class DecodeGraphs:
             self.cu("cuGraphDestroy", graph)
         return graph_exec, out
 
-    def _run_body(self, greedy: bool, stream):
-        """embed + decode (+ the argmax, copied into the token tensor on `stream`, where TVM
-        launches) from the engine's token tensor."""
+    def _run_body(self, head: str | None, stream):
+        """embed + decode (+ the next token from `head`, copied into the token tensor on `stream`,
+        where TVM launches) from the engine's token tensor."""
         e = self.engine
         embed = e._entries["embed"](e._token, e.params)._create_view((1, 1, e.hidden_size))
         logits, _ = e._entries["decode"](embed, e.cache, e.params)
-        if not greedy:
+        if head is None:
             return logits
-        token = e.vm["greedy"](logits)
+        token = e.vm[head](logits, e._sample_params[0]) if head == "sample" else e.vm[head](logits)
         self.cu("cuMemcpyDtoDAsync_v2", ctypes.c_uint64(e._token.data_ptr()), ctypes.c_uint64(token.data_ptr()),
                 ctypes.c_size_t(4), stream)
         return token

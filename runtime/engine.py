@@ -21,6 +21,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from ..errors import ParamsError
 from . import dist, tensor_cache
+from .sampling import Sampler
 
 # "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
 # their device as webgpu.
@@ -58,6 +59,7 @@ class Engine:
         self.params = tvm_ffi.convert(self._random_params() if random_weights else self._load_params(verify_shards))
         self._entries = {name: self.vm[name] for name in {"embed", "prefill", "decode", self.prefill_entry}}
         self._token = tvm.runtime.empty((1,), "int32", self.device)  # decode's input, reused every step
+        self._sample_params = [tvm.runtime.empty((3,), "float32", self.device) for _ in range(2)]  # sample_stream's
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
@@ -241,11 +243,23 @@ class Engine:
         _wait_for_earlier_steps). The cache holds what decode + argmax on the host would:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
+        return self._device_stream("greedy", token_id, max_tokens, None)
+
+    def sample_stream(self, token_id: int, sampler: Sampler, max_tokens: int | None = None) -> Iterator[int]:
+        """Top-p sampling as a stream, drawn on the device (the `sample` entry: compiler/sampling.py)
+        from one uniform number a step, taken from the sampler's generator; otherwise as greedy_stream.
+        The sampler's config must be one the device draws (GenerationConfig.samples_on_device)."""
+        if not sampler.config.samples_on_device():
+            raise ValueError(f"the device draws top-p samples without top_k or penalties, not {sampler.config}")
+        return self._device_stream("sample", token_id, max_tokens, sampler)
+
+    def _device_stream(self, head: str, token_id: int, max_tokens: int | None, sampler: Sampler | None) -> Iterator[int]:
+        """Decode steps whose next token `head` (greedy or sample) picks on the device, the host a step ahead."""
         self._check_ids(np.array([token_id]))
-        if not self.has_entry("greedy"):
-            raise ParamsError(f"{self.dist_dir}: the library has no `greedy` entry (built by an older mlcgen); "
+        if not self.has_entry(head):
+            raise ParamsError(f"{self.dist_dir}: the library has no `{head}` entry (built by an older mlcgen); "
                               "rebuild it with `mlcgen build`")
-        greedy = self.vm["greedy"]
+        pick = self.vm[head]
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
         fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
         start = self.length
@@ -253,10 +267,19 @@ class Engine:
             while max_tokens is None or given + len(pending) < max_tokens:
                 if self.length + 1 > self.context_window:
                     break
+                values = sampler.device_params() if sampler else None
                 if self._graphs:
-                    pending.append(self._graphs.greedy())
+                    pending.append(self._graphs.step(head, values))
                 else:
-                    fed = greedy(self._run("decode", fed))  # the token this step produces, on the device
+                    logits = self._run("decode", fed)
+                    if sampler:
+                        # Two parameter tensors in turn: the one written now was last read two
+                        # steps ago, which has finished (its token was read back).
+                        params = self._sample_params[self.length % 2]
+                        params.copyfrom(values)
+                        fed = pick(logits, params)
+                    else:
+                        fed = pick(logits)  # the step's token, on the device
                     pending.append(self._read_token_later(fed))
                 if len(pending) == 2:
                     given += 1

@@ -1,9 +1,11 @@
 """Choosing the next token from logits: penalties, temperature, top-k, top-p, seeded.
 
-At batch 1 the logits row is already on the host, so this is plain numpy: exact, seedable, and the
-same on every device. (TVM's sampling builtins pay off once sampling stays on the GPU for batches.)
-Greedy decoding without penalties is the exception: ChatModule runs it on the device
-(Engine.greedy_stream), where no logits need to cross to the host.
+Here in numpy: the first token of a reply (the prefill's logits are on the host) and whatever the
+device does not draw. Greedy decoding and top-p sampling without top-k or penalties (the defaults)
+run on the device (Engine.greedy_stream, Engine.sample_stream: compiler/sampling.py), where no
+logits cross to the host; there a draw takes one uniform number from this sampler's generator,
+so a seed fixes those replies too, but the device picks its token from the same nucleus by its
+own rule (vocabulary order), not this module's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class GenerationConfig:
         """Greedy without penalties: what the models' on-device `greedy` entry computes."""
         return self.temperature == 0 and self.repetition_penalty == 1.0 and self.presence_penalty == 0 and self.frequency_penalty == 0
 
+    def samples_on_device(self) -> bool:
+        """Top-p sampling without top-k or penalties: what the models' on-device `sample` entry draws."""
+        return self.temperature > 0 and self.top_k == 0 and self.repetition_penalty == 1.0 and self.presence_penalty == 0 \
+            and self.frequency_penalty == 0
+
     def updated(self, **changes) -> "GenerationConfig":
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -75,6 +82,11 @@ class Sampler:
             token = self._draw(row)
         self.seen[token] += 1
         return token
+
+    def device_params(self) -> np.ndarray:
+        """The `sample` entry's parameters for one draw: 1 / temperature, top_p, and a uniform
+        number from this sampler's generator (so a seed fixes the device's draws too)."""
+        return np.array([1 / self.config.temperature, self.config.top_p, self.rng.random()], dtype=np.float32)
 
     def _draw(self, logits: np.ndarray) -> int:
         """A token from the top-k / top-p set of `logits` (already divided by the temperature),

@@ -57,6 +57,31 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
 
 
+def test_sampling_on_lavapipe_draws_the_nucleus(builds, lavapipe, tmp_path):
+    """The `sample` kernels on lavapipe draw each nucleus token by its share (3000 logits: three
+    chunks; test_device_sampling.py), and the tiny model's sampled stream is decode + those
+    kernels step by step."""
+    from contextlib import closing
+
+    from mlcgen.runtime.sampling import GenerationConfig, Sampler
+    from test_device_sampling import assert_draws_follow_the_nucleus, rows, sampler_vm
+
+    vm, device = sampler_vm(3000, vulkan_target.tvm_target("generic"), tvm.device("webgpu", 0), tmp_path / "sample.so")
+    for logits in rows(3000):
+        assert_draws_follow_the_nucleus(vm, device, logits)
+    gpu = Engine(builds.dist("gqa_tied", "q4f16_1", target="vulkan"), device="vulkan")
+    config, prompt = GenerationConfig(temperature=1.5, seed=3), [1, 7, 99, 25]
+    first = int(gpu.prefill(prompt).argmax())
+    sampler, tokens, token = Sampler(config), [], first
+    for _ in range(16):
+        x = tvm.runtime.tensor(gpu.decode(token).reshape(1, 1, -1), gpu.device)
+        token = int(gpu.vm["sample"](x, tvm.runtime.tensor(sampler.device_params(), gpu.device)).numpy()[0])
+        tokens.append(token)
+    gpu.reset(), gpu.prefill(prompt)
+    with closing(gpu.sample_stream(first, Sampler(config), 16)) as stream:
+        assert list(stream) == tokens and len(set(tokens)) > 3
+
+
 def test_tiny_model_with_int8_decode_activations_on_lavapipe_matches_cpu_build(builds, lavapipe, monkeypatch, tmp_path):
     """A generic-preset build with --int8-activations (compiler/int8_activations.py), with 2 lanes a
     row: hidden 64 = 2 groups, so the q/k/v and gate/up projections after the fused add + RMSNorms
