@@ -33,6 +33,28 @@ def greedy(engine) -> np.ndarray:
     return np.array([first] + engine.decode_greedy(first, GREEDY))
 
 
+def sampled_stream_agrees(engine) -> bool:
+    """Engine.sample_stream's tokens (graph replays) against decode + the sample entry step by step."""
+    from contextlib import closing
+
+    import tvm
+
+    from mlcgen.runtime.sampling import GenerationConfig, Sampler
+
+    config = GenerationConfig(temperature=1.5, top_p=0.95, seed=0)
+    engine.reset()
+    first = int(engine.prefill(IDS[:7]).argmax())
+    sampler, tokens, token = Sampler(config), [], first
+    for _ in range(GREEDY):
+        logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
+        token = int(engine.vm["sample"](logits, tvm.runtime.tensor(sampler.device_params(), engine.device)).numpy()[0])
+        tokens.append(token)
+    engine.reset()
+    engine.prefill(IDS[:7])
+    with closing(engine.sample_stream(first, Sampler(config), GREEDY)) as stream:
+        return list(stream) == tokens
+
+
 def make(out: Path, model_dir: Path) -> None:
     from mlcgen.compiler.build import build
     from mlcgen.runtime import Engine
@@ -74,6 +96,10 @@ def check(out: Path) -> None:
         print(f"cuda {quant}: {GREEDY} greedy tokens (the argmax on the device) equal the CPU build's: {np.array_equal(ref, got)}")
         if not np.array_equal(ref, got):
             failed.append(f"{quant} greedy")
+        agrees = sampled_stream_agrees(engine)
+        print(f"cuda {quant}: {GREEDY} sampled tokens (drawn on the device, graph replays) equal decode + the sample entry's: {agrees}")
+        if not agrees:
+            failed.append(f"{quant} sampled")
     if failed:
         raise SystemExit(f"the CUDA build disagrees with the CPU build: {', '.join(failed)}")
 

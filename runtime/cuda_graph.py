@@ -66,6 +66,7 @@ class DecodeGraphs:
         # A step's token is read back through one of two page-locked words: the host reads
         # step t's while step t + 1 runs.
         self.host_tokens = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(8))
+        self.host_params = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(12))  # a sampled step's, copied without a wait
         self.token_copied = [self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING)) for _ in range(2)]
         self.steps = 0
         self.warm = False  # whether a step has run eagerly: the VM's first allocations, module loads
@@ -81,6 +82,7 @@ class DecodeGraphs:
                 self.cu("cuEventDestroy_v2", event)
             self.cu("cuStreamDestroy_v2", self.stream)
             self.cu("cuMemFreeHost", self.host_tokens)
+            self.cu("cuMemFreeHost", self.host_params)
         except (AttributeError, OSError, RuntimeError):  # half-built, or at interpreter exit
             pass
 
@@ -110,8 +112,10 @@ class DecodeGraphs:
         e = self.engine
         pages = e.length // self.page_size + 1  # after this step's token
         e._begin_step(1)  # waits for the last replay, which has read the tables the copy below overwrites
-        if sample_params is not None:  # ... and the parameters, which every sampling graph reads from here
-            e._sample_params[0].copyfrom(sample_params)
+        if sample_params is not None:  # ... and has read the parameters, which every sampling graph reads from here
+            ctypes.memmove(self.host_params.value, sample_params.astype("float32").ctypes.data, 12)
+            self.cu("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(e._sample_params[0].data_ptr()), self.host_params,
+                    ctypes.c_size_t(12), LEGACY)
         _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
         self._join(LEGACY, self.stream)  # ... and any eager work before this step
         entry = self.graphs.get(head)
