@@ -34,7 +34,8 @@ def greedy(engine) -> np.ndarray:
 
 
 def sampled_stream_agrees(engine) -> bool:
-    """Engine.sample_stream's tokens (graph replays) against decode + the sample entry step by step."""
+    """Engine.sample_stream's tokens (graph replays; on a new engine, the first graph captured is
+    a sampling one) against decode + the sample entry step by step."""
     from contextlib import closing
 
     import tvm
@@ -42,17 +43,18 @@ def sampled_stream_agrees(engine) -> bool:
     from mlcgen.runtime.sampling import GenerationConfig, Sampler
 
     config = GenerationConfig(temperature=1.5, top_p=0.95, seed=0)
-    engine.reset()
     first = int(engine.prefill(IDS[:7]).argmax())
-    sampler, tokens, token = Sampler(config), [], first
-    for _ in range(GREEDY):
-        logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
-        token = int(engine.vm["sample"](logits, tvm.runtime.tensor(sampler.device_params(), engine.device)).numpy()[0])
-        tokens.append(token)
+    with closing(engine.sample_stream(first, Sampler(config), GREEDY)) as stream:
+        got = list(stream)
     engine.reset()
     engine.prefill(IDS[:7])
-    with closing(engine.sample_stream(first, Sampler(config), GREEDY)) as stream:
-        return list(stream) == tokens
+    sampler, tokens, token = Sampler(config), [], first
+    state = [tvm.runtime.tensor(a, engine.device) for a in (sampler.device_config(), sampler.uniforms(), np.zeros(1, np.int32))]
+    for _ in range(GREEDY):
+        logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
+        token = int(engine.vm["sample"](logits, *state).numpy()[0])
+        tokens.append(token)
+    return got == tokens
 
 
 def make(out: Path, model_dir: Path) -> None:
@@ -80,6 +82,10 @@ def check(out: Path) -> None:
     plugins.use_carried(out)
     failed = []
     for quant, entries in RUNS.items():
+        agrees = sampled_stream_agrees(Engine(out / quant))
+        print(f"cuda {quant}: {GREEDY} sampled tokens (drawn on the device, graph replays) equal decode + the sample entry's: {agrees}")
+        if not agrees:
+            failed.append(f"{quant} sampled")
         engine = Engine(out / quant)
         if engine.prefill_entry != list(entries)[-1]:
             raise SystemExit(f"{quant}: the engine prefills with {engine.prefill_entry}, not {list(entries)[-1]} (see any warning above)")
@@ -96,10 +102,6 @@ def check(out: Path) -> None:
         print(f"cuda {quant}: {GREEDY} greedy tokens (the argmax on the device) equal the CPU build's: {np.array_equal(ref, got)}")
         if not np.array_equal(ref, got):
             failed.append(f"{quant} greedy")
-        agrees = sampled_stream_agrees(engine)
-        print(f"cuda {quant}: {GREEDY} sampled tokens (drawn on the device, graph replays) equal decode + the sample entry's: {agrees}")
-        if not agrees:
-            failed.append(f"{quant} sampled")
     if failed:
         raise SystemExit(f"the CUDA build disagrees with the CPU build: {', '.join(failed)}")
 

@@ -25,6 +25,8 @@ from tvm import s_tir, te, tirx
 from tvm.relax.frontend import nn
 from tvm.script import tirx as T
 
+from ..runtime.sampling import UNIFORMS
+
 CHUNK = 1024  # logits a thread block reduces
 PROBES = 32  # thresholds counted per round
 ROUNDS = 5  # 87 / 33^5 < 1e-6
@@ -33,12 +35,15 @@ THREADS = 256  # of the one-block kernels
 GROUP = 32  # logits a step of the draw's second scan
 MAX_SPAN = 87.0  # exp(-87) is float32's smallest normal: tokens further down weigh nothing
 
-# params of the `sample` entry: float32 [3]
-INV_TEMPERATURE, TOP_P, UNIFORM = 0, 1, 2
+INV_TEMPERATURE, TOP_P = 0, 1  # the `sample` entry's config: float32 [2]
 
 
-def sample_token(logits: nn.Tensor, params: nn.Tensor) -> nn.Tensor:
-    """logits [1, 1, vocab] float32, params [1 / temperature, top_p, uniform in [0, 1)] -> [1] int32."""
+def sample_token(logits: nn.Tensor, config: nn.Tensor, uniforms: nn.Tensor, step: nn.Tensor) -> tuple[nn.Tensor, nn.Tensor]:
+    """logits [1, 1, vocab] float32, config [1 / temperature, top_p], uniforms [UNIFORMS] (numbers in
+    [0, 1)), step [1] int32 -> (token [1] int32, step). The draw takes uniforms[step % UNIFORMS] and
+    counts step up in place, so that a run of steps needs no upload but a table every UNIFORMS
+    steps (an upload a step cost Vulkan a fifth of its sampled decode speed)."""
+    params = config
     vocab = int(logits.shape[-1])
     chunks = -(-vocab // CHUNK)
     row = nn.op.reshape(logits, [vocab])
@@ -50,7 +55,9 @@ def sample_token(logits: nn.Tensor, params: nn.Tensor) -> nn.Tensor:
         total = _reduction([mass], _sum_chunks, "mass_above_sum")
         bounds, thresholds = _one_block([total, bounds, thresholds, params], _narrow, "nucleus_narrow", [[2], [PROBES + 1]])
     kept = _reduction([row, top, params, bounds], lambda *a: _nucleus_mass(*a, chunks), "nucleus_mass")
-    return _one_block([row, top, params, bounds, kept], _draw(vocab, chunks), "nucleus_draw", [[1]], "int32")
+    draw = _draw(vocab, chunks)(_gpu_target() is not None)
+    return nn.op.tensor_ir_inplace_op(_finish(draw), "nucleus_draw", [row, top, params, bounds, kept, uniforms, step], [-1, 6],
+                                      [nn.Tensor.placeholder([1], "int32"), nn.Tensor.placeholder([1], "int32")])
 
 
 # Every kernel here is scheduled where it is made, by one of two rules (a GPU target's rule list
@@ -153,7 +160,7 @@ def _start(vocab: int):
         block, threads, _ = _loops(gpu)
 
         @T.prim_func(private=True, s_tir=True)
-        def start(params: T.Buffer((3,), "float32"), bounds: T.Buffer((2,), "float32"), thresholds: T.Buffer((PROBES + 1,), "float32")):
+        def start(params: T.Buffer((2,), "float32"), bounds: T.Buffer((2,), "float32"), thresholds: T.Buffer((PROBES + 1,), "float32")):
             with T.sblock("root"):
                 for _ in block():
                     for t in threads():
@@ -181,7 +188,7 @@ def _narrow(gpu: bool):
 
     @T.prim_func(private=True, s_tir=True)
     def narrow(total: T.Buffer((PROBES + 1,), "float32"), bounds: T.Buffer((2,), "float32"),
-               thresholds: T.Buffer((PROBES + 1,), "float32"), params: T.Buffer((3,), "float32"),
+               thresholds: T.Buffer((PROBES + 1,), "float32"), params: T.Buffer((2,), "float32"),
                new_bounds: T.Buffer((2,), "float32"), new_thresholds: T.Buffer((PROBES + 1,), "float32")):
         with T.sblock("root"):
             for _ in block():
@@ -228,8 +235,9 @@ def _draw(vocab: int, chunks: int):
         block, threads, shared = _loops(gpu)
 
         @T.prim_func(private=True, s_tir=True)
-        def draw(x: T.Buffer((vocab,), "float32"), top: T.Buffer((1,), "float32"), params: T.Buffer((3,), "float32"),
-                 bounds: T.Buffer((2,), "float32"), kept: T.Buffer((chunks,), "float32"), token: T.Buffer((1,), "int32")):
+        def draw(x: T.Buffer((vocab,), "float32"), top: T.Buffer((1,), "float32"), params: T.Buffer((2,), "float32"),
+                 bounds: T.Buffer((2,), "float32"), kept: T.Buffer((chunks,), "float32"),
+                 uniforms: T.Buffer((UNIFORMS,), "float32"), step: T.Buffer((1,), "int32"), token: T.Buffer((1,), "int32")):
             with T.sblock("root"):
                 for _ in block():
                     chunk_mass = T.decl_buffer((chunks,), "float32", scope=shared)
@@ -249,7 +257,7 @@ def _draw(vocab: int, chunks: int):
                             for c in range(chunks):
                                 run[2] = chunk_mass[c]
                                 run[0] = run[0] + run[2]
-                            run[0] = run[0] * params[UNIFORM]
+                            run[0] = run[0] * uniforms[T.floormod(step[0], UNIFORMS)]
                             run[1] = T.float32(0)
                             _scan(chunk_mass, chunks, 0, run, pick)
                             goal[0] = run[0]
@@ -281,6 +289,7 @@ def _draw(vocab: int, chunks: int):
                             found[1] = pick[0]
                             _scan(weight, GROUP, found[1] * GROUP, run, pick)
                             token[0] = found[0] * CHUNK + found[1] * GROUP + pick[0]
+                            step[0] = step[0] + 1
         return draw
     return make
 

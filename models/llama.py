@@ -18,6 +18,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from ..compiler.layers import gate_up_silu
 from ..compiler.sampling import sample_token
+from ..runtime.sampling import UNIFORMS
 from ..errors import ConfigError
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -265,10 +266,12 @@ class LlamaForCausalLM(nn.Module):
         best = nn.op.tensor_expr_op(_chunk_argmax, "chunk_argmax", [logits])
         return nn.op.reshape(nn.op.tensor_expr_op(_final_argmax, "greedy_token", [best]), [1])
 
-    def sample(self, logits: nn.Tensor, params: nn.Tensor) -> nn.Tensor:
+    def sample(self, logits: nn.Tensor, config: nn.Tensor, uniforms: nn.Tensor, step: nn.Tensor) -> nn.Tensor:
         """Top-p sampling's next token on the device (compiler/sampling.py), left there as the
-        embed entry's input ids: logits [1, 1, v], params [1 / temperature, top_p, uniform] -> [1] int32."""
-        return sample_token(logits, params)
+        embed entry's input ids: logits [1, 1, v], config [1 / temperature, top_p], a table of
+        uniform numbers, step [1] (which of them; counted up) -> [1] int32."""
+        token, _ = sample_token(logits, config, uniforms, step)
+        return token
 
     def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
         c = self.cfg
@@ -308,7 +311,8 @@ class LlamaForCausalLM(nn.Module):
             "decode": {"input_embed": nn.spec.Tensor([1, 1, d], dtype), "cache": cache, "$": packed},
             "greedy": {"logits": nn.spec.Tensor([1, 1, self.cfg.vocab_size], "float32"),
                        "$": {"param_mode": "none", "effect_mode": "none"}},
-            "sample": {"logits": nn.spec.Tensor([1, 1, self.cfg.vocab_size], "float32"), "params": nn.spec.Tensor([3], "float32"),
+            "sample": {"logits": nn.spec.Tensor([1, 1, self.cfg.vocab_size], "float32"), "config": nn.spec.Tensor([2], "float32"),
+                       "uniforms": nn.spec.Tensor([UNIFORMS], "float32"), "step": nn.spec.Tensor([1], "int32"),
                        "$": {"param_mode": "none", "effect_mode": "none"}},
             "create_paged_kv_cache": {
                 "max_batch_size": int,

@@ -66,7 +66,6 @@ class DecodeGraphs:
         # A step's token is read back through one of two page-locked words: the host reads
         # step t's while step t + 1 runs.
         self.host_tokens = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(8))
-        self.host_params = self.cu.new("cuMemAllocHost_v2", ctypes.c_size_t(12))  # a sampled step's, copied without a wait
         self.token_copied = [self.cu.new("cuEventCreate", ctypes.c_uint(NO_TIMING)) for _ in range(2)]
         self.steps = 0
         self.warm = False  # whether a step has run eagerly: the VM's first allocations, module loads
@@ -82,7 +81,6 @@ class DecodeGraphs:
                 self.cu("cuEventDestroy_v2", event)
             self.cu("cuStreamDestroy_v2", self.stream)
             self.cu("cuMemFreeHost", self.host_tokens)
-            self.cu("cuMemFreeHost", self.host_params)
         except (AttributeError, OSError, RuntimeError):  # half-built, or at interpreter exit
             pass
 
@@ -90,12 +88,11 @@ class DecodeGraphs:
         """One step from the engine's token tensor: its logits tensor, ordered for the legacy stream."""
         return self._replay(None)
 
-    def step(self, head: str, sample_params=None):
+    def step(self, head: str):
         """One step from the engine's token tensor whose next token `head` picks (the greedy or
-        sample entry; sample_params: the sample entry's values for this step), which then holds
-        that token (the next step's input); returns a function that reads the token back (call it
-        before the step after next is issued)."""
-        self._replay(head, sample_params)
+        sample entry), which then holds that token (the next step's input); returns a function
+        that reads the token back (call it before the step after next is issued)."""
+        self._replay(head)
         slot = self.steps % 2
         self.steps += 1
         self.cu("cuMemcpyDtoHAsync_v2", ctypes.c_void_p(self.host_tokens.value + 4 * slot),
@@ -108,14 +105,10 @@ class DecodeGraphs:
 
         return read
 
-    def _replay(self, head: str | None, sample_params=None):
+    def _replay(self, head: str | None):
         e = self.engine
         pages = e.length // self.page_size + 1  # after this step's token
         e._begin_step(1)  # waits for the last replay, which has read the tables the copy below overwrites
-        if sample_params is not None:  # ... and has read the parameters, which every sampling graph reads from here
-            ctypes.memmove(self.host_params.value, sample_params.astype("float32").ctypes.data, 12)
-            self.cu("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(e._sample_params[0].data_ptr()), self.host_params,
-                    ctypes.c_size_t(12), LEGACY)
         _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
         self._join(LEGACY, self.stream)  # ... and any eager work before this step
         entry = self.graphs.get(head)
@@ -143,10 +136,11 @@ class DecodeGraphs:
         import tvm_ffi
 
         e = self.engine
-        if not self.warm:
-            given = e._token.numpy()
+        if not self.warm:  # (restoring what the step changes: its input token, the sample entry's step)
+            given, step = e._token.numpy(), e._sample_state[2].numpy()
             self._run_body(head, LEGACY)
             e._token.copyfrom(given)
+            e._sample_state[2].copyfrom(step)
             e.device.sync()
             self.warm = True
         self.cu("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(RELAXED))
@@ -175,7 +169,7 @@ class DecodeGraphs:
         logits, _ = e._entries["decode"](embed, e.cache, e.params)
         if head is None:
             return logits
-        token = e.vm[head](logits, e._sample_params[0]) if head == "sample" else e.vm[head](logits)
+        token = e.vm[head](logits, *e._sample_state) if head == "sample" else e.vm[head](logits)
         self.cu("cuMemcpyDtoDAsync_v2", ctypes.c_uint64(e._token.data_ptr()), ctypes.c_uint64(token.data_ptr()),
                 ctypes.c_size_t(4), stream)
         return token

@@ -21,7 +21,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from ..errors import ParamsError
 from . import dist, tensor_cache
-from .sampling import Sampler
+from .sampling import UNIFORMS, Sampler
 
 # "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
 # their device as webgpu.
@@ -59,7 +59,9 @@ class Engine:
         self.params = tvm_ffi.convert(self._random_params() if random_weights else self._load_params(verify_shards))
         self._entries = {name: self.vm[name] for name in {"embed", "prefill", "decode", self.prefill_entry}}
         self._token = tvm.runtime.empty((1,), "int32", self.device)  # decode's input, reused every step
-        self._sample_params = [tvm.runtime.empty((3,), "float32", self.device) for _ in range(2)]  # sample_stream's
+        # sample_stream's: the sample entry's config, table of uniform numbers and step in it
+        self._sample_state = (tvm.runtime.empty((2,), "float32", self.device), tvm.runtime.empty((UNIFORMS,), "float32", self.device),
+                              tvm.runtime.empty((1,), "int32", self.device))
         self.context_window = self.manifest["context_window"]
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
@@ -247,8 +249,9 @@ class Engine:
 
     def sample_stream(self, token_id: int, sampler: Sampler, max_tokens: int | None = None) -> Iterator[int]:
         """Top-p sampling as a stream, drawn on the device (the `sample` entry: compiler/sampling.py)
-        from one uniform number a step, taken from the sampler's generator; otherwise as greedy_stream.
-        The sampler's config must be one the device draws (GenerationConfig.samples_on_device)."""
+        from one uniform number a step, taken from the sampler's generator UNIFORMS at a time;
+        otherwise as greedy_stream. The sampler's config must be one the device draws
+        (GenerationConfig.samples_on_device)."""
         if not sampler.config.samples_on_device():
             raise ValueError(f"the device draws top-p samples without top_k or penalties, not {sampler.config}")
         return self._device_stream("sample", token_id, max_tokens, sampler)
@@ -261,25 +264,25 @@ class Engine:
                               "rebuild it with `mlcgen build`")
         pick = self.vm[head]
         self._token.copyfrom(np.array([token_id], dtype=np.int32))
+        if sampler:
+            config, uniforms, step = self._sample_state
+            config.copyfrom(sampler.device_config())
+            step.copyfrom(np.zeros(1, np.int32))
         fed, pending, given = self._token, [], 0  # pending: functions reading a step's token back
         start = self.length
         try:
             while max_tokens is None or given + len(pending) < max_tokens:
                 if self.length + 1 > self.context_window:
                     break
-                values = sampler.device_params() if sampler else None
+                if sampler and (self.length - start) % UNIFORMS == 0:
+                    # Uploads are ordered after the work issued before them (the step in flight
+                    # reads the old table); one a step slowed Vulkan's sampled decode by a fifth.
+                    uniforms.copyfrom(sampler.uniforms())
                 if self._graphs:
-                    pending.append(self._graphs.step(head, values))
+                    pending.append(self._graphs.step(head))
                 else:
                     logits = self._run("decode", fed)
-                    if sampler:
-                        # Two parameter tensors in turn: the one written now was last read two
-                        # steps ago, which has finished (its token was read back).
-                        params = self._sample_params[self.length % 2]
-                        params.copyfrom(values)
-                        fed = pick(logits, params)
-                    else:
-                        fed = pick(logits)  # the step's token, on the device
+                    fed = pick(logits, *self._sample_state) if sampler else pick(logits)  # the step's token, on the device
                     pending.append(self._read_token_later(fed))
                 if len(pending) == 2:
                     given += 1

@@ -18,6 +18,9 @@ import numpy as np
 from ..errors import ConfigError
 
 
+UNIFORMS = 256  # uniform numbers in the `sample` entry's table: the engine uploads one every UNIFORMS steps
+
+
 @dataclass
 class GenerationConfig:
     temperature: float = 0.7  # 0 = greedy
@@ -83,10 +86,14 @@ class Sampler:
         self.seen[token] += 1
         return token
 
-    def device_params(self) -> np.ndarray:
-        """The `sample` entry's parameters for one draw: 1 / temperature, top_p, and a uniform
-        number from this sampler's generator (so a seed fixes the device's draws too)."""
-        return np.array([1 / self.config.temperature, self.config.top_p, self.rng.random()], dtype=np.float32)
+    def device_config(self) -> np.ndarray:
+        """The `sample` entry's config: 1 / temperature, top_p."""
+        return np.array([1 / self.config.temperature, self.config.top_p], dtype=np.float32)
+
+    def uniforms(self) -> np.ndarray:
+        """The next UNIFORMS numbers of this sampler's generator, for the `sample` entry's table (so a
+        seed fixes the device's draws too)."""
+        return self.rng.random(UNIFORMS).astype(np.float32)
 
     def _draw(self, logits: np.ndarray) -> int:
         """A token from the top-k / top-p set of `logits` (already divided by the temperature),

@@ -13,7 +13,7 @@ from tvm.relax.frontend import nn
 from mlcgen.compiler.sampling import sample_token
 from mlcgen.runtime.chat_module import ChatConfig, ChatModule
 from mlcgen.runtime.engine import Engine
-from mlcgen.runtime.sampling import GenerationConfig, Sampler
+from mlcgen.runtime.sampling import UNIFORMS, GenerationConfig, Sampler
 
 CONFIGS = [(0.7, 0.95), (1.0, 0.5), (2.0, 0.99), (1.0, 1.0), (0.5, 1e-6)]
 DRAWS = 1000  # uniform numbers (i + 0.5) / DRAWS
@@ -24,10 +24,11 @@ def sampler_vm(vocab: int, target=None, device=None, library=None):
     `device`; loaded from a `library` file where the device needs one (Vulkan: our plugin)."""
 
     class Sample(nn.Module):
-        def sample(self, logits, params):
-            return sample_token(logits, params)
+        def sample(self, logits, config, uniforms, step):
+            return sample_token(logits, config, uniforms, step)[0]
 
-    spec = {"sample": {"logits": nn.spec.Tensor([1, 1, vocab], "float32"), "params": nn.spec.Tensor([3], "float32"),
+    spec = {"sample": {"logits": nn.spec.Tensor([1, 1, vocab], "float32"), "config": nn.spec.Tensor([2], "float32"),
+                       "uniforms": nn.spec.Tensor([UNIFORMS], "float32"), "step": nn.spec.Tensor([1], "int32"),
                        "$": {"param_mode": "none", "effect_mode": "none"}}}
     target = target or tvm.target.Target("llvm")
     with target:  # GPU kernels are scheduled where they are made
@@ -41,13 +42,20 @@ def sampler_vm(vocab: int, target=None, device=None, library=None):
 
 
 def draws(vm, device, logits: np.ndarray, temperature: float, top_p: float) -> dict[int, int]:
-    """How often each token is drawn over the uniform grid."""
+    """How often each token is drawn over the uniform grid, UNIFORMS of it a table (the entry
+    counts its step up in the table)."""
     x = tvm.runtime.tensor(logits.reshape(1, 1, -1), device)
+    config = tvm.runtime.tensor(np.array([1 / temperature, top_p], np.float32), device)
+    grid = ((np.arange(DRAWS) + 0.5) / DRAWS).astype(np.float32)
     counts: dict[int, int] = {}
-    for i in range(DRAWS):
-        params = tvm.runtime.tensor(np.array([1 / temperature, top_p, (i + 0.5) / DRAWS], np.float32), device)
-        token = int(vm["sample"](x, params).numpy()[0])
-        counts[token] = counts.get(token, 0) + 1
+    for start in range(0, DRAWS, UNIFORMS):
+        table = np.resize(grid[start : start + UNIFORMS], UNIFORMS)
+        step = tvm.runtime.tensor(np.zeros(1, np.int32), device)
+        calls = min(UNIFORMS, DRAWS - start)
+        for _ in range(calls):
+            token = int(vm["sample"](x, config, tvm.runtime.tensor(table, device), step).numpy()[0])
+            counts[token] = counts.get(token, 0) + 1
+        assert int(step.numpy()[0]) == calls
     return counts
 
 
@@ -92,23 +100,34 @@ def test_sample_kernels_draw_the_nucleus_by_its_probabilities(vocab):
     assert draws(vm, device, peaked, 1.0, 1e-6) == {int(peaked.argmax()): DRAWS}
 
 
+def step_by_step(engine, token: int, sampler: Sampler, steps: int) -> list[int]:
+    """decode + the sample entry, one call each a step, with the sampler's tables of uniform
+    numbers (a new one every UNIFORMS steps; the entry counts the step)."""
+    state = [tvm.runtime.tensor(a, engine.device) for a in (sampler.device_config(), sampler.uniforms(), np.zeros(1, np.int32))]
+    tokens = []
+    for i in range(steps):
+        if i and i % UNIFORMS == 0:
+            state[1] = tvm.runtime.tensor(sampler.uniforms(), engine.device)
+        logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
+        token = int(engine.vm["sample"](logits, *state).numpy()[0])
+        tokens.append(token)
+    return tokens
+
+
 def test_sample_stream_is_decode_then_the_sample_entry(builds):
     """Engine.sample_stream (drawn on the device, the host a step ahead) gives the tokens of decode +
-    the sample entry called on those logits with the sampler's uniform numbers, and leaves the
-    cache as that loop does; a closed stream pops the step it issued ahead."""
-    dist = builds.dist("gqa_tied", "q4f16_1")
+    the sample entry called on those logits with the sampler's uniform numbers, past the first
+    table of them, and leaves the cache as that loop does; a closed stream pops the step it
+    issued ahead."""
+    dist = builds.dist("gqa_tied", "q4f16_1", context_window=512)
     ref, dev = Engine(dist), Engine(dist)
-    prompt, config = [5, 9, 13, 21], GenerationConfig(temperature=1.5, top_p=0.95, seed=3)
+    prompt, config, steps = [5, 9, 13, 21], GenerationConfig(temperature=1.5, top_p=0.95, seed=3), UNIFORMS + 40
     first = int(ref.prefill(prompt).argmax())
     dev.prefill(prompt)
-    sampler, tokens, token = Sampler(config), [], first
-    for _ in range(12):
-        logits = tvm.runtime.tensor(ref.decode(token).reshape(1, 1, -1), ref.device)
-        token = int(ref.vm["sample"](logits, tvm.runtime.tensor(sampler.device_params(), ref.device)).numpy()[0])
-        tokens.append(token)
-    with closing(dev.sample_stream(first, Sampler(config), 12)) as stream:
+    tokens = step_by_step(ref, first, Sampler(config), steps)
+    with closing(dev.sample_stream(first, Sampler(config), steps)) as stream:
         assert list(stream) == tokens
-    assert dev.length == ref.length == len(prompt) + 12
+    assert dev.length == ref.length == len(prompt) + steps
     assert len(set(tokens)) > 3, "too few distinct tokens to tell draws apart"
     dev.reset(), dev.prefill(prompt)
     with closing(dev.sample_stream(first, Sampler(config))) as stream:

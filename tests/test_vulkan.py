@@ -64,7 +64,7 @@ def test_sampling_on_lavapipe_draws_the_nucleus(builds, lavapipe, tmp_path):
     from contextlib import closing
 
     from mlcgen.runtime.sampling import GenerationConfig, Sampler
-    from test_device_sampling import assert_draws_follow_the_nucleus, rows, sampler_vm
+    from test_device_sampling import assert_draws_follow_the_nucleus, rows, sampler_vm, step_by_step
 
     vm, device = sampler_vm(3000, vulkan_target.tvm_target("generic"), tvm.device("webgpu", 0), tmp_path / "sample.so")
     for logits in rows(3000):
@@ -72,11 +72,7 @@ def test_sampling_on_lavapipe_draws_the_nucleus(builds, lavapipe, tmp_path):
     gpu = Engine(builds.dist("gqa_tied", "q4f16_1", target="vulkan"), device="vulkan")
     config, prompt = GenerationConfig(temperature=1.5, seed=3), [1, 7, 99, 25]
     first = int(gpu.prefill(prompt).argmax())
-    sampler, tokens, token = Sampler(config), [], first
-    for _ in range(16):
-        x = tvm.runtime.tensor(gpu.decode(token).reshape(1, 1, -1), gpu.device)
-        token = int(gpu.vm["sample"](x, tvm.runtime.tensor(sampler.device_params(), gpu.device)).numpy()[0])
-        tokens.append(token)
+    tokens = step_by_step(gpu, first, Sampler(config), 16)
     gpu.reset(), gpu.prefill(prompt)
     with closing(gpu.sample_stream(first, Sampler(config), 16)) as stream:
         assert list(stream) == tokens and len(set(tokens)) > 3
