@@ -8,8 +8,8 @@
 Models: Llama-2-7B and Llama-3-8B shapes, q4f16_1, random weights generated on the device. For each:
 decode tok/s at contexts 128, 1024 and 4096 (64 timed greedy steps ending at that context, as
 `Engine.decode_greedy` runs them: the argmax on the device, the host a step ahead; the median of 5
-such runs, as the host's speed varies; at 128 also decode + the logits to the host + numpy's argmax
-each step, as a sampling chat does),
+such runs, as the host's speed varies; at 128 also sampled as a chat samples by default: top-p
+drawn on the device, Engine.sample_stream),
 prefill tok/s for 512 tokens, GPU memory in use against params + KV cache, a per-kernel breakdown
 of one decode step (CUPTI kernel durations through torch.profiler; bytes each kernel must move,
 from the build's manifest; attention's bytes are the KV cache it reads; the GPU's idle time before
@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
 
     from mlcgen.runtime import dist
     from mlcgen.runtime.engine import Engine
+    from mlcgen.runtime.sampling import GenerationConfig, Sampler
 
     free_before = torch.cuda.mem_get_info()[0]
     engine = Engine(out / name, random_weights=True)
@@ -193,15 +195,12 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
     ids = rng.integers(3, manifest["model"]["config"]["vocab_size"], size=CONTEXT_WINDOW)
     token = [1]
 
-    def step():  # one step as a sampling chat takes it: logits to the host
-        token[0] = int(engine.decode(token[0]).argmax())
-
     def greedy():  # STEPS steps, the argmax on the device
         token[0] = engine.decode_greedy(token[0], STEPS)[-1]
 
-    def host_argmax():
-        for _ in range(STEPS):
-            step()
+    def sampled():  # STEPS steps as a chat samples by default: drawn on the device
+        with closing(engine.sample_stream(token[0], Sampler(GenerationConfig(seed=0)), STEPS)) as stream:
+            token[0] = list(stream)[-1]
 
     def decode_from(context: int, run=greedy) -> float:
         engine.reset()
@@ -215,7 +214,7 @@ def mlcgen_model(out: Path, name: str, bandwidth: float) -> dict:
         runs = sorted(decode_from(context) for _ in range(REPEATS))  # the host's speed varies between runs
         result["decode"][context], result["decode_spread"][context] = statistics.median(runs), (runs[0], runs[-1])
         result["bound"][context] = bandwidth * 1e9 / (weights + kv_bytes_per_token(manifest["model"]["config"], context))
-    result["decode_host_argmax"] = statistics.median(decode_from(128, host_argmax) for _ in range(REPEATS))
+    result["decode_sampled"] = statistics.median(decode_from(128, sampled) for _ in range(REPEATS))
     if engine._graphs:  # whole-step graphs: one capture per page count reached, timed on the host
         result["captures"] = engine._graphs.captures, engine._graphs.capture_seconds
     result["greedy_mismatch"] = greedy_mismatch(engine, ids)
@@ -378,8 +377,8 @@ def report(r: dict) -> None:
         cells = [f"{me['decode'][c]:.1f} ({me['decode'][c] / me['bound'][c]:.0%} of {me['bound'][c]:.0f})" for c in CONTEXTS]
         print(f"| {name} | mlcgen q4f16_1 | {me['prefill']:.0f} | {' | '.join(cells)} |")
         spread = ", ".join(f"ctx {c}: {lo:.1f}-{hi:.1f}" for c, (lo, hi) in me["decode_spread"].items())
-        print(f"| | (decode: median of {REPEATS} runs of {STEPS} greedy steps; {spread}; logits to the host "
-              f"and numpy's argmax each step: {me['decode_host_argmax']:.1f} at ctx 128) | | | | |")
+        print(f"| | (decode: median of {REPEATS} runs of {STEPS} greedy steps; {spread}; sampled at temperature 0.7, "
+              f"top-p 0.95, drawn on the device: {me['decode_sampled']:.1f} at ctx 128) | | | | |")
         if "captures" in me:
             count, seconds = me["captures"]
             print(f"| | (decode graphs captured {count} times, {seconds / count * 1e3:.2f} ms each on the host, "

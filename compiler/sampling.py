@@ -1,6 +1,6 @@
-"""Top-p sampling on the device: the next token from the logits and one uniform number, so that a
-sampling chat's step needs nothing from the host but that number and can be issued ahead of the
-last step's read-back, as greedy decoding is.
+"""Top-p sampling on the device: the next token from the logits and a uniform number from a table
+on the device, so that a sampling chat's step needs nothing from the host and is issued ahead of
+the last step's read-back, as greedy decoding is.
 
 No sort. The nucleus (the fewest most likely tokens whose probability reaches top_p) is every
 token whose scaled logit d = (logit - max) / temperature reaches a threshold t*, and the mass
@@ -11,7 +11,8 @@ search starts from [-log(vocab / (1 - top_p)), 0]: a token further below the max
 than (1 - top_p) / vocab of the mass, so together they hold less than 1 - top_p. ROUNDS rounds
 narrow that interval (at most 87 wide) to under 1e-6, about a float32 step of a logit near 10.
 The token is then the first one, in vocabulary order, at which the running mass of the nucleus
-passes uniform * its total: a draw from the renormalized nucleus.
+passes uniform * its total: a draw from the renormalized nucleus. 20 kernels; on an H200 34 us a
+token at a 32K vocabulary, 60 us at 128K (docs/benchmarks.md, session 22).
 
 Host-side sampling (runtime/sampling.py) covers what this does not: top-k and the penalties.
 """
@@ -43,20 +44,19 @@ def sample_token(logits: nn.Tensor, config: nn.Tensor, uniforms: nn.Tensor, step
     [0, 1)), step [1] int32 -> (token [1] int32, step). The draw takes uniforms[step % UNIFORMS] and
     counts step up in place, so that a run of steps needs no upload but a table every UNIFORMS
     steps (an upload a step cost Vulkan a fifth of its sampled decode speed)."""
-    params = config
     vocab = int(logits.shape[-1])
     chunks = -(-vocab // CHUNK)
     row = nn.op.reshape(logits, [vocab])
     chunk_max = _reduction([row], lambda x: _chunk_max(x, chunks), "chunk_max")
     top = _reduction([chunk_max], _max_of, "row_max")
-    bounds, thresholds = _one_block([params], _start(vocab), "nucleus_start", [[2], [PROBES + 1]])
+    bounds, thresholds = _one_block([config], _start(vocab), "nucleus_start", [[2], [PROBES + 1]])
     for _ in range(ROUNDS):
-        mass = _reduction([row, top, params, thresholds], lambda *a: _mass_above(*a, chunks), "mass_above")
+        mass = _reduction([row, top, config, thresholds], lambda *a: _mass_above(*a, chunks), "mass_above")
         total = _reduction([mass], _sum_chunks, "mass_above_sum")
-        bounds, thresholds = _one_block([total, bounds, thresholds, params], _narrow, "nucleus_narrow", [[2], [PROBES + 1]])
-    kept = _reduction([row, top, params, bounds], lambda *a: _nucleus_mass(*a, chunks), "nucleus_mass")
-    draw = _draw(vocab, chunks)(_gpu_target() is not None)
-    return nn.op.tensor_ir_inplace_op(_finish(draw), "nucleus_draw", [row, top, params, bounds, kept, uniforms, step], [-1, 6],
+        bounds, thresholds = _one_block([total, bounds, thresholds, config], _narrow, "nucleus_narrow", [[2], [PROBES + 1]])
+    kept = _reduction([row, top, config, bounds], lambda *a: _nucleus_mass(*a, chunks), "nucleus_mass")
+    draw = _draw(vocab, chunks)(_gpu_target() is not None)  # it counts `step` up: the second output is that input
+    return nn.op.tensor_ir_inplace_op(_finish(draw), "nucleus_draw", [row, top, config, bounds, kept, uniforms, step], [-1, 6],
                                       [nn.Tensor.placeholder([1], "int32"), nn.Tensor.placeholder([1], "int32")])
 
 
@@ -105,9 +105,9 @@ def _loops(gpu: bool):
     return (lambda: T.serial(1), lambda: T.serial(THREADS), "global")
 
 
-def _scaled(x, top, params, i):
+def _scaled(x, top, config, i):
     """d: the logit's distance below the row's maximum, divided by the temperature."""
-    return (x[i] - top[0]) * params[INV_TEMPERATURE]
+    return (x[i] - top[0]) * config[INV_TEMPERATURE]
 
 
 def _chunk_max(x, chunks: int):
@@ -122,25 +122,23 @@ def _max_of(m):
     return te.compute((1,), lambda _: te.max(m[c], axis=c), name="row_max")
 
 
-def _weight_if(x, top, params, keep):
-    """A chunk's sum of exp(d) over the logits with keep(d, ...)."""
+def _mass_if(x, top, config, keep):
+    """A chunk's mass: its sum of exp(d) over the logits with keep(d, other output indices)."""
     vocab = int(x.shape[0])
     k = te.reduce_axis((0, CHUNK), "k")
+    zero = tirx.const(0, "float32")
 
-    def weight(c, *rest):
+    def mass(c, *rest):
         i = c * CHUNK + k
-        return te.sum(tirx.if_then_else(i < vocab, _kept_weight(_scaled(x, top, params, i), keep, rest), tirx.const(0, "float32")), axis=k)
+        d = _scaled(x, top, config, i)
+        return te.sum(tirx.if_then_else(i < vocab, tirx.if_then_else(keep(d, *rest), tirx.exp(d), zero), zero), axis=k)
 
-    return weight
-
-
-def _kept_weight(d, keep, rest):
-    return tirx.if_then_else(keep(d, *rest), tirx.exp(d), tirx.const(0, "float32"))
+    return mass
 
 
-def _mass_above(x, top, params, thresholds, chunks: int):
-    """[chunks, PROBES + 1]: each chunk's mass (exp(d)) at or above each threshold."""
-    return te.compute((chunks, PROBES + 1), _weight_if(x, top, params, lambda d, q: d >= thresholds[q]), name="mass_above")
+def _mass_above(x, top, config, thresholds, chunks: int):
+    """[chunks, PROBES + 1]: each chunk's mass at or above each threshold."""
+    return te.compute((chunks, PROBES + 1), _mass_if(x, top, config, lambda d, q: d >= thresholds[q]), name="mass_above")
 
 
 def _sum_chunks(mass):
@@ -148,8 +146,8 @@ def _sum_chunks(mass):
     return te.compute((mass.shape[1],), lambda q: te.sum(mass[c, q], axis=c), name="mass_above_sum")
 
 
-def _nucleus_mass(x, top, params, bounds, chunks: int):
-    return te.compute((chunks,), _weight_if(x, top, params, lambda d: d >= bounds[0]), name="nucleus_mass")
+def _nucleus_mass(x, top, config, bounds, chunks: int):
+    return te.compute((chunks,), _mass_if(x, top, config, lambda d: d >= bounds[0]), name="nucleus_mass")
 
 
 def _start(vocab: int):
@@ -160,11 +158,11 @@ def _start(vocab: int):
         block, threads, _ = _loops(gpu)
 
         @T.prim_func(private=True, s_tir=True)
-        def start(params: T.Buffer((2,), "float32"), bounds: T.Buffer((2,), "float32"), thresholds: T.Buffer((PROBES + 1,), "float32")):
+        def start(config: T.Buffer((2,), "float32"), bounds: T.Buffer((2,), "float32"), thresholds: T.Buffer((PROBES + 1,), "float32")):
             with T.sblock("root"):
                 for _ in block():
                     for t in threads():
-                        span = T.min(T.float32(log_vocab) - T.log(T.float32(1) - params[TOP_P]), T.float32(MAX_SPAN))
+                        span = T.min(T.float32(log_vocab) - T.log(T.float32(1) - config[TOP_P]), T.float32(MAX_SPAN))
                         if t <= PROBES:
                             thresholds[t] = _threshold(-span, T.float32(0), t)
                         if t == 0:
@@ -188,7 +186,7 @@ def _narrow(gpu: bool):
 
     @T.prim_func(private=True, s_tir=True)
     def narrow(total: T.Buffer((PROBES + 1,), "float32"), bounds: T.Buffer((2,), "float32"),
-               thresholds: T.Buffer((PROBES + 1,), "float32"), params: T.Buffer((2,), "float32"),
+               thresholds: T.Buffer((PROBES + 1,), "float32"), config: T.Buffer((2,), "float32"),
                new_bounds: T.Buffer((2,), "float32"), new_thresholds: T.Buffer((PROBES + 1,), "float32")):
         with T.sblock("root"):
             for _ in block():
@@ -207,7 +205,7 @@ def _narrow(gpu: bool):
                         for q in range(1, PROBES + 1):
                             lo[2] = mass[q]
                             lo[3] = probe[q]
-                            if lo[2] >= params[TOP_P] * total[0]:
+                            if lo[2] >= config[TOP_P] * total[0]:
                                 lo[0] = T.max(lo[0], lo[3])
                             else:
                                 lo[1] = T.min(lo[1], lo[3])
@@ -235,7 +233,7 @@ def _draw(vocab: int, chunks: int):
         block, threads, shared = _loops(gpu)
 
         @T.prim_func(private=True, s_tir=True)
-        def draw(x: T.Buffer((vocab,), "float32"), top: T.Buffer((1,), "float32"), params: T.Buffer((2,), "float32"),
+        def draw(x: T.Buffer((vocab,), "float32"), top: T.Buffer((1,), "float32"), config: T.Buffer((2,), "float32"),
                  bounds: T.Buffer((2,), "float32"), kept: T.Buffer((chunks,), "float32"),
                  uniforms: T.Buffer((UNIFORMS,), "float32"), step: T.Buffer((1,), "int32"), token: T.Buffer((1,), "int32")):
             with T.sblock("root"):
@@ -268,7 +266,7 @@ def _draw(vocab: int, chunks: int):
                         base[0] = chunk[0] * CHUNK
                         for j in range(CHUNK // THREADS):
                             i = base[0] + j * THREADS + t
-                            d = (x[T.min(i, vocab - 1)] - top[0]) * params[INV_TEMPERATURE]
+                            d = (x[T.min(i, vocab - 1)] - top[0]) * config[INV_TEMPERATURE]
                             weight[j * THREADS + t] = T.if_then_else(i < vocab and d >= bounds[0], T.exp(d), T.float32(0))
                     for t in threads():
                         if t < groups:
