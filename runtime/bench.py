@@ -2,8 +2,8 @@
 cache emptied between repetitions; pp = prompt tokens / prefill time, tg = generated tokens /
 decode time. Decode is greedy (Engine.decode_greedy: the argmax on the device, the host a step
 ahead), or with `sample` as a sampling chat decodes at the default temperature and top-p: drawn
-on the device (Engine.sample_stream), or where the library has no `sample` entry, the logits to
-the host each step and a draw there (runtime/sampling.py)."""
+on the device (Engine.sample_stream), or on the CPU (and where the library has no `sample` entry)
+with the logits to the host each step and a draw there (runtime/sampling.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3,
         "gen_len": gen_len,
         "repeat": repeat,
         "prefill_entry": engine.prefill_entry,  # prefill_cublas on CUDA where cuBLAS loads
-        "decode": ("sampled on the device" if engine.has_entry("sample") else "sampled on the host") if sample else "greedy",
+        "decode": ("sampled on the device" if engine.samples_on_device else "sampled on the host") if sample else "greedy",
         "prefill_tok_s": float(np.mean(prefill)),
         "prefill_tok_s_std": float(np.std(prefill)),
         "decode_tok_s": float(np.mean(decode)),
@@ -55,7 +55,7 @@ def bench_engine(engine: Engine, prompt_len: int, gen_len: int, repeat: int = 3,
 
 def _decode_sampled(engine: Engine, token: int, steps: int) -> None:
     sampler = Sampler(GenerationConfig(seed=0))
-    if engine.has_entry("sample"):
+    if engine.samples_on_device:
         with closing(engine.sample_stream(token, sampler, steps)) as stream:
             for _ in stream:
                 pass

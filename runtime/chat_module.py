@@ -124,7 +124,7 @@ class ChatModule:
         # Plain argmax and top-p sampling run on the device (Engine.greedy_stream, sample_stream):
         # no logits cross to the host, and the host issues each step ahead of the last one's token.
         on_device = (config.is_plain_argmax() and self.engine.has_entry("greedy")) or \
-            (config.samples_on_device() and self.engine.has_entry("sample"))
+            (config.samples_on_device() and self.engine.samples_on_device)
         stream = None
         token = sampler(logits)
         try:

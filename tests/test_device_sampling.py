@@ -138,13 +138,15 @@ def test_sample_stream_is_decode_then_the_sample_entry(builds):
 
 
 def test_sampling_chat_draws_on_the_device_and_keeps_its_cache(builds, monkeypatch):
-    """A chat at the default temperature and top-p draws on the device: no step's logits come to
-    the host. A seed repeats the replies; the KV cache holds what the chat records after replies
+    """A chat at the default temperature and top-p draws on the device (forced here on the CPU):
+    no step's logits come to the host. A seed repeats the replies; the KV cache holds what the chat records after replies
     cut by the full cache, max_gen_len and a stream abandoned midway."""
     dist = builds.dist("chat-llama-2", "q0f32", context_window=96, prefill_chunk=32)
 
     def replies(seed: int) -> list:
         chat = ChatModule(dist, chat_config=ChatConfig(generation=GenerationConfig(max_gen_len=40, seed=seed)))
+        assert not chat.engine.samples_on_device  # the CPU draws in numpy (faster there); GPUs on the device
+        chat.engine.samples_on_device = True
         monkeypatch.setattr(chat.engine, "decode", lambda *a: pytest.fail("a sampling chat took logits to the host"))
         out = []
         for i in range(3):  # the window fills
