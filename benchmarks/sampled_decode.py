@@ -26,15 +26,6 @@ CONFIGS = [(0.7, 0.95), (1.0, 0.5), (2.0, 0.99), (1.0, 1.0), (0.5, 1e-6)]  # (te
 GRID = 1000
 
 
-def nucleus(logits: np.ndarray, temperature: float, top_p: float) -> dict[int, float]:
-    z = logits.astype(np.float64) / temperature
-    order = np.argsort(-z, kind="stable")
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
-    return dict(zip(order[:keep].tolist(), (p[:keep] / p[:keep].sum()).tolist()))
-
-
 def state(engine, temperature: float, top_p: float, uniforms: np.ndarray) -> list:
     import tvm
 
@@ -44,6 +35,8 @@ def state(engine, temperature: float, top_p: float, uniforms: np.ndarray) -> lis
 
 def check_draws(engine, row: np.ndarray, label: str) -> bool:
     import tvm
+
+    from mlcgen.runtime.sampling import nucleus
 
     x = tvm.runtime.tensor(row.reshape(1, 1, -1), engine.device)
     ok = True

@@ -135,3 +135,15 @@ def _highest(logits: np.ndarray, count: int) -> np.ndarray:
     threshold = np.partition(logits, len(logits) - count)[len(logits) - count]
     ids = np.flatnonzero(logits >= threshold)
     return ids[np.argsort(-logits[ids], kind="stable")]
+
+
+def nucleus(logits: np.ndarray, temperature: float, top_p: float) -> dict[int, float]:
+    """Top-p's set by its definition (a stable sort of the whole row, in float64): the fewest most
+    likely tokens whose probability reaches top_p, with their renormalized probabilities. What the
+    device's sampler is checked against (tests, benchmarks/sampled_decode.py)."""
+    z = logits.astype(np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
+    return dict(zip(order[:keep].tolist(), (p[:keep] / p[:keep].sum()).tolist()))

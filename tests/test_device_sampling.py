@@ -13,7 +13,7 @@ from tvm.relax.frontend import nn
 from mlcgen.compiler.sampling import sample_token
 from mlcgen.runtime.chat_module import ChatConfig, ChatModule
 from mlcgen.runtime.engine import Engine
-from mlcgen.runtime.sampling import UNIFORMS, GenerationConfig, Sampler
+from mlcgen.runtime.sampling import UNIFORMS, GenerationConfig, Sampler, nucleus
 
 CONFIGS = [(0.7, 0.95), (1.0, 0.5), (2.0, 0.99), (1.0, 1.0), (0.5, 1e-6)]
 DRAWS = 1000  # uniform numbers (i + 0.5) / DRAWS
@@ -57,17 +57,6 @@ def draws(vm, device, logits: np.ndarray, temperature: float, top_p: float) -> d
             counts[token] = counts.get(token, 0) + 1
         assert int(step.numpy()[0]) == calls
     return counts
-
-
-def nucleus(logits: np.ndarray, temperature: float, top_p: float) -> dict[int, float]:
-    """The fewest most likely tokens whose probability reaches top_p (a full sort, float64), with
-    their renormalized probabilities."""
-    z = logits.astype(np.float64) / temperature
-    order = np.argsort(-z, kind="stable")
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
-    return dict(zip(order[:keep].tolist(), (p[:keep] / p[:keep].sum()).tolist()))
 
 
 def assert_draws_follow_the_nucleus(vm, device, logits: np.ndarray) -> None:
