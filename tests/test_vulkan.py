@@ -243,6 +243,26 @@ def test_chat_cli_on_vulkan(builds, lavapipe):
     assert replies["vulkan"] == replies["cpu"]
 
 
+def test_sampling_chat_on_vulkan_draws_on_the_device(builds, lavapipe, monkeypatch):
+    """A chat at the default temperature and top-p on Vulkan draws each token on the device (no
+    logits to the host), repeats its reply for a seed and keeps its cache as it records."""
+    from mlcgen.runtime.chat_module import ChatConfig, ChatModule
+    from mlcgen.runtime.sampling import GenerationConfig
+
+    dist = builds.dist("chat-llama-2", "q4f16_1", target="vulkan")
+
+    def reply(seed: int):
+        chat = ChatModule(dist, device="vulkan", chat_config=ChatConfig(generation=GenerationConfig(max_gen_len=16, seed=seed)))
+        assert chat.engine.samples_on_device
+        monkeypatch.setattr(chat.engine, "decode", lambda *a: pytest.fail("a sampling chat took logits to the host"))
+        text = chat.generate("Hello there, how are you?")
+        assert chat.engine.length == len(chat.cached)
+        return text, chat.last.decode_tokens
+
+    first = reply(0)
+    assert first[1] > 0 and reply(0) == first
+
+
 def rocm_knobs_for_wgsl(arch):
     """A ROCm preset's decode GEMV knobs, as close as WGSL can run them: activations in 4-wide
     loads (WGSL vectors stop at 4); the packed-fp16 group keeps its pairs and mask tricks, with
