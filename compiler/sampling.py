@@ -266,7 +266,7 @@ def _draw(vocab: int, chunks: int):
                         base[0] = chunk[0] * CHUNK
                         for j in range(CHUNK // THREADS):
                             i = base[0] + j * THREADS + t
-                            d = (x[T.min(i, vocab - 1)] - top[0]) * config[INV_TEMPERATURE]
+                            d = _scaled(x, top, config, T.min(i, vocab - 1))  # as the mass kernels: the same nucleus
                             weight[j * THREADS + t] = T.if_then_else(i < vocab and d >= bounds[0], T.exp(d), T.float32(0))
                     for t in threads():
                         if t < groups:

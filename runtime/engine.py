@@ -248,7 +248,7 @@ class Engine:
         _wait_for_earlier_steps). The cache holds what decode + argmax on the host would:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
-        return self._device_stream("greedy", token_id, max_tokens, None)
+        return self._device_stream(token_id, max_tokens, None)
 
     def sample_stream(self, token_id: int, sampler: Sampler, max_tokens: int | None = None) -> Iterator[int]:
         """Top-p sampling as a stream, drawn on the device (the `sample` entry: compiler/sampling.py)
@@ -257,10 +257,12 @@ class Engine:
         (GenerationConfig.samples_on_device)."""
         if not sampler.config.samples_on_device():
             raise ValueError(f"the device draws top-p samples without top_k or penalties, not {sampler.config}")
-        return self._device_stream("sample", token_id, max_tokens, sampler)
+        return self._device_stream(token_id, max_tokens, sampler)
 
-    def _device_stream(self, head: str, token_id: int, max_tokens: int | None, sampler: Sampler | None) -> Iterator[int]:
-        """Decode steps whose next token `head` (greedy or sample) picks on the device, the host a step ahead."""
+    def _device_stream(self, token_id: int, max_tokens: int | None, sampler: Sampler | None) -> Iterator[int]:
+        """Decode steps whose next token the device picks (the `sample` entry with a sampler, else
+        `greedy`), the host a step ahead."""
+        head = "sample" if sampler else "greedy"
         self._check_ids(np.array([token_id]))
         if not self.has_entry(head):
             raise ParamsError(f"{self.dist_dir}: the library has no `{head}` entry (built by an older mlcgen); "

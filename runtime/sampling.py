@@ -47,12 +47,14 @@ class GenerationConfig:
 
     def is_plain_argmax(self) -> bool:
         """Greedy without penalties: what the models' on-device `greedy` entry computes."""
-        return self.temperature == 0 and self.repetition_penalty == 1.0 and self.presence_penalty == 0 and self.frequency_penalty == 0
+        return self.temperature == 0 and self._no_penalties()
 
     def samples_on_device(self) -> bool:
         """Top-p sampling without top-k or penalties: what the models' on-device `sample` entry draws."""
-        return self.temperature > 0 and self.top_k == 0 and self.repetition_penalty == 1.0 and self.presence_penalty == 0 \
-            and self.frequency_penalty == 0
+        return self.temperature > 0 and self.top_k == 0 and self._no_penalties()
+
+    def _no_penalties(self) -> bool:
+        return self.repetition_penalty == 1.0 and self.presence_penalty == 0 and self.frequency_penalty == 0
 
     def updated(self, **changes) -> "GenerationConfig":
         known = {f.name for f in fields(self)}
