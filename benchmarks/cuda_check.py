@@ -33,30 +33,6 @@ def greedy(engine) -> np.ndarray:
     return np.array([first] + engine.decode_greedy(first, GREEDY))
 
 
-def sampled_stream_agrees(engine) -> bool:
-    """Engine.sample_stream's tokens (graph replays; on a new engine, the first graph captured is
-    a sampling one) against decode + the sample entry step by step."""
-    from contextlib import closing
-
-    import tvm
-
-    from mlcgen.runtime.sampling import GenerationConfig, Sampler
-
-    config = GenerationConfig(temperature=1.5, top_p=0.95, seed=0)
-    first = int(engine.prefill(IDS[:7]).argmax())
-    with closing(engine.sample_stream(first, Sampler(config), GREEDY)) as stream:
-        got = list(stream)
-    engine.reset()
-    engine.prefill(IDS[:7])
-    sampler, tokens, token = Sampler(config), [], first
-    state = [tvm.runtime.tensor(a, engine.device) for a in (sampler.device_config(), sampler.uniforms(), np.zeros(1, np.int32))]
-    for _ in range(GREEDY):
-        logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
-        token = int(engine.vm["sample"](logits, *state).numpy()[0])
-        tokens.append(token)
-    return got == tokens
-
-
 def make(out: Path, model_dir: Path) -> None:
     from mlcgen.compiler.build import build
     from mlcgen.runtime import Engine
@@ -78,11 +54,13 @@ def make(out: Path, model_dir: Path) -> None:
 def check(out: Path) -> None:
     from mlcgen.runtime import Engine
     from mlcgen.runtime import plugins
+    from mlcgen.runtime.sampling import GenerationConfig
+    from sampled_decode import stream_agrees
 
     plugins.use_carried(out)
     failed = []
     for quant, entries in RUNS.items():
-        agrees = sampled_stream_agrees(Engine(out / quant))
+        agrees = stream_agrees(Engine(out / quant), IDS[:7], GREEDY, GenerationConfig(temperature=1.5, top_p=0.95, seed=0))
         print(f"cuda {quant}: {GREEDY} sampled tokens (drawn on the device, graph replays) equal decode + the sample entry's: {agrees}")
         if not agrees:
             failed.append(f"{quant} sampled")
@@ -107,4 +85,5 @@ def check(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
     {"make": lambda: make(Path(sys.argv[2]), Path(sys.argv[3])), "check": lambda: check(Path(sys.argv[2]))}[sys.argv[1]]()

@@ -80,24 +80,26 @@ def decode_speeds(engine) -> None:
             print(f"  decode from context 128, {name}: {128 / (time.perf_counter() - start):.1f} tok/s", flush=True)
 
 
-def stream_agrees(engine) -> bool:
+def stream_agrees(engine, prompt_ids, steps: int, config) -> bool:
+    """Engine.sample_stream's tokens from `prompt_ids` (run first: on a new CUDA engine the first
+    graph captured is a sampling one) against decode + the sample entry step by step."""
     import tvm
 
-    from mlcgen.runtime.sampling import GenerationConfig, Sampler
+    from mlcgen.runtime.sampling import Sampler
 
-    config = GenerationConfig(temperature=1.0, top_p=0.9, seed=5)
     engine.reset()
-    first = int(engine.prefill(prompt(engine, 100)).argmax())
+    first = int(engine.prefill(prompt_ids).argmax())
+    with closing(engine.sample_stream(first, Sampler(config), steps)) as stream:
+        got = list(stream)
+    engine.reset()
+    engine.prefill(prompt_ids)
     sampler, tokens, token = Sampler(config), [], first
-    args = state(engine, 1.0, 0.9, sampler.uniforms())
-    for _ in range(48):
+    args = state(engine, config.temperature, config.top_p, sampler.uniforms())
+    for _ in range(steps):
         logits = tvm.runtime.tensor(engine.decode(token).reshape(1, 1, -1), engine.device)
         token = int(engine.vm["sample"](logits, *args).numpy()[0])
         tokens.append(token)
-    engine.reset()
-    engine.prefill(prompt(engine, 100))
-    with closing(engine.sample_stream(first, Sampler(config), 48)) as stream:
-        return list(stream) == tokens
+    return got == tokens
 
 
 def sample_kernels(engine, row: np.ndarray) -> None:
@@ -126,6 +128,7 @@ def sample_kernels(engine, row: np.ndarray) -> None:
 def main(dists: list[str]) -> None:
     from mlcgen.runtime import plugins
     from mlcgen.runtime.engine import Engine
+    from mlcgen.runtime.sampling import GenerationConfig
 
     failed = []
     for dist in dists:
@@ -137,7 +140,7 @@ def main(dists: list[str]) -> None:
         engine.prefill(np.arange(16))
         row = engine.decode(1)
         sample_kernels(engine, row)
-        agrees = stream_agrees(engine)
+        agrees = stream_agrees(engine, prompt(engine, 100), 48, GenerationConfig(temperature=1.0, top_p=0.9, seed=5))
         print(f"  sample_stream's 48 tokens equal decode + the sample entry's: {agrees}")
         ok = check_draws(engine, row, "decode row") & check_draws(engine, (row * 0.05).astype(np.float32), "flat row")
         if not (agrees and ok):
