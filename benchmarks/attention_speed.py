@@ -30,7 +30,7 @@ LAYERS = 8  # page buffers rotated through
 SWEEP = [(8, 128, 4, 528), (8, 128, 2, 528), (8, 128, 8, 528), (8, 256, 4, 528), (8, 64, 4, 528), (8, 128, 4, 264),
          (8, 128, 4, 1056), (8, 128, 4, 2112), (4, 128, 4, 528), (8, 256, 2, 1056), (8, 128, 4, 136), (8, 128, 8, 136),
          (8, 64, 4, 136), (8, 128, 8, 264), (8, 64, 8, 528), (8, 128, 8, 1056)]
-PAGE = 16
+PAGE = 64  # rows per KV-cache page: compiler/build.py's PAGE_SIZE (build() checks)
 PREFILL_TOKENS = 512
 # (blocks, (warps, query rows, KV rows) per tile or None: TVM's); blocks None: TVM's kernel as generated
 PREFILL_VARIANTS = [(None, None), (512, None), (512, (8, 64, 32)), (512, (4, 32, 64))]  # others: docs/benchmarks.md
@@ -41,10 +41,12 @@ def build(out: Path) -> None:
     from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode
     from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_ragged
 
+    from mlcgen.compiler.build import PAGE_SIZE
     from mlcgen.targets import cuda
     from mlcgen.targets.schedules.prefill_attention import RAGGED, prefill_kernel
     from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, for_model, lanes_per_row, split_kv_decode
 
+    assert PAGE == PAGE_SIZE, f"set PAGE to {PAGE_SIZE}, the page size of mlcgen's KV cache"
     target = cuda.tvm_target("sm_90")
     preset = cuda.PRESETS["sm_90"].attention
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,7 @@ def build(out: Path) -> None:
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:
                 func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target) if knobs is None
-                        else split_kv_decode(heads, kv_heads, head_dim, "float16", False, knobs, lanes_per_row(head_dim, knobs)))
+                        else split_kv_decode(heads, kv_heads, head_dim, "float16", False, knobs, lanes_per_row(head_dim, knobs), PAGE))
             file = f"{shape}-{i}.so"
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
             index[file] = {"shape": shape, "kernel": name}
@@ -83,7 +85,7 @@ def reference(q, pages, values, n):
     log-sum-exp in base 2 (as the kernels write it)."""
     import torch
 
-    kv = pages[values.long()].float()  # [pages, 2, kv_heads, 16, d]
+    kv = pages[values.long()].float()  # [pages, 2, kv_heads, PAGE, d]
     kv = kv.permute(1, 2, 0, 3, 4).reshape(2, kv.shape[2], -1, kv.shape[-1])[:, :, :n]
     group = q.shape[0] // kv.shape[1]
     k, v = kv[0].repeat_interleave(group, 0), kv[1].repeat_interleave(group, 0)

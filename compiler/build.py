@@ -22,7 +22,10 @@ from .quantization import GroupQuant4, get_quantization
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "added_tokens.json", "chat_template.jinja")
 DEFAULT_PREFILL_CHUNK = 2048
-PAGE_SIZE = 16  # tokens per KV-cache page
+# Tokens per KV-cache page. A CUDA decode graph is captured again whenever the page count grows
+# (runtime/cuda_graph.py: ~1 ms of host time, the GPU idle), so larger pages mean fewer captures;
+# the decode attention splits by rows, not pages (schedules/split_kv_decode.py).
+PAGE_SIZE = 64
 
 
 @dataclass

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from tvm import relax, te, tirx, target as tvm_target
 from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn.llm import kv_cache as tvm_kv_cache
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
+from ..compiler.build import PAGE_SIZE
 from ..compiler.layers import gate_up_silu
 from ..compiler.sampling import sample_token
 from ..runtime.sampling import UNIFORMS
@@ -274,6 +278,10 @@ class LlamaForCausalLM(nn.Module):
         return token
 
     def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
+        with _page_kernels_for(PAGE_SIZE):
+            return self._paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
+
+    def _paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
         c = self.cfg
         return TIRPagedKVCache(
             attn_kind="mha",
@@ -323,6 +331,15 @@ class LlamaForCausalLM(nn.Module):
                 "$": {"param_mode": "none", "effect_mode": "none"},
             },
         }
+
+
+def _page_kernels_for(page_size: int):
+    """TVM 0.27's TIRPagedKVCache generates its kernels for 16-token pages whatever page size the
+    cache is then created with; within this context its kernel generators get `page_size` instead.
+    (Its tree-attention kernels, which nothing here calls, keep 16.)"""
+    generators = ("_attention_decode", "_attention_decode_cpu", "_attention_prefill", "_attention_prefill_cpu",
+                  "_kv_cache_transpose_append", "_compact_kv_copy", "_compact_kv_copy_cpu")
+    return mock.patch.multiple(tvm_kv_cache, **{name: partial(getattr(tvm_kv_cache, name), page_size=page_size) for name in generators})
 
 
 ARGMAX_CHUNK = 1024  # logits a thread block reduces in greedy's first stage

@@ -65,3 +65,21 @@ def test_other_schemes_match(builds, quantization, tolerance):
     ref = dequantized_hf_model(builds.checkpoint("llama3_rope"), quantization)
     errors = teacher_forced_errors(engine(dist), ref, CONFIGS["llama3_rope"]["vocab_size"])
     assert max(errors) <= tolerance
+
+
+@pytest.mark.parametrize("name", ["gqa_tied", "mistral"])
+def test_sequences_across_kv_cache_pages(builds, name):
+    """A 100-token prompt in two prefills (the second attends to cached pages), then decode steps
+    past 2.5 pages of the KV cache (compiler/build.py PAGE_SIZE), against transformers; Mistral
+    with its sliding window of 8."""
+    from mlcgen.compiler.build import PAGE_SIZE
+
+    n = int(2.5 * PAGE_SIZE) + 8
+    ids = [int(t) for t in np.random.RandomState(2).randint(3, 100, n)]
+    ref = reference_logits(hf_model(builds.checkpoint(name)), ids)
+    eng = engine(builds.dist(name, "q0f32"))
+    eng.prefill(ids[:60])
+    errors = [rel_err(eng.prefill(ids[60:100]), ref[99])]
+    errors += [rel_err(eng.decode(ids[pos]), ref[pos]) for pos in range(100, n)]
+    assert eng.length == n and len(errors) == n - 99
+    assert max(errors) <= 1e-4

@@ -379,7 +379,7 @@ def paged_decode_reference(q, pages, indptr, values, lengths, window):
     group = heads // pages.shape[2]
     out, lse = np.zeros(q.shape), np.zeros((batch, heads))
     for b, n in enumerate(lengths):
-        kv = pages[values[indptr[b]:indptr[b + 1]]].astype(np.float64)  # (pages, 2, kv_heads, 16, head_dim)
+        kv = pages[values[indptr[b]:indptr[b + 1]]].astype(np.float64)  # (pages, 2, kv_heads, page size, head_dim)
         kv = kv.transpose(1, 2, 0, 3, 4).reshape(2, pages.shape[2], -1, head_dim)
         rows = list(range(window[1][b])) + list(range(window[0][b], n)) if window else list(range(n))
         for h in range(heads):
@@ -405,20 +405,22 @@ def cuda_attention_knobs_for_wgsl():
 @pytest.mark.parametrize("heads,kv_heads,head_dim,sliding", [(8, 2, 64, False), (4, 4, 128, True)], ids=["gqa", "mha-window"])
 def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, sliding, lavapipe, tmp_path):
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
-    again, against numpy; with a sliding window, sink rows and window starts of their own."""
+    again, against numpy; with a sliding window, sink rows and window starts of their own. Pages
+    of the size mlcgen builds its KV cache with."""
+    from mlcgen.compiler.build import PAGE_SIZE as page
     from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
 
     lengths, rng = [37, 5, 150], np.random.default_rng(0)
-    pages_per_seq = [-(-n // 16) for n in lengths]
+    pages_per_seq = [-(-n // page) for n in lengths]
     values = rng.permutation(sum(pages_per_seq) + 3)[:sum(pages_per_seq)].astype(np.int32)
     indptr = np.concatenate([[0], np.cumsum(pages_per_seq)]).astype(np.int32)
-    last_page = np.array([n - 16 * (p - 1) for n, p in zip(lengths, pages_per_seq)], np.int32)
+    last_page = np.array([n - page * (p - 1) for n, p in zip(lengths, pages_per_seq)], np.int32)
     window = (np.array([9, 0, 100], np.int32), np.array([4, 0, 2], np.int32)) if sliding else None
     length_info = np.stack([last_page, *window]) if sliding else last_page
-    pages = rng.standard_normal((len(values) + 3, 2, kv_heads, 16, head_dim)).astype(np.float16)
+    pages = rng.standard_normal((len(values) + 3, 2, kv_heads, page, head_dim)).astype(np.float16)
     q = rng.standard_normal((len(lengths), heads, head_dim)).astype(np.float16)
 
-    func = split_kv_decode(heads, kv_heads, head_dim, "float16", sliding, knobs, lanes_per_row(head_dim, knobs))
+    func = split_kv_decode(heads, kv_heads, head_dim, "float16", sliding, knobs, lanes_per_row(head_dim, knobs), page)
     tvm.compile(tvm.IRModule({"main": func}), vulkan_target.tvm_target("generic")).export_library(str(tmp_path / "decode.so"))
     lib, dev = tvm.runtime.load_module(str(tmp_path / "decode.so")), tvm.device("webgpu", 0)
     out, lse = tvm.runtime.empty(q.shape, "float16", dev), tvm.runtime.empty(q.shape[:2], "float32", dev)

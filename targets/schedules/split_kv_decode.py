@@ -17,9 +17,9 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
 The split count is chosen on the host from the batch size and page count, so that there are about
 `blocks` (query head, split) pairs (a few per compute unit; a preset may ask grouped models for
-more, `grouped_blocks`, and for other rows in flight, `grouped_unroll`) but no split shorter than
-a page. A group's query heads are unrolled loops, so that their queries, softmax states and
-outputs stay in registers.
+more, `grouped_blocks`, and for other rows in flight, `grouped_unroll`), with at most one split
+per MIN_SPLIT_ROWS rows of the sequence's pages. A group's query heads are unrolled loops, so that
+their queries, softmax states and outputs stay in registers.
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-PAGE = 16  # rows per KV-cache page (the page_size models/llama.py's cache is created with)
+MIN_SPLIT_ROWS = 16  # rows a split gets at least (the count of splits is fixed on the host, from the page count)
 LOG2E = math.log2(math.e)
 MERGE_LOADS = 16  # splits whose partial outputs a merge thread loads before using any
 NAMES = ("batch_decode_paged_kv", "batch_decode_paged_kv_sliding_window")
@@ -69,7 +69,8 @@ def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
     return lanes if fits else None
 
 
-def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, sliding_window: bool, knobs: AttentionKnobs, lanes: int):
+def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, sliding_window: bool, knobs: AttentionKnobs, lanes: int,
+                    page_size: int):
     # The KV cache's length conventions (last-page length; with a sliding window also the window's
     # start and the attention-sink length) are TVM's: its helpers read them.
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
@@ -92,7 +93,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         indptr_offset, values_offset = T.int32(), T.int32()
         k_rope_offset, q_rope_offset, length_offset = T.int32(), T.int32(), T.int32()
         Q = T.match_buffer(Q_handle, (B, heads, head_dim), dtype)
-        pages = T.match_buffer(pages_handle, (max_pages, 2, kv_heads, PAGE, head_dim), dtype)  # offset 0: vector loads need aligned rows
+        pages = T.match_buffer(pages_handle, (max_pages, 2, kv_heads, page_size, head_dim), dtype)  # offset 0: vector loads need aligned rows
         indptr = T.match_buffer(page_indptr_handle, (B + 1,), "int32", elem_offset=indptr_offset)
         values = T.match_buffer(page_values_handle, (nnz_pages,), "int32", elem_offset=values_offset)
         k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_offset)
@@ -100,7 +101,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
         length_info = _declare_length_info(length_info_handle, B, sliding_window, length_offset)
-        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(blocks, B * heads), T.ceildiv(nnz_pages, B)))
+        splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(blocks, B * heads), T.ceildiv(nnz_pages * page_size, B * MIN_SPLIT_ROWS)))
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
 
@@ -127,7 +128,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                             hk: T.let[T.int32] = bh % kv_heads
                             first_page: T.let[T.int32] = indptr[b]
                             pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
-                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, PAGE, b, length_info, sliding_window), 0)
+                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, page_size, b, length_info, sliding_window), 0)
                             per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
                             begin: T.let[T.int32] = split * per_split
                             end: T.let[T.int32] = T.min(begin + per_split, rows)
@@ -145,11 +146,11 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                                     row: T.let[T.int32] = begin + (step * unroll + u) * slots + ty
                                     if row < end:
                                         pos: T.let[T.int32] = _get_seq_offset(row, b, length_info, sliding_window)
-                                        page: T.let[T.int32] = values[first_page + pos // PAGE]
+                                        page: T.let[T.int32] = values[first_page + pos // page_size]
                                         for i in T.vectorized(vec):
-                                            k[u, i] = pages[page, 0, hk, pos % PAGE, tx * vec + i]
+                                            k[u, i] = pages[page, 0, hk, pos % page_size, tx * vec + i]
                                         for i in T.vectorized(vec):
-                                            v[u, i] = pages[page, 1, hk, pos % PAGE, tx * vec + i]
+                                            v[u, i] = pages[page, 1, hk, pos % page_size, tx * vec + i]
                                     else:
                                         for i in T.vectorized(vec):
                                             k[u, i] = T.Cast(dtype, 0)
@@ -259,12 +260,12 @@ def use_split_kv_decode(knobs: AttentionKnobs):
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("global_symbol") not in NAMES:
                 continue
             q, pages = func.params[0].ty, func.params[1].ty  # buffer types: (batch, heads, head_dim), (.., kv_heads, ..)
-            heads, head_dim, kv_heads = int(q.shape[1]), int(q.shape[2]), int(pages.shape[2])
+            heads, head_dim, kv_heads, page_size = int(q.shape[1]), int(q.shape[2]), int(pages.shape[2]), int(pages.shape[3])
             lanes = lanes_per_row(head_dim, knobs)
             if lanes is None:
                 continue
             sliding = func.attrs["global_symbol"] == NAMES[1]
-            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), sliding, knobs, lanes)
+            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), sliding, knobs, lanes, page_size)
         return mod
 
     return replace
