@@ -50,6 +50,10 @@ class Preset:
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512
+    # Fused add + RMSNorm: threads per row (schedules/add_rms_norm.py). 64 calls a step, H200,
+    # CUPTI (cuda_speed.py, two runs each, one call; session 23): 7B 121.6 us a step with 512,
+    # 132.3-132.5 with 256, 129.0 with 1024; 8B 118.7-118.8, 129.0, 127.8.
+    norm_threads: int = 512
     # Prefill through cuBLAS: each q4 weight dequantized to fp16 in row slices of at most this many
     # bytes (one scratch buffer, runtime/cublas/plugin.cc), then a cuBLAS GEMM per slice (wgmma on
     # Hopper, which TVM 0.27's TIR cannot emit).
@@ -104,7 +108,7 @@ def runtime_facts(preset: str, scheme) -> dict:
 
 def schedule_passes(target) -> list:
     preset = PRESETS[str(target.attrs["arch"])]
-    return gpu.schedule_passes(target, preset.gemv, preset.attention, prefill_blocks=preset.prefill_blocks)
+    return gpu.schedule_passes(target, preset.gemv, preset.attention, prefill_blocks=preset.prefill_blocks, norm_threads=preset.norm_threads)
 
 
 def device_code():
