@@ -278,36 +278,33 @@ class LlamaForCausalLM(nn.Module):
         return token
 
     def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
-        with _page_kernels_for(PAGE_SIZE):
-            return self._paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
-
-    def _paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
         c = self.cfg
-        return TIRPagedKVCache(
-            attn_kind="mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]),
-            num_hidden_layers=c.num_hidden_layers,
-            num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads,
-            qk_head_dim=c.head_dim,
-            v_head_dim=c.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NONE if _is_longrope(c) else RopeMode.NORMAL,
-            rope_scale=1,
-            rope_theta=c.rope_theta,
-            rope_scaling={} if _is_longrope(c) else c.rope_scaling or {},
-            rope_ext_factors=relax.prim_value(0),
-            rotary_dim=c.head_dim,
-            enable_disaggregation=False,
-            dtype=self.quant.model_dtype,
-            target=tvm_target.Target.current(),  # the kernels are chosen for the target being built
-        )
+        with _page_kernels_for(PAGE_SIZE):  # kernels for our page size, not TVM's 16
+            return TIRPagedKVCache(
+                attn_kind="mha",
+                max_batch_size=max_batch_size,
+                max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size,
+                page_size=page_size,
+                support_sliding_window=support_sliding_window,
+                layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]),
+                num_hidden_layers=c.num_hidden_layers,
+                num_attention_heads=c.num_attention_heads,
+                num_key_value_heads=c.num_key_value_heads,
+                qk_head_dim=c.head_dim,
+                v_head_dim=c.head_dim,
+                mla_original_qk_head_dim=0,
+                mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NONE if _is_longrope(c) else RopeMode.NORMAL,
+                rope_scale=1,
+                rope_theta=c.rope_theta,
+                rope_scaling={} if _is_longrope(c) else c.rope_scaling or {},
+                rope_ext_factors=relax.prim_value(0),
+                rotary_dim=c.head_dim,
+                enable_disaggregation=False,
+                dtype=self.quant.model_dtype,
+                target=tvm_target.Target.current(),  # the kernels are chosen for the target being built
+            )
 
     def export_spec(self) -> dict:
         d, dtype = self.cfg.hidden_size, self.quant.model_dtype

@@ -50,7 +50,15 @@ def kv_cache_bytes_per_token(manifest: dict) -> int:
     return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * np.dtype(manifest["model_dtype"]).itemsize
 
 
+def spare_kv_pages(manifest: dict) -> int:
+    """Pages TVM's cache allocates beyond the context window's: one, and two more with a sliding
+    window (paged_kv_cache.cc, num_total_pages)."""
+    return 1 + 2 * bool(manifest["model"]["config"].get("sliding_window"))
+
+
 def kv_cache_bytes(manifest: dict) -> int:
-    """K and V for every layer over the whole context window, rounded up to whole pages."""
+    """K and V for every layer as the cache allocates them: the context window in whole pages,
+    and the spare pages."""
     page = manifest["page_size"]
-    return kv_cache_bytes_per_token(manifest) * (-(-manifest["context_window"] // page) * page)
+    pages = -(-manifest["context_window"] // page) + spare_kv_pages(manifest)
+    return kv_cache_bytes_per_token(manifest) * pages * page

@@ -59,7 +59,7 @@ PRESETS = {
     # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
     # way a full CU's SIMDs) and 32 KiB so two workgroups fit a CU. No subgroups (module note).
     # Of the 16 GB we leave 4 to SteamOS and its UI: a model may take 12 GiB (a 7B q4f16_1 model
-    # with a 2048-token context needs 4.59: benchmarks/vulkan_speed.py build, tests/test_vulkan.py).
+    # with a 2048-token context needs 4.62: benchmarks/vulkan_speed.py build, tests/test_vulkan.py).
     # Decode attention as generic, ~4 workgroups per CU.
     "steamdeck": Preset(0, 256, 32768,
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
