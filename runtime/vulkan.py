@@ -117,10 +117,9 @@ def fit_report(manifest: dict, available: int) -> str | None:
             f"{mem['temporary_bytes'] / GIB:.2f}), the adapter offers {available / GIB:.2f} GiB")
     if fixed >= available:
         return f"the model needs {need}: its weights alone do not fit; use a smaller model"
-    page = manifest["page_size"]
-    fits = ((available - fixed) // dist.kv_cache_bytes_per_token(manifest) // page - dist.spare_kv_pages(manifest)) * page
-    if fits < page:
-        return f"the model needs {need}: its weights fit, but not a KV cache of {page} tokens; use a smaller model"
+    fits = dist.context_window_that_fits(manifest, available - fixed)
+    if not fits:
+        return f"the model needs {need}: its weights fit, but not a KV cache of {manifest['page_size']} tokens; use a smaller model"
     return f"the model needs {need}: rebuild with --context-window {fits} or less (the largest that fits)"
 
 
