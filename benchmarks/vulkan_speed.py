@@ -193,18 +193,19 @@ def measure(out: Path, label: str) -> None:
     def step():  # one decode step, for the kernel profile
         token[0] = int(engine.decode(token[0]).argmax())
 
-    def greedy():
-        token[0] = engine.decode_greedy(token[0], STEPS)[-1]
+    def greedy(steps=STEPS):
+        token[0] = engine.decode_greedy(token[0], steps)[-1]
 
-    def sampled():  # as a chat samples by default: drawn on the device
-        with closing(engine.sample_stream(token[0], Sampler(GenerationConfig(seed=0)), STEPS)) as stream:
+    def sampled(steps=STEPS):  # as a chat samples by default: drawn on the device
+        with closing(engine.sample_stream(token[0], Sampler(GenerationConfig(seed=0)), steps)) as stream:
             token[0] = list(stream)[-1]
 
     def decode_from(context: int, run) -> tuple[float, dict]:
         """tok/s of run() from `context`, and the plugin's counters per step over it."""
         engine.reset()
         engine.prefill(ids[: context - STEPS - 8])
-        token[0] = engine.decode_greedy(1, 8)[-1]  # warm up
+        token[0] = 1
+        run(8)  # warm up, with the kernels the timed steps run (a first sampled step loads the sampler's)
         before = vulkan.counters()
         start = time.perf_counter()
         run()
