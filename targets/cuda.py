@@ -94,7 +94,7 @@ def graph_passes(target, int8_activations: bool = False) -> list:
 
     preset = PRESETS[str(target.attrs["arch"])]
     return [offload_prefill_matmuls(CUBLAS_ENTRY, GEMM, preset.cublas_slice_bytes),
-            *gpu.int8_decode_passes(preset.gemv, preset.max_threads, int8_activations)]
+            *gpu.decode_passes(preset.gemv, preset.max_threads, int8_activations)]
 
 
 def runtime_facts(preset: str, scheme) -> dict:

@@ -144,7 +144,7 @@ INT8_ACTIVATIONS = True  # --int8-activations: v_dot4_i32_i8 / v_dot4_i32_iu8 (c
 # hipBLAS could take the prefill matmuls as cuBLAS does on CUDA; not built: no AMD GPU to measure it on
 def graph_passes(target, int8_activations: bool = False) -> list:
     preset = PRESETS[str(target.attrs["mcpu"])]
-    return gpu.int8_decode_passes(preset.gemv, preset.max_threads, int8_activations)
+    return gpu.decode_passes(preset.gemv, preset.max_threads, int8_activations)
 
 
 def schedule_passes(target) -> list:

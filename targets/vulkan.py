@@ -52,7 +52,7 @@ PRESETS = {
     # Decode attention: 4 x fp16 per lane (WGSL's widest vector), 128 invocations per workgroup,
     # 256 workgroups (enough for any GPU a generic build may meet).
     "generic": Preset(0, 256, 32768,
-                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4),
+                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4, fold_rms_norm=True),
                       AttentionKnobs(vector=4, threads=128, unroll=4, blocks=256)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
@@ -62,7 +62,7 @@ PRESETS = {
     # with a 2048-token context needs 4.62: benchmarks/vulkan_speed.py build, tests/test_vulkan.py).
     # Decode attention as generic, ~4 workgroups per CU.
     "steamdeck": Preset(0, 256, 32768,
-                        GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4),
+                        GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4, fold_rms_norm=True),
                         AttentionKnobs(vector=4, threads=128, unroll=4, blocks=8 * 4),
                         model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
@@ -82,7 +82,7 @@ PRESETS = {
     # timestamps after each, H200, 2026-12-02).
     "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
-                               activation_words=True, max_padding=1 / 16),
+                               activation_words=True, max_padding=1 / 16, fold_rms_norm=True),
                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528), norm_threads=512),
 }
 
@@ -114,7 +114,7 @@ INT8_ACTIVATIONS = True  # --int8-activations: dot4I8Packed (compiler/int8_activ
 
 def graph_passes(target, int8_activations: bool = False) -> list:
     preset = PRESETS[str(target.tag)]
-    return gpu.int8_decode_passes(preset.gemv, preset.max_threads, int8_activations)
+    return gpu.decode_passes(preset.gemv, preset.max_threads, int8_activations)
 
 
 def runtime_facts(preset: str, scheme) -> dict:

@@ -45,6 +45,9 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization
     cpu = Engine(builds.dist("gqa_tied", quantization))
     gpu = Engine(builds.dist("gqa_tied", quantization, target="vulkan"), device="vulkan")
     assert gpu.device.dlpack_device_type() == 15  # kDLWebGPU: run by our plugin
+    kernels = {k["name"] for k in gpu.manifest["decode_kernels"]}
+    folded = quantization == "q4f16_1"  # the RMSNorms between q4 GEMVs folded into them (compiler/norm_fold.py)
+    assert any("add_rms_sums" in k for k in kernels) == folded and any("fused_add_rms_norm" in k for k in kernels) != folded
     prompt = [1, 7, 99, 25, 13, 42, 5, 77]  # ids below the tiny vocabulary of 100
     cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
     gpu_tokens, gpu_logits = greedy(gpu, prompt, 32)
@@ -333,6 +336,53 @@ def test_gate_up_gemv_with_its_swiglu_epilogue_on_lavapipe_vs_numpy(knobs, k, la
         return gate / (1 + np.exp(-gate)) * up
 
     assert q4_matmul_error_on_lavapipe(DequantGEMV(knobs), func, tmp_path, 1, 192, k, epilogue=swiglu) <= 1e-3
+
+
+@pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].gemv, vulkan_target.PRESETS["nvidia"].gemv,
+                                   rocm_knobs_for_wgsl("gfx90a"), cuda_knobs_for_wgsl()],
+                         ids=["vulkan-generic", "vulkan-nvidia", "rocm-gfx90a", "cuda-sm90"])
+# (rows, k): 8 slots (padded to 64 for the consumer's lanes) with a padded row; 64 slots
+@pytest.mark.parametrize("n, k", [(64, 1376), (512, 4096)])
+def test_rms_norm_folded_into_the_gemvs_on_lavapipe_vs_numpy(knobs, n, k, lavapipe, tmp_path):
+    """compiler/norm_fold.py: the producer GEMV writes the residual sum, the norm's input times
+    its weight and its slots' sums of squares; the consumer GEMVs (plain and with the SwiGLU
+    epilogue) scale their dot products by the norm's factor. Against numpy's add + RMSNorm + matmul."""
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.compiler import norm_fold
+    from mlcgen.compiler.layers import SWIGLU
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    q4, rng, dev, eps = get_quantization("q4f16_1"), np.random.default_rng(0), tvm.device("webgpu", 0), 1e-5
+    slot_rows = knobs.rows_per_block * knobs.rows_per_thread
+
+    def run(func, name, args, outs):
+        with vulkan_target.tvm_target("generic"):
+            mod = dl.ApplyDefaultSchedule(DequantGEMV(knobs))(tvm.IRModule({"main": func}))
+        assert mod["main"].attrs.get("tirx.is_scheduled")
+        tvm.compile(mod, vulkan_target.tvm_target("generic")).export_library(str(tmp_path / name))
+        outs = [tvm.runtime.empty(shape, dtype, dev) for shape, dtype in outs]
+        tvm.runtime.load_module(str(tmp_path / name))["main"](*(tvm.runtime.tensor(a, dev) for a in args), *outs)
+        return [o.numpy().astype(np.float32).reshape(-1) for o in outs]
+
+    qw, qs = q4.pack(rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+    x, residual = rng.standard_normal((1, 1, k)).astype(np.float16), rng.standard_normal((1, 1, n)).astype(np.float16)
+    weight = (1 + 0.2 * rng.standard_normal(n)).astype(np.float16)
+    h = (residual.reshape(-1) + (q4.unpack(qw, qs) @ x.reshape(-1).astype(np.float32)).astype(np.float16)).astype(np.float32)
+    hw = (h * weight.astype(np.float32)).astype(np.float16)
+    slots = (h * h).reshape(-1, slot_rows).sum(axis=1)
+    out = run(norm_fold.producer_func(q4, n, k, slot_rows), "producer.so", (x, qw, qs, residual, weight),
+              [((1, 1, n), "float16"), ((1, 1, n), "float16"), ((n // slot_rows,), "float32")])
+    assert rel_err(out[0], h) <= 1e-3 and rel_err(out[1], hw.astype(np.float32)) <= 1e-3 and rel_err(out[2], slots) <= 1e-5
+
+    normed = (h / np.sqrt((h * h).mean() + eps) * weight.astype(np.float32)).astype(np.float16).astype(np.float32)
+    vw, vs = q4.pack(rng.standard_normal((192, n), dtype=np.float32) * 0.02)
+    y = q4.unpack(vw, vs) @ normed
+    gate, up = y[:96].astype(np.float16).astype(np.float32), y[96:].astype(np.float16).astype(np.float32)
+    for epilogue, expected in ((None, y), (SWIGLU, gate / (1 + np.exp(-gate)) * up)):
+        out = run(norm_fold.consumer_func(q4, 192, n, n // slot_rows, eps, "float16", epilogue), f"consumer-{epilogue}.so",
+                  (hw.reshape(1, 1, n), slots.astype(np.float32), vw, vs), [((1, 1, expected.size), "float16")])
+        assert rel_err(out[0], expected) <= 2e-3
 
 
 def test_staged_gemv_with_fewer_rows_per_block_on_lavapipe_vs_numpy(lavapipe, tmp_path):

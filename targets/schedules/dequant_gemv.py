@@ -40,6 +40,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 from ...compiler.int8_activations import ACTIVATION_BLOCK
 from ...compiler.layers import DEQUANTIZE, SWIGLU
+from ...compiler.norm_fold import SQUARE_SUM, SQUARE_TOTAL
 from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
@@ -63,12 +64,18 @@ class GemvKnobs:
     # Rows the lanes' steps do not tile are padded; fewer steps are unrolled where whole steps would
     # add more than this fraction to the row
     max_padding: float = 1 / 8
+    # The decode RMSNorms folded into the GEMVs around them (compiler/norm_fold.py): the q/k/v and
+    # gate/up GEMVs then read the residual stream times the norm's weight, not normalized, so only
+    # where their products are float32; fp16 products overflow on it (NaN logits on CUDA at 7B)
+    fold_rms_norm: bool = False
 
     def __post_init__(self):
         if self.packed_fp16 and self.vector_words != 4:
             raise ValueError("packed_fp16 computes one scale group (4 words) per step: it needs vector_words=4")
         if self.fp16_products and not self.packed_fp16:
             raise ValueError("fp16_products is a way of computing the packed form: it needs packed_fp16=True")
+        if self.fold_rms_norm and self.fp16_products:
+            raise ValueError("fold_rms_norm feeds the GEMVs an activation that is not normalized: fp16 products would overflow")
         if self.activation_words and (not self.packed_fp16 or self.stage_activation):
             raise ValueError("activation_words feeds the packed form's registers: it needs packed_fp16=True, unstaged")
 
@@ -124,8 +131,10 @@ class DequantGEMV(ScheduleRule):
 
     @staticmethod
     def _reductions(sch, blocks) -> list:
-        """The blocks with a reduction axis, in order: the matmul, then any SwiGLU product."""
-        return [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)]
+        """The blocks with a reduction axis, in order: the matmul, then any SwiGLU product (a
+        folded RMSNorm's sums of squares are not counted: _fold_norm_sums takes them)."""
+        return [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)
+                and sch.get(b).name_hint not in (SQUARE_SUM, SQUARE_TOTAL)]
 
     @staticmethod
     def _pad_reduction(sch, multiple: int):
@@ -228,6 +237,37 @@ class DequantGEMV(ScheduleRule):
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
 
+    @staticmethod
+    def _fold_norm_sums(sch, block, block_rows, thread_row, k: GemvKnobs):
+        """A folded RMSNorm's sums of squares (compiler/norm_fold.py). A producer's slot is its
+        block's rows: each warp sums the squares of its own rows, then the block's warps meet in
+        one cross-warp sum. A consumer's warps each sum all slots, lane-strided, in one cross-lane
+        sum; the factor is applied after the dot products, so the slot loads wait on nothing."""
+        if sch.get(block).name_hint == SQUARE_SUM:
+            rows = int(sch.get(block).iter_vars[-1].dom.extent)
+            if rows != k.rows_per_block * k.rows_per_thread:
+                raise ValueError(f"internal: a folded RMSNorm's slot of {rows} rows where a GEMV block computes "
+                                 f"{k.rows_per_block} x {k.rows_per_thread}")
+            warp, _ = sch.split(sch.get_loops(block)[-1], [k.rows_per_block, k.rows_per_thread])
+            partial = sch.rfactor(warp, factor_axis=0)  # a warp's rows' squares, then the block's warps' sum
+            for b in (partial, block):
+                sch.reverse_compute_at(b, block_rows, preserve_unit_loops=True)
+            sch.bind(sch.get_loops(partial)[1], "threadIdx.y")
+            _, warp, unit = sch.get_loops(block)
+            sch.reorder(unit, warp)  # TVM lowers a cross-thread reduction only as the innermost loop
+            sch.bind(warp, "threadIdx.y")
+        else:
+            _, lane = sch.split(sch.get_loops(block)[-1], [None, k.threads_per_row])  # slots padded to whole rounds
+            partial = sch.rfactor(lane, factor_axis=0)
+            for b in (partial, block):  # it reads only the slots: no producer keeps it from the row's loop
+                sch.reverse_compute_at(b, thread_row, preserve_unit_loops=True)
+            sch.bind(sch.get_loops(partial)[2], "threadIdx.x")
+            *_, lane, unit = sch.get_loops(block)
+            sch.reorder(unit, lane)  # TVM lowers a cross-thread reduction only as the innermost loop
+            sch.bind(lane, "threadIdx.x")
+        sch.set_scope(partial, 0, "local")
+        sch.set_scope(block, 0, "local") if sch.get(block).name_hint == SQUARE_TOTAL else None
+
     def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs, int8: bool):
         words = k.vector_words
         paired = self._swiglu(sch, epilogues)
@@ -278,13 +318,22 @@ class DequantGEMV(ScheduleRule):
         sch.bind(lane_sum, "threadIdx.x")
         if epilogues:
             sch.set_scope(matmul, 0, "local")
-        for block in epilogues:  # cast, residual add, ...: intermediates inline into the output block
+        norm_sums = [b for b in epilogues if sch.get(b).name_hint in (SQUARE_SUM, SQUARE_TOTAL)]
+        epilogues = [b for b in epilogues if b not in norm_sums]
+        for block in norm_sums:  # a consumer's total first: the epilogue that reads it follows it to the row
+            if sch.get(block).name_hint == SQUARE_TOTAL:
+                self._fold_norm_sums(sch, block, block_rows, thread_row, k)
+        intermediates = sch.get(sch.get_sblock("root")).alloc_buffers
+        for block in epilogues:  # cast, residual add, ...: intermediates inline into the output blocks
             try:
                 sch.compute_inline(block)
-            except s_tir.ScheduleError:  # the output block, or the SwiGLU product (a reduction)
+            except s_tir.ScheduleError:  # an output block, or the SwiGLU product (a reduction)
                 sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
-                if block != epilogues[-1]:
+                if any(sch.get(block).writes[0].source.same_as(b) for b in intermediates):
                     sch.set_scope(block, 0, "local")
+        for block in norm_sums:  # a producer's slot sums last: they read the inlined residual add
+            if sch.get(block).name_hint == SQUARE_SUM:
+                self._fold_norm_sums(sch, block, block_rows, thread_row, k)
         if int8:  # last: tensorize replaces the partial-sum block
             sch.tensorize(element, packed_dot.int8_intrinsic_for(target, 5 if paired else 4))
         elif k.packed_fp16:
