@@ -77,6 +77,9 @@ PRESETS = {
     # schedules/dequant_gemv.py): decode 7B 296.5-297.3 -> 303.4-304.1 tok/s, 8B 297.6-297.8 ->
     # 305.1-305.9 (three runs each, two calls, interleaved); 16 (all of a lane's steps, as CUDA):
     # 7B 308.5, 8B 265.4 (2026-12-02, session 20).
+    # The decode RMSNorms folded into the GEMVs (fold_rms_norm, all three presets: their products are
+    # float32): 7B decode 304.2 -> 325.7 tok/s at context 128, 275.7 -> 294.0 at 1024, 326 -> 263
+    # dispatches a step (vulkan_speed.py, H200, both libraries in one call, 2026-12-02, session 24).
     # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
     # timestamps after each, H200, 2026-12-02).
