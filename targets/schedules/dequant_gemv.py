@@ -21,6 +21,8 @@ schedule's job is to keep enough wide loads in flight:
   (packed_dot.activation_words);
 - a matmul on int8 activation codes (compiler/int8_activations.py, `--int8-activations`) takes
   the packed form's steps, each scale group in integer dot products (packed_dot.int8_intrinsic_for);
+- with a folded RMSNorm (compiler/norm_fold.py), the GEMV before the norm also writes each block's
+  sum of squares into a slot, and the GEMVs after it sum the slots and scale their dot products;
 - rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
   the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
   each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
@@ -132,7 +134,7 @@ class DequantGEMV(ScheduleRule):
     @staticmethod
     def _reductions(sch, blocks) -> list:
         """The blocks with a reduction axis, in order: the matmul, then any SwiGLU product (a
-        folded RMSNorm's sums of squares are not counted: _fold_norm_sums takes them)."""
+        folded RMSNorm's sums of squares are not counted: _slot_sums and _slot_total take them)."""
         return [b for b in blocks if any(iv.iter_type == REDUCE for iv in sch.get(b).iter_vars)
                 and sch.get(b).name_hint not in (SQUARE_SUM, SQUARE_TOTAL)]
 
@@ -238,35 +240,38 @@ class DequantGEMV(ScheduleRule):
         sch.vectorize(vec)
 
     @staticmethod
-    def _fold_norm_sums(sch, block, block_rows, thread_row, k: GemvKnobs):
-        """A folded RMSNorm's sums of squares (compiler/norm_fold.py). A producer's slot is its
-        block's rows: each warp sums the squares of its own rows, then the block's warps meet in
-        one cross-warp sum. A consumer's warps each sum all slots, lane-strided, in one cross-lane
-        sum; the factor is applied after the dot products, so the slot loads wait on nothing."""
-        if sch.get(block).name_hint == SQUARE_SUM:
-            rows = int(sch.get(block).iter_vars[-1].dom.extent)
-            if rows != k.rows_per_block * k.rows_per_thread:
-                raise ValueError(f"internal: a folded RMSNorm's slot of {rows} rows where a GEMV block computes "
-                                 f"{k.rows_per_block} x {k.rows_per_thread}")
-            warp, _ = sch.split(sch.get_loops(block)[-1], [k.rows_per_block, k.rows_per_thread])
-            partial = sch.rfactor(warp, factor_axis=0)  # a warp's rows' squares, then the block's warps' sum
-            for b in (partial, block):
-                sch.reverse_compute_at(b, block_rows, preserve_unit_loops=True)
-            sch.bind(sch.get_loops(partial)[1], "threadIdx.y")
-            _, warp, unit = sch.get_loops(block)
-            sch.reorder(unit, warp)  # TVM lowers a cross-thread reduction only as the innermost loop
-            sch.bind(warp, "threadIdx.y")
-        else:
-            _, lane = sch.split(sch.get_loops(block)[-1], [None, k.threads_per_row])  # slots padded to whole rounds
-            partial = sch.rfactor(lane, factor_axis=0)
-            for b in (partial, block):  # it reads only the slots: no producer keeps it from the row's loop
-                sch.reverse_compute_at(b, thread_row, preserve_unit_loops=True)
-            sch.bind(sch.get_loops(partial)[2], "threadIdx.x")
-            *_, lane, unit = sch.get_loops(block)
-            sch.reorder(unit, lane)  # TVM lowers a cross-thread reduction only as the innermost loop
-            sch.bind(lane, "threadIdx.x")
+    def _slot_sums(sch, block, block_rows, k: GemvKnobs):
+        """A producer's sums of squares for a folded RMSNorm (compiler/norm_fold.py), a slot per
+        thread block: each warp sums the squares of its own rows, then the warps meet in one sum."""
+        rows = int(sch.get(block).iter_vars[-1].dom.extent)
+        if rows != k.rows_per_block * k.rows_per_thread:
+            raise ValueError(f"internal: a folded RMSNorm's slot of {rows} rows where a GEMV block computes "
+                             f"{k.rows_per_block} x {k.rows_per_thread}")
+        warp, _ = sch.split(sch.get_loops(block)[-1], [k.rows_per_block, k.rows_per_thread])
+        partial = sch.rfactor(warp, factor_axis=0)
+        for b in (partial, block):
+            sch.reverse_compute_at(b, block_rows, preserve_unit_loops=True)
+        sch.bind(sch.get_loops(partial)[1], "threadIdx.y")
+        _, warp, unit = sch.get_loops(block)
+        sch.reorder(unit, warp)  # TVM lowers a cross-thread reduction only as the innermost loop
+        sch.bind(warp, "threadIdx.y")
         sch.set_scope(partial, 0, "local")
-        sch.set_scope(block, 0, "local") if sch.get(block).name_hint == SQUARE_TOTAL else None
+
+    @staticmethod
+    def _slot_total(sch, block, thread_row, k: GemvKnobs):
+        """A consumer's sum of the slots: each warp sums them all, lane-strided, in one cross-lane
+        sum. It reads only the slots, so no producer keeps it from the row's loop; the epilogue
+        applies the factor after the dot products, so the slot loads wait on nothing."""
+        _, lane = sch.split(sch.get_loops(block)[-1], [None, k.threads_per_row])  # slots padded to whole rounds
+        partial = sch.rfactor(lane, factor_axis=0)
+        for b in (partial, block):
+            sch.reverse_compute_at(b, thread_row, preserve_unit_loops=True)
+        sch.bind(sch.get_loops(partial)[2], "threadIdx.x")
+        *_, lane, unit = sch.get_loops(block)
+        sch.reorder(unit, lane)  # TVM lowers a cross-thread reduction only as the innermost loop
+        sch.bind(lane, "threadIdx.x")
+        sch.set_scope(partial, 0, "local")
+        sch.set_scope(block, 0, "local")
 
     def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs, int8: bool):
         words = k.vector_words
@@ -318,11 +323,11 @@ class DequantGEMV(ScheduleRule):
         sch.bind(lane_sum, "threadIdx.x")
         if epilogues:
             sch.set_scope(matmul, 0, "local")
-        norm_sums = [b for b in epilogues if sch.get(b).name_hint in (SQUARE_SUM, SQUARE_TOTAL)]
-        epilogues = [b for b in epilogues if b not in norm_sums]
-        for block in norm_sums:  # a consumer's total first: the epilogue that reads it follows it to the row
-            if sch.get(block).name_hint == SQUARE_TOTAL:
-                self._fold_norm_sums(sch, block, block_rows, thread_row, k)
+        sums = [b for b in epilogues if sch.get(b).name_hint == SQUARE_SUM]
+        totals = [b for b in epilogues if sch.get(b).name_hint == SQUARE_TOTAL]
+        epilogues = [b for b in epilogues if b not in sums + totals]
+        for block in totals:  # first: the epilogue that reads it follows it to the row's loop
+            self._slot_total(sch, block, thread_row, k)
         intermediates = sch.get(sch.get_sblock("root")).alloc_buffers
         for block in epilogues:  # cast, residual add, ...: intermediates inline into the output blocks
             try:
@@ -331,9 +336,8 @@ class DequantGEMV(ScheduleRule):
                 sch.reverse_compute_at(block, thread_row, preserve_unit_loops=True)
                 if any(sch.get(block).writes[0].source.same_as(b) for b in intermediates):
                     sch.set_scope(block, 0, "local")
-        for block in norm_sums:  # a producer's slot sums last: they read the inlined residual add
-            if sch.get(block).name_hint == SQUARE_SUM:
-                self._fold_norm_sums(sch, block, block_rows, thread_row, k)
+        for block in sums:  # last: they read the residual add inlined
+            self._slot_sums(sch, block, block_rows, k)
         if int8:  # last: tensorize replaces the partial-sum block
             sch.tensorize(element, packed_dot.int8_intrinsic_for(target, 5 if paired else 4))
         elif k.packed_fp16:
