@@ -4,20 +4,24 @@ A one-token fused add + RMSNorm (compiler/passes.py) between two q4 GEMVs is a k
 its own: 64 of a Llama-2-7B decode step's ~330, ~1.9 us each on CUDA and ~5 us on Vulkan
 (docs/benchmarks.md). Folding it into the next GEMV with each thread block summing the squares of
 the whole activation cost more than the launch (sessions 14 and 21: every block pays for a norm).
-Here the sum of squares is computed once, by the GEMV before the norm, and the norm's scalar
-factor is applied after the next GEMV's dot products, where it is needed last:
+Here the sum of squares is computed once, by the GEMV before the norm:
 
     producer (o or down projection), one token, R output rows per slot:
         h[n]      = residual[n] + fp16(W a)[n]           the residual stream, as the norm wrote it
         hw[n]     = fp16(h[n] * w[n])                    the norm's input times its weight
         ss[j]     = sum over n in slot j of h[n]^2       partial sums of squares, float32
-    consumer (q/k/v, gate/up, lm_head), reading hw in place of the normed activation:
-        y[m]      = (V hw)[m] * rsqrt(sum_j ss[j] / K + eps)
+    consumer (q/k/v, gate/up), reading hw in place of the normed activation, in one of two forms:
+        y[m]      = (V hw)[m] * rsqrt(sum_j ss[j] / K + eps)        the factor after the dot products
+        y[m]      = (V (hw * fp16(rsqrt(sum_j ss[j] / K + eps))))[m]  the activation normalized first
 
 rms_norm(h) * w = hw * rsqrt(mean(h^2) + eps), up to where fp16 rounds. A slot is the rows one
 thread block of the producer computes (the GEMV rule's rows_per_block x rows_per_thread), so each
-block writes its slot without atomics and the result is deterministic; each consumer warp sums the
-slots (512 floats at K = 4096) beside its weight stream.
+block writes its slot without atomics and the result is deterministic. The factor after the dot
+products leaves the weight stream waiting on nothing: each consumer warp sums the slots (512 floats
+at K = 4096) beside it (WGSL, each lane loading its own activations). A GEMV that stages its
+activation in shared memory normalizes it there: the block's threads sum the slots together first,
+and its products see the normalized activation, as CUDA's fp16 products need (the factor after them
+gave NaN logits at 7B, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from functools import cache
 SQUARE_SUM = "square_sum"  # producer block: the slots' sums of squares
 NORM_INPUT = "norm_input"  # producer block: h * w, the consumer's activation
 SQUARE_TOTAL = "square_total"  # consumer block: the slots summed
-SLOT_LANES = 64  # a consumer's slot count is padded to a multiple of this (consumer_te)
+NORMALIZED = "rms_normalized"  # consumer block, normalized form: the activation hw times the factor
+# A consumer's slot count is padded to a multiple of this: the most threads a GEMV block sums the
+# slots with (4 rows of 64 lanes), so that they split the slots evenly
+SLOT_PADDING = 256
 
 
 def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: int):
@@ -48,27 +55,33 @@ def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: 
     return h, hw, ss
 
 
-def consumer_te(scheme, hw, ss, q_weight, q_scale, epsilon: float, out_dtype: str, epilogue: str | None = None):
-    """y = (dequantize(q_weight, q_scale) @ hw) * rsqrt(sum(ss) / K + eps), with the q4 matmul's
-    epilogue (SWIGLU or none) after the factor."""
+def consumer_te(scheme, hw, ss, q_weight, q_scale, epsilon: float, out_dtype: str, epilogue: str | None = None,
+                normalize_first: bool = False):
+    """The q4 matmul (with its epilogue: SWIGLU or none) of the normed activation, the norm's factor
+    taken from the slots: after the dot products, or with `normalize_first` on the activation
+    (module doc)."""
     from tvm import te, tirx
 
     from .layers import SWIGLU, q4_matmul_te, swiglu_te
 
-    acc = q4_matmul_te(scheme, hw, q_weight, q_scale, "float32")
+    if epilogue not in (None, SWIGLU):
+        raise NotImplementedError(f"a folded RMSNorm before a q4 matmul with epilogue {epilogue!r}")
     slots = int(ss.shape[0])
-    # Padded with zeros to a multiple of the widest lanes a GEMV preset has (a wave64), so that a
-    # row's lanes split the slots evenly: TVM drops the predicate of a ragged split here.
-    j = te.reduce_axis((0, -(-slots // SLOT_LANES) * SLOT_LANES), name="j")
-    slot = lambda j: ss[j] if slots % SLOT_LANES == 0 else tirx.if_then_else(j < slots, ss[tirx.min(j, slots - 1)], 0.0)  # noqa: E731
+    # Padded with zeros to SLOT_PADDING: TVM drops the predicate of a ragged split here.
+    j = te.reduce_axis((0, -(-slots // SLOT_PADDING) * SLOT_PADDING), name="j")
+    slot = lambda j: ss[j] if slots % SLOT_PADDING == 0 else tirx.if_then_else(j < slots, ss[tirx.min(j, slots - 1)], 0.0)  # noqa: E731
     total = te.compute((1,), lambda _: te.sum(slot(j), axis=j), name=SQUARE_TOTAL)
     factor = tirx.rsqrt(total[0] / tirx.const(float(int(hw.shape[-1])), "float32") + tirx.const(epsilon, "float32"))
-    scaled = te.compute(acc.shape, lambda *i: acc[i] * factor, name="rms_scale")
+    if normalize_first:
+        # in fp16: TVM 0.27's CUDA code for 8 float32 lanes (the staging's vectors) does not compile
+        x = te.compute(hw.shape, lambda *i: hw[i] * factor.astype("float16"), name=NORMALIZED)
+        acc = q4_matmul_te(scheme, x, q_weight, q_scale, "float32")
+    else:
+        unscaled = q4_matmul_te(scheme, hw, q_weight, q_scale, "float32")
+        acc = te.compute(unscaled.shape, lambda *i: unscaled[i] * factor, name="rms_scale")
     if epilogue == SWIGLU:
-        return swiglu_te(scaled, out_dtype)
-    if epilogue is not None:
-        raise NotImplementedError(f"a folded RMSNorm before a q4 matmul with epilogue {epilogue!r}")
-    return scaled if out_dtype == "float32" else te.compute(acc.shape, lambda *i: scaled[i].astype(out_dtype), name="cast")
+        return swiglu_te(acc, out_dtype)
+    return acc if out_dtype == "float32" else te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="cast")
 
 
 def producer_func(scheme, n: int, k: int, slot_rows: int):
@@ -83,28 +96,32 @@ def producer_func(scheme, n: int, k: int, slot_rows: int):
     return te.create_prim_func([x, w, s, residual, g, *producer_te(scheme, x, w, s, residual, g, slot_rows)])
 
 
-def consumer_func(scheme, n: int, k: int, slots: int, epsilon: float, out_dtype: str, epilogue: str | None = None):
-    """The PrimFunc (hw, ss, q_weight, q_scale) -> y for an [n, k] weight."""
+def consumer_func(scheme, n: int, k: int, slots: int, epsilon: float, out_dtype: str, epilogue: str | None = None,
+                  normalize_first: bool = False):
+    """The PrimFunc (hw, ss, q_weight, q_scale) -> y for an [n, k] weight (consumer_te)."""
     from tvm import te
 
     hw = te.placeholder((1, 1, k), "float16", "hw")
     ss = te.placeholder((slots,), "float32", "ss")
     w = te.placeholder((n, k // scheme.PACK), "uint32", "q_weight")
     s = te.placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
-    return te.create_prim_func([hw, ss, w, s, consumer_te(scheme, hw, ss, w, s, epsilon, out_dtype, epilogue)])
+    return te.create_prim_func([hw, ss, w, s, consumer_te(scheme, hw, ss, w, s, epsilon, out_dtype, epilogue, normalize_first)])
 
 
-def fold_rms_norms(slot_rows: int):
+def fold_rms_norms(slot_rows: int, normalize_first: bool, into_swiglu: bool):
     """Module pass, after FuseAddRMSNorm (and --int8-activations' rewrite, whose norms it leaves):
     each one-token fused add + RMSNorm that adds a q4 GEMV's output, with `slot_rows` dividing its
-    rows, to the residual, and whose normed output only q4 GEMVs read, becomes part of those GEMVs
-    (module doc)."""
+    rows, to the residual, and whose normed output only q4 GEMVs read (without the SwiGLU epilogue
+    unless `into_swiglu`), becomes part of those GEMVs, the consumers in the form `normalize_first`
+    picks (module doc)."""
     import tvm
     from tvm import relax
 
+    from .layers import SWIGLU
+
     @tvm.transform.module_pass(opt_level=0, name="FoldRMSNormsIntoGEMVs")
     def rewrite(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mutator = _mutator_class()(mod, slot_rows)
+        mutator = _mutator_class()(mod, slot_rows, normalize_first, (None, SWIGLU) if into_swiglu else (None,))
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator.builder_.update_func(gvar, mutator.visit_expr(func))
@@ -130,9 +147,10 @@ def _mutator_class():
 
     @relax.expr_functor.mutator
     class FoldRMSNorms(relax.PyExprMutator):
-        def __init__(self, mod, slot_rows: int):
+        def __init__(self, mod, slot_rows: int, normalize_first: bool, consumer_epilogues: tuple):
             super().__init__(mod)
-            self.mod, self.slot_rows = mod, slot_rows
+            self.mod, self.slot_rows, self.normalize_first = mod, slot_rows, normalize_first
+            self.consumer_epilogues = consumer_epilogues
             self.folds = {}  # norm var -> (producer matmul var, residual); then the folded producer's call
             self.producers = {}  # producer matmul var -> its binding's value, emitted with the norm
             self.normed = {}  # var of a folded norm's normed output -> (hw, ss)
@@ -171,7 +189,7 @@ def _mutator_class():
             norm = self.normed[x]
             func = consumer_func(QUANTIZATIONS[str(attrs[Q4_MATMUL_ATTR])], int(w.ty.shape.values[0]), int(x.ty.shape.values[-1]),
                                  int(norm[1].ty.shape.values[0]), self.epsilon[x], call.ty.dtype,
-                                 str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None)
+                                 str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None, self.normalize_first)
             gemv = self.builder_.add_func(func.without_attr("global_symbol"), "q4_matmul_rms_scaled")
             return relax.call_tir(gemv, [*norm, self.visit_expr(w), self.visit_expr(s)], call.ty)
 
@@ -213,7 +231,7 @@ def _mutator_class():
                 if not all(isinstance(u, relax.TupleGetItem) for u in getters):
                     continue
                 normed = [v for v, u in values.items() if isinstance(u, relax.TupleGetItem) and u.tuple_value.same_as(var) and u.index == 1]
-                if not all(self._is_gemv(u) and u.args[1].fields[0].same_as(n) and not any(f.same_as(n) for f in u.args[1].fields[1:])
+                if not all(self._is_gemv(u, self.consumer_epilogues) and u.args[1].fields[0].same_as(n) and not any(f.same_as(n) for f in u.args[1].fields[1:])
                            for n in normed for u in uses.get(n, [None])):
                     continue
                 a, b, _ = value.args[1].fields

@@ -36,8 +36,13 @@ class Preset:
     # lm_head 20.2 against 27.2. Re-swept in sessions 18 and 20: 16 or 64 lanes a row, 1, 2 or 8
     # warps a block, 1 row a lane were all slower (40.4-48.8 us);
     # 8-word loads, 4 rows per lane and weights through shared memory (cp.async) were slower before.
+    # The norm before each q/k/v projection folded into the GEMVs around it (fold_rms_norm; the
+    # q/k/v GEMV normalizes its staged activation): 54 and 41 us less kernel time a 7B and 8B step,
+    # decode +0.3-4.6% in 12 same-call pairs; the norm before gate/up folded too cost its SwiGLU
+    # GEMV more than the norm kernel (H200, docs/benchmarks.md, session 25).
     gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=16, rows_per_thread=2,
-                                packed_fp16=True, stage_activation=True, fp16_products=True)
+                                packed_fp16=True, stage_activation=True, fp16_products=True, fold_rms_norm=True,
+                                fold_into_swiglu=False)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
     # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, 8 rows in flight per
     # lane. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens (benchmarks/

@@ -29,12 +29,13 @@ def decode_passes(gemv: GemvKnobs, max_threads: int, int8_activations: bool) -> 
     """The decode graph's rewrites for a preset: --int8-activations' (compiler/int8_activations.py:
     rows whose scale groups the GEMV's lanes tile, norms in at most max_threads threads), then, where
     the preset asks, the RMSNorms folded into the GEMVs around them (compiler/norm_fold.py), a slot
-    being a GEMV block's rows."""
+    being a GEMV block's rows, the activation normalized first where the GEMV stages it."""
     from ..compiler.int8_activations import use_int8_decode_activations
     from ..compiler.norm_fold import fold_rms_norms
 
     int8 = [use_int8_decode_activations(gemv.threads_per_row, max_threads)] if int8_activations else []
-    return [*int8, *([fold_rms_norms(gemv.rows_per_block * gemv.rows_per_thread)] if gemv.fold_rms_norm else [])]
+    return [*int8, *([fold_rms_norms(gemv.rows_per_block * gemv.rows_per_thread, gemv.stage_activation, gemv.fold_into_swiglu)]
+                    if gemv.fold_rms_norm else [])]
 
 
 def schedule_passes(target, gemv: GemvKnobs, attention: AttentionKnobs, matrix_cores: bool = False,

@@ -30,6 +30,31 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
     assert (dist / "lib.so").stat().st_size > 0
 
 
+def test_cuda_decode_folds_the_norm_before_each_qkv_projection_into_the_gemvs_around_it(builds):
+    """compiler/norm_fold.py with the sm_90 preset: layer 0's down projection writes the residual
+    sum, h * w and its slots' sums of squares; layer 1's q/k/v GEMV sums the slots and normalizes
+    its activation where it stages it in shared memory, so its fp16 products see the normalized
+    activation. The norm before each gate/up projection stays a kernel (fold_into_swiglu=False)."""
+    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda")
+    target = p.target_module.tvm_target(p.preset)
+    mod = pipeline.run(export_ir(p, target), p.target_module, target)
+    decode = mod["decode"].script()
+    layers = p.manifest["model"]["config"]["num_hidden_layers"]  # 2
+    assert decode.count("q4_matmul_add_rms_sums(") == decode.count("q4_matmul_rms_scaled(") == layers - 1
+    assert decode.count("fused_add_rms_norm(") == layers  # before each gate/up projection
+    consumer = next(f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("q4_matmul_rms_scaled"))
+    assert re.search(r'rms_normalized\w*_shared = T.sblock_alloc_buffer\(.*scope="shared"', consumer) and "T.rsqrt(" in consumer
+
+
+def test_folded_norms_with_fp16_products_need_the_staged_activation():
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.dequant_gemv import GemvKnobs
+
+    assert cuda.PRESETS["sm_90"].gemv.fold_rms_norm and cuda.PRESETS["sm_90"].gemv.fp16_products
+    with pytest.raises(ValueError, match="without stage_activation .* fp16 products would overflow"):
+        GemvKnobs(packed_fp16=True, fp16_products=True, fold_rms_norm=True)
+
+
 @pytest.mark.parametrize("quantization", ["q0f32", "q4f32_1"])
 @pytest.mark.parametrize("target", ["cuda", "rocm", "vulkan"])
 def test_gpu_targets_refuse_float32_activations(builds, quantization, target):

@@ -346,7 +346,8 @@ def test_gate_up_gemv_with_its_swiglu_epilogue_on_lavapipe_vs_numpy(knobs, k, la
 def test_rms_norm_folded_into_the_gemvs_on_lavapipe_vs_numpy(knobs, n, k, lavapipe, tmp_path):
     """compiler/norm_fold.py: the producer GEMV writes the residual sum, the norm's input times
     its weight and its slots' sums of squares; the consumer GEMVs (plain and with the SwiGLU
-    epilogue) scale their dot products by the norm's factor. Against numpy's add + RMSNorm + matmul."""
+    epilogue) scale their dot products by the norm's factor or, where they stage it (cuda's knobs),
+    their activation. Against numpy's add + RMSNorm + matmul."""
     from tvm.s_tir import dlight as dl
 
     from mlcgen.compiler import norm_fold
@@ -380,7 +381,8 @@ def test_rms_norm_folded_into_the_gemvs_on_lavapipe_vs_numpy(knobs, n, k, lavapi
     y = q4.unpack(vw, vs) @ normed
     gate, up = y[:96].astype(np.float16).astype(np.float32), y[96:].astype(np.float16).astype(np.float32)
     for epilogue, expected in ((None, y), (SWIGLU, gate / (1 + np.exp(-gate)) * up)):
-        out = run(norm_fold.consumer_func(q4, 192, n, n // slot_rows, eps, "float16", epilogue), f"consumer-{epilogue}.so",
+        consumer = norm_fold.consumer_func(q4, 192, n, n // slot_rows, eps, "float16", epilogue, knobs.stage_activation)
+        out = run(consumer, f"consumer-{epilogue}.so",
                   (hw.reshape(1, 1, n), slots.astype(np.float32), vw, vs), [((1, 1, expected.size), "float16")])
         assert rel_err(out[0], expected) <= 2e-3
 

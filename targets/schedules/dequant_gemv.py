@@ -22,7 +22,8 @@ schedule's job is to keep enough wide loads in flight:
 - a matmul on int8 activation codes (compiler/int8_activations.py, `--int8-activations`) takes
   the packed form's steps, each scale group in integer dot products (packed_dot.int8_intrinsic_for);
 - with a folded RMSNorm (compiler/norm_fold.py), the GEMV before the norm also writes each block's
-  sum of squares into a slot, and the GEMVs after it sum the slots and scale their dot products;
+  sum of squares into a slot, and the GEMVs after it sum the slots and scale their dot products
+  or, where they stage it, their activation;
 - rows whose scale groups the lanes do not divide are padded to whole steps (zero activation past
   the row, weight reads clamped to it), and a gate/up projection with its SwiGLU epilogue gives
   each lane gate row r and up row r + N/2, so the epilogue needs no second kernel.
@@ -42,7 +43,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 from ...compiler.int8_activations import ACTIVATION_BLOCK
 from ...compiler.layers import DEQUANTIZE, SWIGLU
-from ...compiler.norm_fold import SQUARE_SUM, SQUARE_TOTAL
+from ...compiler.norm_fold import NORMALIZED, SQUARE_SUM, SQUARE_TOTAL
 from . import packed_dot, q4_schedule
 
 REDUCE = 2  # IterVar.iter_type of a reduction axis
@@ -67,17 +68,20 @@ class GemvKnobs:
     # add more than this fraction to the row
     max_padding: float = 1 / 8
     # The decode RMSNorms folded into the GEMVs around them (compiler/norm_fold.py): the q/k/v and
-    # gate/up GEMVs then read the residual stream times the norm's weight, not normalized, so only
-    # where their products are float32; fp16 products overflow on it (NaN logits on CUDA at 7B)
+    # gate/up GEMVs read the residual stream times the norm's weight and normalize it where they
+    # stage it; unstaged, they scale their dot products, so their products see it unnormalized,
+    # which only float32 products take (with fp16 ones: NaN logits on CUDA at 7B)
     fold_rms_norm: bool = False
+    fold_into_swiglu: bool = True  # the norm before a gate/up projection with its SwiGLU epilogue folded too
 
     def __post_init__(self):
         if self.packed_fp16 and self.vector_words != 4:
             raise ValueError("packed_fp16 computes one scale group (4 words) per step: it needs vector_words=4")
         if self.fp16_products and not self.packed_fp16:
             raise ValueError("fp16_products is a way of computing the packed form: it needs packed_fp16=True")
-        if self.fold_rms_norm and self.fp16_products:
-            raise ValueError("fold_rms_norm feeds the GEMVs an activation that is not normalized: fp16 products would overflow")
+        if self.fold_rms_norm and self.fp16_products and not self.stage_activation:
+            raise ValueError("fold_rms_norm without stage_activation feeds the GEMVs an activation that is not normalized: "
+                             "fp16 products would overflow")
         if self.activation_words and (not self.packed_fp16 or self.stage_activation):
             raise ValueError("activation_words feeds the packed form's registers: it needs packed_fp16=True, unstaged")
 
@@ -90,7 +94,7 @@ class DequantGEMV(ScheduleRule):
         inlined = self._inlined(func)
         if inlined is None:
             return None
-        sch, matmul, padding, epilogues, int8 = inlined
+        sch, matmul, before, epilogues, int8 = inlined
         *spatial, reduce = sch.get_loops(matmul)
         k = self.knobs
         if self._swiglu(sch, epilogues):
@@ -104,14 +108,15 @@ class DequantGEMV(ScheduleRule):
             if int(sch.get(reduce).extent) % step:
                 if int8:
                     raise ValueError(f"internal: an int8-activation GEMV whose rows {step} weights a step do not tile")
-                sch, matmul, padding, epilogues, _ = self._inlined(func, pad_to=step)
-        return self._schedule(sch, matmul, padding, epilogues, target, k, int8)
+                sch, matmul, before, epilogues, _ = self._inlined(func, pad_to=step)
+        return self._schedule(sch, matmul, before, epilogues, target, k, int8)
 
     def _inlined(self, func, pad_to: int = 0):
         """(schedule, matmul block, blocks before it, blocks after it, whether the activation is
-        int8) with the dequantize inlined, or None where `func` is not a q4 GEMV. With `pad_to`, the
-        reduction is first padded to a multiple of it (_pad_reduction): the block before the matmul
-        pads its activation."""
+        int8) with the dequantize inlined, or None where `func` is not a q4 GEMV. The blocks before
+        the matmul are a folded RMSNorm's that normalize its activation (compiler/norm_fold.py)
+        and, with `pad_to`, the padding of its activation: the reduction is first padded to a
+        multiple of it (_pad_reduction)."""
         q4 = q4_schedule(func)
         if q4 is None:
             return None
@@ -127,8 +132,9 @@ class DequantGEMV(ScheduleRule):
         if len(matmuls) != 1 or len(reductions) - 1 != self._swiglu(sch, reductions):
             return None  # one q4 matmul; the only other reduction allowed is the SwiGLU pair's product
         index = blocks.index(matmuls[0])
-        if index != bool(pad_to):
-            return None  # producers before the matmul (none in the q4 layers but our padding) are not handled
+        norm = [b for b in blocks[:index] if sch.get(b).name_hint in (SQUARE_TOTAL, NORMALIZED)]
+        if index != bool(pad_to) + len(norm):
+            return None  # other producers before the matmul (none in the q4 layers) are not handled
         return sch, matmuls[0], blocks[:index], blocks[index + 1:], int8
 
     @staticmethod
@@ -258,22 +264,46 @@ class DequantGEMV(ScheduleRule):
         sch.set_scope(partial, 0, "local")
 
     @staticmethod
-    def _slot_total(sch, block, thread_row, k: GemvKnobs):
-        """A consumer's sum of the slots: each warp sums them all, lane-strided, in one cross-lane
-        sum. It reads only the slots, so no producer keeps it from the row's loop; the epilogue
-        applies the factor after the dot products, so the slot loads wait on nothing."""
-        _, lane = sch.split(sch.get_loops(block)[-1], [None, k.threads_per_row])  # slots padded to whole rounds
-        partial = sch.rfactor(lane, factor_axis=0)
-        for b in (partial, block):
-            sch.reverse_compute_at(b, thread_row, preserve_unit_loops=True)
-        sch.bind(sch.get_loops(partial)[2], "threadIdx.x")
-        *_, lane, unit = sch.get_loops(block)
-        sch.reorder(unit, lane)  # TVM lowers a cross-thread reduction only as the innermost loop
-        sch.bind(lane, "threadIdx.x")
+    def _slot_total(sch, block, loop, k: GemvKnobs, before_reads: bool):
+        """A consumer's sum of the slots, under `loop`. It reads only the slots, so no producer keeps
+        it from there: the row's loop, where the epilogue applies the factor after the dot products
+        and the slot loads wait on nothing, each warp summing all the slots, lane-strided, in one
+        cross-lane sum; or, `before_reads`, the block's loop, ahead of the activation it normalizes,
+        all the block's threads summing them once (a warp each would read them rows_per_block times
+        over: 22 MB a 7B gate/up projection)."""
+        rows = k.rows_per_block if before_reads else 1
+        slots = sch.get_loops(block)[-1]
+        if int(sch.get(slots).extent) % (rows * k.threads_per_row):
+            raise ValueError(f"internal: {rows} x {k.threads_per_row} threads do not divide the padded slots "
+                             f"({sch.get(slots).extent}; norm_fold.SLOT_PADDING)")
+        _, t = sch.split(slots, [None, rows * k.threads_per_row])
+        partial = sch.rfactor(t, factor_axis=0)
+        own = len(sch.get_loops(partial))  # the threads' loop first
+        if before_reads:
+            for b in (block, partial):
+                sch.compute_at(b, loop, preserve_unit_loops=True)
+        else:
+            for b in (partial, block):
+                sch.reverse_compute_at(b, loop, preserve_unit_loops=True)
+        loops = sch.get_loops(partial)
+        DequantGEMV._bind_rows_and_lanes(sch, loops[len(loops) - own], k, rows)
+        *_, t, unit = sch.get_loops(block)
+        sch.reorder(unit, t)  # TVM lowers a cross-thread reduction only as the innermost loop
+        DequantGEMV._bind_rows_and_lanes(sch, t, k, rows)
         sch.set_scope(partial, 0, "local")
         sch.set_scope(block, 0, "local")
 
-    def _schedule(self, sch, matmul, padding, epilogues, target, k: GemvKnobs, int8: bool):
+    @staticmethod
+    def _bind_rows_and_lanes(sch, loop, k: GemvKnobs, rows: int):
+        """`loop` (rows x lanes) to threadIdx.y and threadIdx.x; with one row, to the lanes alone."""
+        if rows == 1:
+            sch.bind(loop, "threadIdx.x")
+            return
+        row, lane = sch.split(loop, [rows, k.threads_per_row])
+        sch.bind(row, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+
+    def _schedule(self, sch, matmul, before, epilogues, target, k: GemvKnobs, int8: bool):
         words = k.vector_words
         paired = self._swiglu(sch, epilogues)
         if paired:  # a lane's two rows: gate row r and up row r + N/2
@@ -294,7 +324,7 @@ class DequantGEMV(ScheduleRule):
         sch.bind(block_rows, "blockIdx.x")
         sch.bind(thread_row, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
-        activation_words = k.activation_words and not padding
+        activation_words = k.activation_words and not before  # the words are read as stored: nothing to inline
         for index, buffer in enumerate(sch.get(partial).reads):
             if buffer.source.dtype == "uint32" or len(buffer.source.shape) == 3:  # packed weight, activation
                 if len(buffer.source.shape) == 3 and k.stage_activation and self._fits_shared(buffer, target, 8 * words):
@@ -310,8 +340,12 @@ class DequantGEMV(ScheduleRule):
                     continue
                 lanes = words if buffer.source.dtype == "uint32" else k.activation_lanes
                 sch.vectorize(sch.split(inner, [None, lanes])[-1])
-        for block in padding:  # the activation's zero padding, where it is first read: staged or per lane
-            sch.compute_inline(block)
+        totals = [b for b in before if sch.get(b).name_hint == SQUARE_TOTAL]
+        for block in before:  # padding, normalization: inlined where the activation is first read, staged or per lane
+            if block not in totals:
+                sch.compute_inline(block)
+        for block in totals:  # the norm's factor, before the block's activation is read
+            self._slot_total(sch, block, block_rows, k, before_reads=True)
         sch.unroll(u)
         sch.unroll(own_row)
         sch.set_scope(partial, 0, "local")
@@ -327,7 +361,7 @@ class DequantGEMV(ScheduleRule):
         totals = [b for b in epilogues if sch.get(b).name_hint == SQUARE_TOTAL]
         epilogues = [b for b in epilogues if b not in sums + totals]
         for block in totals:  # first: the epilogue that reads it follows it to the row's loop
-            self._slot_total(sch, block, thread_row, k)
+            self._slot_total(sch, block, thread_row, k, before_reads=False)
         intermediates = sch.get(sch.get_sblock("root")).alloc_buffers
         for block in epilogues:  # cast, residual add, ...: intermediates inline into the output blocks
             try:
