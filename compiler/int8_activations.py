@@ -175,15 +175,12 @@ def use_int8_decode_activations(lanes: int, max_threads: int):
     o and down projections, lm_head) keep fp16: a quantize kernel of their own costs as much time
     as their int8 form saves (a dependent dispatch, docs/benchmarks.md)."""
     import tvm
-    from tvm import relax
+
+    from .passes import mutate_relax_functions
 
     @tvm.transform.module_pass(opt_level=0, name="UseInt8DecodeActivations")
     def rewrite(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mutator = _mutator_class()(mod, lanes, max_threads)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.finalize()
+        return mutate_relax_functions(mod, _mutator_class()(mod, lanes, max_threads))
 
     return rewrite
 
@@ -211,15 +208,12 @@ def matmul_func(scheme, n: int, k: int, out_dtype: str, epilogue: str | None = N
 @cache
 def _mutator_class():
     """The Relax mutator, defined on first use (TVM's compiler is imported lazily)."""
-    from tvm import ir, relax, tirx
+    from tvm import ir, relax
 
-    from ..targets.schedules.add_rms_norm import EPSILON_ATTR, KERNEL, KERNEL_ATTR
+    from ..targets.schedules.add_rms_norm import EPSILON_ATTR
     from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR
+    from .passes import is_one_token_add_rms_norm, is_one_token_fp16
     from .quantization import QUANTIZATIONS
-
-    def one_token(ty) -> bool:
-        dims = ty.shape.values
-        return ty.dtype == "float16" and all(isinstance(d, tirx.IntImm) for d in dims) and all(int(d) == 1 for d in dims[:-1])
 
     @relax.expr_functor.mutator
     class Int8Activations(relax.PyExprMutator):
@@ -270,7 +264,7 @@ def _mutator_class():
             if Q4_MATMUL_ATTR not in (self.mod[call.args[0]].attrs or {}):
                 return None
             x = call.args[1].fields[0]
-            fits = one_token(x.ty) and int(x.ty.shape.values[-1]) % (GROUP * self.lanes) == 0
+            fits = is_one_token_fp16(x.ty) and int(x.ty.shape.values[-1]) % (GROUP * self.lanes) == 0
             return x if fits else None
 
         def _int8_norms(self, func) -> dict:
@@ -278,7 +272,7 @@ def _mutator_class():
             output are taken apart by index and whose normed output only int8-capable q4 matmuls
             read, as their activation."""
             bindings = [b for block in func.body.blocks for b in block.bindings]
-            norms = {b.var for b in bindings if self._is_one_token_norm(b.value)}
+            norms = {b.var for b in bindings if is_one_token_add_rms_norm(self.mod, b.value)}
             normed = {b.var: b.value.tuple_value for b in bindings
                       if isinstance(b.value, relax.TupleGetItem) and b.value.tuple_value in norms and b.value.index == 1}
             for b in bindings:
@@ -289,9 +283,5 @@ def _mutator_class():
                     norms -= {normed[v] for v in used & set(normed)}  # the normed output read otherwise
             norms -= {normed[v] for v in set(relax.analysis.free_vars(func.body.body)) & set(normed)}  # returned
             return {v: None for v in norms & set(normed.values())}
-
-        def _is_one_token_norm(self, value) -> bool:
-            return (isinstance(value, relax.Call) and value.op == ir.Op.get("relax.call_tir") and isinstance(value.args[0], ir.GlobalVar)
-                    and (self.mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == KERNEL and one_token(value.args[1].fields[0].ty))
 
     return Int8Activations

@@ -115,17 +115,14 @@ def fold_rms_norms(slot_rows: int, normalize_first: bool, into_swiglu: bool):
     unless `into_swiglu`), becomes part of those GEMVs, the consumers in the form `normalize_first`
     picks (module doc)."""
     import tvm
-    from tvm import relax
 
     from .layers import SWIGLU
+    from .passes import mutate_relax_functions
 
     @tvm.transform.module_pass(opt_level=0, name="FoldRMSNormsIntoGEMVs")
     def rewrite(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mutator = _mutator_class()(mod, slot_rows, normalize_first, (None, SWIGLU) if into_swiglu else (None,))
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.finalize()
+        epilogues = (None, SWIGLU) if into_swiglu else (None,)
+        return mutate_relax_functions(mod, _mutator_class()(mod, slot_rows, normalize_first, epilogues))
 
     return rewrite
 
@@ -133,17 +130,14 @@ def fold_rms_norms(slot_rows: int, normalize_first: bool, into_swiglu: bool):
 @cache
 def _mutator_class():
     """The Relax mutator, defined on first use (TVM's compiler is imported lazily)."""
-    from tvm import ir, relax, tirx
+    from tvm import ir, relax
 
-    from ..targets.schedules.add_rms_norm import EPSILON_ATTR, KERNEL, KERNEL_ATTR
+    from ..targets.schedules.add_rms_norm import EPSILON_ATTR
     from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR, SWIGLU
+    from .passes import is_one_token_add_rms_norm, is_one_token_fp16
     from .quantization import QUANTIZATIONS
 
     call_tir = ir.Op.get("relax.call_tir")
-
-    def one_token(ty) -> bool:
-        dims = ty.shape.values
-        return ty.dtype == "float16" and all(isinstance(d, tirx.IntImm) for d in dims) and all(int(d) == 1 for d in dims[:-1])
 
     @relax.expr_functor.mutator
     class FoldRMSNorms(relax.PyExprMutator):
@@ -151,14 +145,12 @@ def _mutator_class():
             super().__init__(mod)
             self.mod, self.slot_rows, self.normalize_first = mod, slot_rows, normalize_first
             self.consumer_epilogues = consumer_epilogues
-            self.folds = {}  # norm var -> (producer matmul var, residual); then the folded producer's call
+            self.folds = {}  # norm var -> (producer matmul var, residual); then (folded producer's call, epsilon)
             self.producers = {}  # producer matmul var -> its binding's value, emitted with the norm
-            self.normed = {}  # var of a folded norm's normed output -> (hw, ss)
-            self.epsilon = {}  # var of a folded norm's normed output -> the norm's epsilon
+            self.normed = {}  # var of a folded norm's normed output -> (hw, ss, epsilon)
 
         def visit_function_(self, func):
-            self.normed, self.epsilon = {}, {}
-            self.folds = self._foldable(func)  # fills self.epsilon
+            self.normed, self.folds = {}, self._foldable(func)
             self.producers = {p: None for p, _ in self.folds.values()}
             return super().visit_function_(func)
 
@@ -169,12 +161,13 @@ def _mutator_class():
                 return
             if var in self.folds:
                 producer, residual = self.folds[var]
-                self.folds[var] = self._emit_producer(self.producers[producer], residual, value)
+                epsilon = float(self.mod[value.args[0]].attrs[EPSILON_ATTR])
+                self.folds[var] = self._emit_producer(self.producers[producer], residual, value), epsilon
                 return
             if isinstance(value, relax.TupleGetItem) and value.tuple_value in self.folds:
-                folded = self.folds[value.tuple_value]
+                folded, epsilon = self.folds[value.tuple_value]
                 if value.index == 1:  # the normed activation: hw and the slots
-                    self.normed[var] = tuple(self.builder_.emit(relax.TupleGetItem(folded, i)) for i in (1, 2))
+                    self.normed[var] = (*(self.builder_.emit(relax.TupleGetItem(folded, i)) for i in (1, 2)), epsilon)
                     return
                 emit = self.builder_.emit if isinstance(var, relax.DataflowVar) else self.builder_.emit_output
                 self.set_var_remap(var, emit(relax.TupleGetItem(folded, 0)))
@@ -186,12 +179,12 @@ def _mutator_class():
                 return super().visit_call_(call)
             attrs = self.mod[call.args[0]].attrs
             x, w, s = call.args[1].fields
-            norm = self.normed[x]
+            hw, ss, epsilon = self.normed[x]
             func = consumer_func(QUANTIZATIONS[str(attrs[Q4_MATMUL_ATTR])], int(w.ty.shape.values[0]), int(x.ty.shape.values[-1]),
-                                 int(norm[1].ty.shape.values[0]), self.epsilon[x], call.ty.dtype,
+                                 int(ss.ty.shape.values[0]), epsilon, call.ty.dtype,
                                  str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None, self.normalize_first)
             gemv = self.builder_.add_func(func.without_attr("global_symbol"), "q4_matmul_rms_scaled")
-            return relax.call_tir(gemv, [*norm, self.visit_expr(w), self.visit_expr(s)], call.ty)
+            return relax.call_tir(gemv, [hw, ss, self.visit_expr(w), self.visit_expr(s)], call.ty)
 
         def _emit_producer(self, matmul, residual, norm):
             x, w, s = matmul.args[1].fields
@@ -209,7 +202,7 @@ def _mutator_class():
                 return False
             attrs = self.mod[call.args[0]].attrs or {}
             epilogue = str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None
-            return Q4_MATMUL_ATTR in attrs and epilogue in epilogues and one_token(call.args[1].fields[0].ty)
+            return Q4_MATMUL_ATTR in attrs and epilogue in epilogues and is_one_token_fp16(call.args[1].fields[0].ty)
 
         def _foldable(self, func) -> dict:
             """{norm var: (producer matmul var, residual)} of the norms to fold: the norm's sum and
@@ -225,7 +218,7 @@ def _mutator_class():
                 uses.setdefault(v, []).append(None)  # returned
             folds = {}
             for var, value in values.items():
-                if not self._is_one_token_norm(value):
+                if not is_one_token_add_rms_norm(self.mod, value):
                     continue
                 getters = uses.get(var, [])
                 if not all(isinstance(u, relax.TupleGetItem) for u in getters):
@@ -240,13 +233,7 @@ def _mutator_class():
                     if (matmul is not None and self._is_gemv(matmul, (None,)) and len(uses.get(producer, [])) == 1
                             and matmul.ty.dtype == "float16" and int(matmul.ty.shape.values[-1]) % self.slot_rows == 0):
                         folds[var] = (producer, residual)
-                        epsilon = float(self.mod[value.args[0]].attrs[EPSILON_ATTR])
-                        self.epsilon.update({n: epsilon for n in normed})
                         break
             return folds
-
-        def _is_one_token_norm(self, value) -> bool:
-            return (isinstance(value, relax.Call) and value.op == call_tir and isinstance(value.args[0], ir.GlobalVar)
-                    and (self.mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == KERNEL and one_token(value.args[1].fields[0].ty))
 
     return FoldRMSNorms

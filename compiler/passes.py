@@ -51,6 +51,26 @@ def fuse_add_rms_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return bb.finalize()
 
 
+def is_one_token_fp16(ty) -> bool:
+    """An fp16 tensor type of static shape [1, .., 1, n]: one token's activation (decode)."""
+    dims = ty.shape.values
+    return ty.dtype == "float16" and all(isinstance(d, tvm.tirx.IntImm) for d in dims) and all(int(d) == 1 for d in dims[:-1])
+
+
+def is_one_token_add_rms_norm(mod: tvm.IRModule, value: relax.Expr) -> bool:
+    """A call of fuse_add_rms_norm's kernel on one token."""
+    return (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir") and isinstance(value.args[0], tvm.ir.GlobalVar)
+            and (mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == ADD_RMS_NORM and is_one_token_fp16(value.args[1].fields[0].ty))
+
+
+def mutate_relax_functions(mod: tvm.IRModule, mutator: relax.PyExprMutator) -> tvm.IRModule:
+    """`mod` with each Relax function rewritten by `mutator` (built on `mod`)."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.finalize()
+
+
 @tvm.transform.module_pass(opt_level=0, name="InlineDequantize")
 def inline_dequantize(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Inline the q4 layers' dequantize block into the matmul that reads it (compiler/layers.py), in
