@@ -2,6 +2,7 @@
 
     python benchmarks/cuda_speed.py build .bench/speed        # here: compile the libraries (TVM compiler)
     python benchmarks/cuda_speed.py build .bench/int8 --int8-activations   # the same, with that build option
+    python benchmarks/cuda_speed.py build .bench/v --gemv fold_into_swiglu=True   # a preset GEMV knob changed
     python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
     python benchmarks/cuda_speed.py run .bench/speed llama2-7b   # that model, mlcgen only (to compare builds)
 
@@ -21,12 +22,15 @@ group 32, bf16 activations) on the same module.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import importlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,30 +55,57 @@ def hf_config(name: str) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, **MODELS[name]}
 
 
+def build_options(options) -> dict:
+    """compile_from_config's keyword arguments from a build's options: `--int8-activations`, and
+    `--gemv KNOB=VALUE` (repeatable), a field of the target preset's GemvKnobs changed for this
+    build, so that variants of one commit are built side by side (docs/benchmarks.md)."""
+    gemv = {}
+    for flag, value in zip(options, options[1:]):
+        if flag == "--gemv":
+            knob, _, literal = value.partition("=")
+            gemv[knob] = ast.literal_eval(literal)
+    return {"int8_activations": "--int8-activations" in options, "gemv": gemv}
+
+
+@contextmanager
+def preset_gemv(target: str, knobs: dict):
+    """The target preset's GemvKnobs with `knobs` changed, inside the block."""
+    kind, _, name = target.partition(":")
+    module = importlib.import_module(f"mlcgen.targets.{kind}")
+    name = name or module.default_preset()[0]
+    saved = module.PRESETS[name]
+    module.PRESETS[name] = dataclasses.replace(saved, gemv=dataclasses.replace(saved.gemv, **knobs))
+    try:
+        yield
+    finally:
+        module.PRESETS[name] = saved
+
+
 def compile_from_config(model: str, quantization: str, target: str, out: Path, context_window: int, prefill_chunk: int,
-                        int8_activations: bool = False) -> None:
+                        int8_activations: bool = False, gemv: dict | None = None) -> None:
     """lib.so + manifest.json for a MODELS shape, from its config alone (no weights: the engine
-    generates random ones, or the weights are converted later); `mlcgen build`'s options as arguments."""
+    generates random ones, or the weights are converted later); `mlcgen build`'s options as
+    arguments, and `gemv`: preset GEMV knobs to change (build_options)."""
     from mlcgen.compiler.build import _memory_estimate, compile_library, plan
     from mlcgen.runtime import dist
 
-    with tempfile.TemporaryDirectory() as config_dir:
-        (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(model)))
-        p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk, int8_activations)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    temporaries, kernels = compile_library(p, out / dist.LIBRARY, None, None)
+    with preset_gemv(target, gemv or {}), tempfile.TemporaryDirectory() as config_dir:
+        (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(model)))
+        p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk, int8_activations)
+        temporaries, kernels = compile_library(p, out / dist.LIBRARY, None, None)
     p.manifest["memory"] = _memory_estimate(p.manifest, temporaries)
     p.manifest["decode_kernels"] = kernels
     (out / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
-    print(f"{out}: compiled for {target} in {time.time() - start:.1f} s")
+    print(f"{out}: compiled for {target}{f' with GEMV knobs {gemv}' if gemv else ''} in {time.time() - start:.1f} s")
 
 
 def build(out: Path, *options: str) -> None:
     from mlcgen.runtime import cublas, plugins
 
     for name in MODELS:
-        compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL, "--int8-activations" in options)
+        compile_from_config(name, "q4f16_1", "cuda:sm_90", out / name, CONTEXT_WINDOW, PREFILL, **build_options(options))
     plugins.carry(out, cublas.build_plugin())
 
 

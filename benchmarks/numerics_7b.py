@@ -4,7 +4,7 @@ mlcgen's converter, against transformers over 256 teacher-forced positions.
     python benchmarks/numerics_7b.py build .bench/numerics     # here: q0f16 and q4f16_1 CUDA libraries
     python benchmarks/numerics_7b.py run .bench/numerics       # GPU machine
     (a quantization after the folder, e.g. `q4f16_1`, builds or runs that one only; `--int8-activations`
-    after `build` builds with that option)
+    and `--gemv KNOB=VALUE` after `build` build with those options, as in cuda_speed.py)
 
 q0f16 is compared with the fp16 transformers model itself; q4f16_1 with the same model whose
 quantized weights are replaced by their dequantized values (computed here in torch, independently
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cuda_speed import CONTEXT_WINDOW, compile_from_config, hf_config
+from cuda_speed import CONTEXT_WINDOW, build_options, compile_from_config, hf_config
 
 QUANTS = ("q4f16_1", "q0f16")
 POSITIONS = 256
@@ -34,9 +34,9 @@ PREFILLS = (32, 128, 256)
 def build(out: Path, *args: str) -> None:
     from mlcgen.runtime import cublas, plugins
 
-    quants = [a for a in args if not a.startswith("--")]
+    quants = [a for a in args if a in QUANTS]
     for quant in quants or QUANTS:
-        compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS, "--int8-activations" in args)
+        compile_from_config("llama2-7b", quant, "cuda:sm_90", out / quant, CONTEXT_WINDOW, POSITIONS, **build_options(args))
     plugins.carry(out, cublas.build_plugin())
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/vulkan_speed.py build .bench/vulkan     # here: libraries, a copy kernel, the plugin
     python benchmarks/vulkan_speed.py build .bench/int8 --int8-activations   # the libraries with that build option
+    python benchmarks/vulkan_speed.py build .bench/v --gemv fold_into_swiglu=False   # a preset GEMV knob changed
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
     python benchmarks/vulkan_speed.py run .bench/vulkan "llama2-7b vulkan:nvidia"   # those configurations only, no GEMV sweep
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cuda_speed import PREFILL, STEPS, compile_from_config, kernel_rows, kv_bytes_per_token, print_kernel_rows  # noqa: E402
+from cuda_speed import PREFILL, STEPS, build_options, compile_from_config, kernel_rows, kv_bytes_per_token, print_kernel_rows  # noqa: E402
 from gemv_efficiency import gemv_func, weight_copies  # noqa: E402
 
 PRESETS = ("vulkan:nvidia", "vulkan")
@@ -110,7 +111,7 @@ def build(out: Path, *options: str) -> None:
     from mlcgen.runtime import plugins, vulkan
 
     for model, preset in dict.fromkeys((model, preset) for model, preset, _ in CONFIGS.values()):
-        compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL, "--int8-activations" in options)
+        compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL, **build_options(options))
     copy_kernel(out)
     gemv_libraries(out)
     plugins.carry(out, vulkan.build_plugin())
