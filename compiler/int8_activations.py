@@ -147,8 +147,9 @@ def matmul_te(scheme, xq, xd, q_weight, q_scale, out_dtype: str):
     matmul's dequantize, which every schedule inlines."""
     from tvm import te, tirx
 
-    k_total = int(xq.shape[0]) * 4
     n_total = q_weight.shape[0]
+    index = lambda v: tirx.const(v, str(n_total.ty))  # noqa: E731  the weight's index type (int64 from Relax)
+    k_total = index(int(xq.shape[0]) * 4)
     codes = te.compute((n_total, k_total), lambda n, k: tirx.Cast(
         "float32", q_weight[n, k // scheme.PACK] >> (k % scheme.PACK * 4).astype("uint32") & tirx.const(15, "uint32")), name=CODES_BLOCK)
 
@@ -156,10 +157,10 @@ def matmul_te(scheme, xq, xd, q_weight, q_scale, out_dtype: str):
         word = xq[k // GROUP * 8 + k % 2 * 4 + k % GROUP // 8]
         return tirx.Cast("float32", tirx.Cast("int32", word << (24 - k % 8 // 2 * 8).astype("uint32")) >> 24)
 
-    activation = te.compute((1, 1, k_total), activation_code, name=ACTIVATION_BLOCK)
+    activation = te.compute((index(1), index(1), k_total), activation_code, name=ACTIVATION_BLOCK)
     k = te.reduce_axis((0, k_total), name="k")
     g = k // GROUP
-    acc = te.compute((1, 1, n_total), lambda b, t, n: te.sum(
+    acc = te.compute((index(1), index(1), n_total), lambda b, t, n: te.sum(
         (codes[n, k] * activation[b, t, k] - xd[g, 1] * tirx.const(1 / GROUP, "float32")) * (xd[g, 0] * q_scale[n, g].astype("float32")),
         axis=k), name="matmul")
     if out_dtype == "float32":
@@ -190,12 +191,12 @@ def matmul_func(scheme, n: int, k: int, out_dtype: str, epilogue: str | None = N
     with its epilogue (SWIGLU: y has n / 2 columns); what the pass adds, and what tests compile."""
     from tvm import te
 
-    from .layers import SWIGLU, swiglu_te
+    from .layers import SWIGLU, placeholder, swiglu_te
 
-    xq = te.placeholder((k // 4,), "uint32", "xq")
-    xd = te.placeholder((k // GROUP, 2), "float32", "xd")
-    w = te.placeholder((n, k // scheme.PACK), "uint32", "q_weight")
-    s = te.placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
+    xq = placeholder((k // 4,), "uint32", "xq")
+    xd = placeholder((k // GROUP, 2), "float32", "xd")
+    w = placeholder((n, k // scheme.PACK), "uint32", "q_weight")
+    s = placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
     if epilogue == SWIGLU:
         y = swiglu_te(matmul_te(scheme, xq, xd, w, s, "float32"), out_dtype)
     elif epilogue is None:

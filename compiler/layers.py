@@ -19,6 +19,12 @@ def group_quant_matmul(scheme, x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Te
                                 attrs={Q4_MATMUL_ATTR: scheme.name})
 
 
+def placeholder(shape, dtype: str, name: str):
+    """A TE placeholder with int64 dimensions, as Relax gives the kernels it fuses: a kernel of ours
+    on int32 dimensions would not fuse with the op after it (FuseTIR: inconsistent buffers)."""
+    return te.placeholder([tirx.IntImm("int64", d) for d in shape], dtype, name)
+
+
 def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):
     """The TE of group_quant_matmul (also what schedule tests compile on their own).
 
@@ -56,7 +62,7 @@ def swiglu_te(acc, out_dtype: str):
     no block that reads two fixed rows of a buffer."""
     half = acc.shape[-1] // 2
     product = te.comm_reducer(lambda a, b: a * b, lambda dtype: tirx.const(1.0, dtype), name="product")
-    pair = te.reduce_axis((0, 2), name="pair")
+    pair = te.reduce_axis((0, tirx.const(2, str(half.ty))), name="pair")  # the rows' index type: no cast in the read
 
     def factor(*i):  # pair 0: silu(gate); pair 1: up
         value = acc[(*i[:-1], pair * half + i[-1])].astype(out_dtype).astype("float32")

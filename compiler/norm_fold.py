@@ -39,7 +39,7 @@ SLOT_PADDING = 256
 
 def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: int):
     """(h, hw, ss) of a one-token q4 matmul whose output a fused add + RMSNorm read (module doc)."""
-    from tvm import te
+    from tvm import te, tirx
 
     from .layers import q4_matmul_te
 
@@ -49,9 +49,10 @@ def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: 
     h = te.compute(y.shape, lambda *i: total[i], name="residual_sum")
     hw = te.compute(y.shape, lambda b, t, n: (total[b, t, n].astype("float32") * norm_weight[n].astype("float32")).astype("float16"),
                     name=NORM_INPUT)
-    r = te.reduce_axis((0, slot_rows), name="r")
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731  indices as the int64 dimensions Relax gives (layers.placeholder)
+    r = te.reduce_axis((0, i64(slot_rows)), name="r")
     square = lambda j: total[0, 0, j * slot_rows + r].astype("float32")  # noqa: E731
-    ss = te.compute((n_total // slot_rows,), lambda j: te.sum(square(j) * square(j), axis=r), name=SQUARE_SUM)
+    ss = te.compute((i64(n_total // slot_rows),), lambda j: te.sum(square(j) * square(j), axis=r), name=SQUARE_SUM)
     return h, hw, ss
 
 
@@ -68,10 +69,11 @@ def consumer_te(scheme, hw, ss, q_weight, q_scale, epsilon: float, out_dtype: st
         raise NotImplementedError(f"a folded RMSNorm before a q4 matmul with epilogue {epilogue!r}")
     slots = int(ss.shape[0])
     # Padded with zeros to SLOT_PADDING: TVM drops the predicate of a ragged split here.
-    j = te.reduce_axis((0, -(-slots // SLOT_PADDING) * SLOT_PADDING), name="j")
-    slot = lambda j: ss[j] if slots % SLOT_PADDING == 0 else tirx.if_then_else(j < slots, ss[tirx.min(j, slots - 1)], 0.0)  # noqa: E731
-    total = te.compute((1,), lambda _: te.sum(slot(j), axis=j), name=SQUARE_TOTAL)
-    factor = tirx.rsqrt(total[0] / tirx.const(float(int(hw.shape[-1])), "float32") + tirx.const(epsilon, "float32"))
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731  indices as the int64 dimensions Relax gives (layers.placeholder)
+    j = te.reduce_axis((0, i64(-(-slots // SLOT_PADDING) * SLOT_PADDING)), name="j")
+    slot = lambda j: ss[j] if slots % SLOT_PADDING == 0 else tirx.if_then_else(j < i64(slots), ss[tirx.min(j, i64(slots - 1))], 0.0)  # noqa: E731
+    total = te.compute((i64(1),), lambda _: te.sum(slot(j), axis=j), name=SQUARE_TOTAL)
+    factor = tirx.rsqrt(total[i64(0)] / tirx.const(float(int(hw.shape[-1])), "float32") + tirx.const(epsilon, "float32"))
     if normalize_first:
         # in fp16: TVM 0.27's CUDA code for 8 float32 lanes (the staging's vectors) does not compile
         x = te.compute(hw.shape, lambda *i: hw[i] * factor.astype("float16"), name=NORMALIZED)
@@ -88,11 +90,13 @@ def producer_func(scheme, n: int, k: int, slot_rows: int):
     """The PrimFunc (x, q_weight, q_scale, residual, norm_weight) -> (h, hw, ss) for an [n, k] weight."""
     from tvm import te
 
-    x = te.placeholder((1, 1, k), "float16", "x")
-    w = te.placeholder((n, k // scheme.PACK), "uint32", "q_weight")
-    s = te.placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
-    residual = te.placeholder((1, 1, n), "float16", "residual")
-    g = te.placeholder((n,), "float16", "norm_weight")
+    from .layers import placeholder
+
+    x = placeholder((1, 1, k), "float16", "x")
+    w = placeholder((n, k // scheme.PACK), "uint32", "q_weight")
+    s = placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
+    residual = placeholder((1, 1, n), "float16", "residual")
+    g = placeholder((n,), "float16", "norm_weight")
     return te.create_prim_func([x, w, s, residual, g, *producer_te(scheme, x, w, s, residual, g, slot_rows)])
 
 
@@ -101,10 +105,12 @@ def consumer_func(scheme, n: int, k: int, slots: int, epsilon: float, out_dtype:
     """The PrimFunc (hw, ss, q_weight, q_scale) -> y for an [n, k] weight (consumer_te)."""
     from tvm import te
 
-    hw = te.placeholder((1, 1, k), "float16", "hw")
-    ss = te.placeholder((slots,), "float32", "ss")
-    w = te.placeholder((n, k // scheme.PACK), "uint32", "q_weight")
-    s = te.placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
+    from .layers import placeholder
+
+    hw = placeholder((1, 1, k), "float16", "hw")
+    ss = placeholder((slots,), "float32", "ss")
+    w = placeholder((n, k // scheme.PACK), "uint32", "q_weight")
+    s = placeholder((n, k // scheme.group_size), scheme.model_dtype, "q_scale")
     return te.create_prim_func([hw, ss, w, s, consumer_te(scheme, hw, ss, w, s, epsilon, out_dtype, epilogue, normalize_first)])
 
 

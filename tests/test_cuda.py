@@ -62,10 +62,12 @@ def test_gpu_targets_refuse_float32_activations(builds, quantization, target):
         plan(builds.checkpoint("gqa_tied"), quantization, target)
 
 
-def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(builds):
+@pytest.mark.parametrize("model", ["gqa_tied", "qwen2"])
+def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(builds, model):
     """--int8-activations on CUDA, with 2 lanes a row so that the tiny model's rows (2 groups) tile:
     the decode step's fused add + RMSNorms write int8 codes and the q/k/v and gate/up matmuls read
-    them in __dp4a; the prefill keeps its norms and matmuls."""
+    them in __dp4a; the prefill keeps its norms and matmuls. Qwen2's q/k/v bias fuses into the
+    int8 matmul's kernel (its dimensions int64, as Relax's)."""
     import dataclasses
 
     import tvm
@@ -74,7 +76,7 @@ def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(build
 
     preset = cuda.PRESETS["sm_90"]
     narrow = dataclasses.replace(preset, gemv=dataclasses.replace(preset.gemv, threads_per_row=2))
-    p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda", int8_activations=True)
+    p = plan(builds.checkpoint(model), "q4f16_1", "cuda", int8_activations=True)
     assert p.manifest["int8_activations"]
     target = p.target_module.tvm_target(p.preset)
     cuda.PRESETS["sm_90"] = narrow
@@ -85,6 +87,8 @@ def test_int8_activations_rewrite_the_decode_matmuls_after_each_fused_norm(build
     decode = mod["decode"].script()
     assert decode.count("add_rms_norm_quantize") >= 3 and "q4_int8_matmul" in decode  # layer 0's first norm has no add
     assert "add_rms_norm_quantize" not in mod["prefill"].script()
+    # Qwen2's q/k/v bias in the int8 matmul's kernel
+    assert bool(re.search(r"fused_q4_int8_matmul\w*_add\(", decode)) == (model == "qwen2")
     matmul = next(f for gv, f in mod.functions_items() if gv.name_hint.startswith("q4_int8_matmul"))
     source = tvm.compile(tvm.IRModule({"main": matmul.with_attr("global_symbol", "main")}), target).mod.imports[0].inspect_source()
     assert "__dp4a(" in source

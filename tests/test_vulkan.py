@@ -60,6 +60,19 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
 
 
+def test_qwen2_with_qkv_bias_on_lavapipe_matches_cpu_build(builds, lavapipe):
+    """The folded norms where a bias follows the q/k/v GEMV (Qwen2): the consumer GEMV replaces
+    the matmul alone and the bias add stays after it."""
+    cpu = Engine(builds.dist("qwen2", "q4f16_1"))
+    gpu = Engine(builds.dist("qwen2", "q4f16_1", target="vulkan"), device="vulkan")
+    assert any("rms_scaled" in k["name"] for k in gpu.manifest["decode_kernels"])
+    prompt = [1, 7, 99, 25, 13, 42, 5, 77]
+    cpu_tokens, cpu_logits = greedy(cpu, prompt, 16)
+    gpu_tokens, gpu_logits = greedy(gpu, prompt, 16)
+    assert gpu_tokens == cpu_tokens
+    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
+
+
 def test_sampling_on_lavapipe_draws_the_nucleus(builds, lavapipe, tmp_path):
     """The `sample` kernels on lavapipe draw each nucleus token by its share (3000 logits: three
     chunks; test_device_sampling.py), and the tiny model's sampled stream is decode + those
