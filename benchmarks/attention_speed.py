@@ -61,7 +61,7 @@ def build(out: Path) -> None:
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:
                 func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target) if knobs is None
-                        else split_kv_decode(heads, kv_heads, head_dim, "float16", False, knobs, lanes_per_row(head_dim, knobs), PAGE))
+                        else split_kv_decode(heads, kv_heads, head_dim, "float16", knobs, lanes_per_row(head_dim, knobs), PAGE))
             file = f"{shape}-{i}.so"
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))
             index[file] = {"shape": shape, "kernel": name}

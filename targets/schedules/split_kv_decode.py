@@ -23,8 +23,10 @@ their queries, softmax states and outputs stay in registers.
 
 It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
 runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
-or NONE: rotary_mode is 0); head dims that do not split into a power-of-two lane count (Phi-3's
-96) keep TVM's kernel.
+or NONE: rotary_mode is 0). Two cases keep TVM's kernel: head dims that do not split into a
+power-of-two lane count (Phi-3's 96), and sliding-window models, whose decode TVM's cache runs
+through its `_sliding_window` kernel with rotary_mode 1 (the keys rotated as they are read, at
+positions relative to the window), which this kernel does not implement.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass, replace
 MIN_SPLIT_ROWS = 16  # rows a split gets at least (the count of splits is fixed on the host, from the page count)
 LOG2E = math.log2(math.e)
 MERGE_LOADS = 16  # splits whose partial outputs a merge thread loads before using any
-NAMES = ("batch_decode_paged_kv", "batch_decode_paged_kv_sliding_window")
+NAME = "batch_decode_paged_kv"
 
 
 @dataclass(frozen=True)
@@ -69,18 +71,15 @@ def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
     return lanes if fits else None
 
 
-def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, sliding_window: bool, knobs: AttentionKnobs, lanes: int,
-                    page_size: int):
-    # The KV cache's length conventions (last-page length; with a sliding window also the window's
-    # start and the attention-sink length) are TVM's: its helpers read them.
-    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len, _get_seq_offset
+def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs: AttentionKnobs, lanes: int, page_size: int):
+    # The KV cache's length convention (the last page's length) is TVM's: its helpers read it.
+    from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
     from tvm.script import tirx as T
 
     group = heads // kv_heads
     knobs = for_model(knobs, heads, kv_heads)
     blocks, vec, unroll = knobs.blocks, knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
-    symbol = NAMES[1] if sliding_window else NAMES[0]
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
 
     @T.prim_func(s_tir=True)
@@ -88,7 +87,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                length_info_handle: T.handle, k_rope_pos_offset_handle: T.handle, q_rope_position_handle: T.handle,
                output_handle: T.handle, lse_handle: T.handle,
                rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32):
-        T.func_attr({"tirx.is_scheduled": True, "global_symbol": symbol})
+        T.func_attr({"tirx.is_scheduled": True, "global_symbol": NAME})
         B, nnz_pages, max_pages = T.int32(), T.int32(), T.int32()
         indptr_offset, values_offset = T.int32(), T.int32()
         k_rope_offset, q_rope_offset, length_offset = T.int32(), T.int32(), T.int32()
@@ -100,7 +99,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
         q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_offset)
         output = T.match_buffer(output_handle, (B, heads, head_dim), dtype)
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
-        length_info = _declare_length_info(length_info_handle, B, sliding_window, length_offset)
+        length_info = _declare_length_info(length_info_handle, B, False, length_offset)
         splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(blocks, B * heads), T.ceildiv(nnz_pages * page_size, B * MIN_SPLIT_ROWS)))
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
@@ -128,7 +127,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                             hk: T.let[T.int32] = bh % kv_heads
                             first_page: T.let[T.int32] = indptr[b]
                             pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
-                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, page_size, b, length_info, sliding_window), 0)
+                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, page_size, b, length_info, False), 0)
                             per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
                             begin: T.let[T.int32] = split * per_split
                             end: T.let[T.int32] = T.min(begin + per_split, rows)
@@ -145,12 +144,11 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
                                 for u in T.unroll(unroll):
                                     row: T.let[T.int32] = begin + (step * unroll + u) * slots + ty
                                     if row < end:
-                                        pos: T.let[T.int32] = _get_seq_offset(row, b, length_info, sliding_window)
-                                        page: T.let[T.int32] = values[first_page + pos // page_size]
+                                        page: T.let[T.int32] = values[first_page + row // page_size]
                                         for i in T.vectorized(vec):
-                                            k[u, i] = pages[page, 0, hk, pos % page_size, tx * vec + i]
+                                            k[u, i] = pages[page, 0, hk, row % page_size, tx * vec + i]
                                         for i in T.vectorized(vec):
-                                            v[u, i] = pages[page, 1, hk, pos % page_size, tx * vec + i]
+                                            v[u, i] = pages[page, 1, hk, row % page_size, tx * vec + i]
                                     else:
                                         for i in T.vectorized(vec):
                                             k[u, i] = T.Cast(dtype, 0)
@@ -250,22 +248,22 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, slidin
 
 
 def use_split_kv_decode(knobs: AttentionKnobs):
-    """A module pass: the KV cache's decode-attention PrimFuncs replaced by split_kv_decode."""
+    """A module pass: the KV cache's decode-attention PrimFunc replaced by split_kv_decode (its
+    sliding-window one kept: module doc)."""
     import tvm
     from tvm import tirx
 
     @tvm.transform.module_pass(opt_level=0, name="UseSplitKVDecode")
     def replace(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         for gvar, func in list(mod.functions_items()):
-            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("global_symbol") not in NAMES:
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("global_symbol") != NAME:
                 continue
             q, pages = func.params[0].ty, func.params[1].ty  # buffer types: (batch, heads, head_dim), (.., kv_heads, ..)
             heads, head_dim, kv_heads, page_size = int(q.shape[1]), int(q.shape[2]), int(pages.shape[2]), int(pages.shape[3])
             lanes = lanes_per_row(head_dim, knobs)
             if lanes is None:
                 continue
-            sliding = func.attrs["global_symbol"] == NAMES[1]
-            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), sliding, knobs, lanes, page_size)
+            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size)
         return mod
 
     return replace
