@@ -147,8 +147,9 @@ def matmul_te(scheme, xq, xd, q_weight, q_scale, out_dtype: str):
     matmul's dequantize, which every schedule inlines."""
     from tvm import te, tirx
 
+    from .layers import index
+
     n_total = q_weight.shape[0]
-    index = lambda v: tirx.const(v, str(n_total.ty))  # noqa: E731  the weight's index type (int64 from Relax)
     k_total = index(int(xq.shape[0]) * 4)
     codes = te.compute((n_total, k_total), lambda n, k: tirx.Cast(
         "float32", q_weight[n, k // scheme.PACK] >> (k % scheme.PACK * 4).astype("uint32") & tirx.const(15, "uint32")), name=CODES_BLOCK)

@@ -22,7 +22,12 @@ def group_quant_matmul(scheme, x: nn.Tensor, q_weight: nn.Tensor, q_scale: nn.Te
 def placeholder(shape, dtype: str, name: str):
     """A TE placeholder with int64 dimensions, as Relax gives the kernels it fuses: a kernel of ours
     on int32 dimensions would not fuse with the op after it (FuseTIR: inconsistent buffers)."""
-    return te.placeholder([tirx.IntImm("int64", d) for d in shape], dtype, name)
+    return te.placeholder([index(d) for d in shape], dtype, name)
+
+
+def index(value: int):
+    """An int64 constant for the shapes and axes of a kernel on `placeholder`s."""
+    return tirx.const(value, "int64")
 
 
 def q4_matmul_te(scheme, x, q_weight, q_scale, out_dtype: str):

@@ -39,9 +39,9 @@ SLOT_PADDING = 256
 
 def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: int):
     """(h, hw, ss) of a one-token q4 matmul whose output a fused add + RMSNorm read (module doc)."""
-    from tvm import te, tirx
+    from tvm import te
 
-    from .layers import q4_matmul_te
+    from .layers import index, q4_matmul_te
 
     y = q4_matmul_te(scheme, x, q_weight, q_scale, "float16")
     n_total = int(y.shape[-1])
@@ -49,10 +49,9 @@ def producer_te(scheme, x, q_weight, q_scale, residual, norm_weight, slot_rows: 
     h = te.compute(y.shape, lambda *i: total[i], name="residual_sum")
     hw = te.compute(y.shape, lambda b, t, n: (total[b, t, n].astype("float32") * norm_weight[n].astype("float32")).astype("float16"),
                     name=NORM_INPUT)
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731  indices as the int64 dimensions Relax gives (layers.placeholder)
-    r = te.reduce_axis((0, i64(slot_rows)), name="r")
+    r = te.reduce_axis((0, index(slot_rows)), name="r")
     square = lambda j: total[0, 0, j * slot_rows + r].astype("float32")  # noqa: E731
-    ss = te.compute((i64(n_total // slot_rows),), lambda j: te.sum(square(j) * square(j), axis=r), name=SQUARE_SUM)
+    ss = te.compute((index(n_total // slot_rows),), lambda j: te.sum(square(j) * square(j), axis=r), name=SQUARE_SUM)
     return h, hw, ss
 
 
@@ -63,17 +62,16 @@ def consumer_te(scheme, hw, ss, q_weight, q_scale, epsilon: float, out_dtype: st
     (module doc)."""
     from tvm import te, tirx
 
-    from .layers import SWIGLU, q4_matmul_te, swiglu_te
+    from .layers import SWIGLU, index, q4_matmul_te, swiglu_te
 
     if epilogue not in (None, SWIGLU):
         raise NotImplementedError(f"a folded RMSNorm before a q4 matmul with epilogue {epilogue!r}")
     slots = int(ss.shape[0])
     # Padded with zeros to SLOT_PADDING: TVM drops the predicate of a ragged split here.
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731  indices as the int64 dimensions Relax gives (layers.placeholder)
-    j = te.reduce_axis((0, i64(-(-slots // SLOT_PADDING) * SLOT_PADDING)), name="j")
-    slot = lambda j: ss[j] if slots % SLOT_PADDING == 0 else tirx.if_then_else(j < i64(slots), ss[tirx.min(j, i64(slots - 1))], 0.0)  # noqa: E731
-    total = te.compute((i64(1),), lambda _: te.sum(slot(j), axis=j), name=SQUARE_TOTAL)
-    factor = tirx.rsqrt(total[i64(0)] / tirx.const(float(int(hw.shape[-1])), "float32") + tirx.const(epsilon, "float32"))
+    j = te.reduce_axis((0, index(-(-slots // SLOT_PADDING) * SLOT_PADDING)), name="j")
+    slot = lambda j: ss[j] if slots % SLOT_PADDING == 0 else tirx.if_then_else(j < index(slots), ss[tirx.min(j, index(slots - 1))], 0.0)  # noqa: E731
+    total = te.compute((index(1),), lambda _: te.sum(slot(j), axis=j), name=SQUARE_TOTAL)
+    factor = tirx.rsqrt(total[index(0)] / tirx.const(float(int(hw.shape[-1])), "float32") + tirx.const(epsilon, "float32"))
     if normalize_first:
         # in fp16: TVM 0.27's CUDA code for 8 float32 lanes (the staging's vectors) does not compile
         x = te.compute(hw.shape, lambda *i: hw[i] * factor.astype("float16"), name=NORMALIZED)
