@@ -210,11 +210,11 @@ def matmul_func(scheme, n: int, k: int, out_dtype: str, epilogue: str | None = N
 @cache
 def _mutator_class():
     """The Relax mutator, defined on first use (TVM's compiler is imported lazily)."""
-    from tvm import ir, relax
+    from tvm import relax
 
     from ..targets.schedules.add_rms_norm import EPSILON_ATTR
     from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR
-    from .passes import is_one_token_add_rms_norm, is_one_token_fp16
+    from .passes import called_kernel_attrs, is_one_token_add_rms_norm, is_one_token_fp16
     from .quantization import QUANTIZATIONS
 
     @relax.expr_functor.mutator
@@ -261,9 +261,7 @@ def _mutator_class():
 
         def _int8_matmul(self, call):
             """The activation of a q4 matmul on one fp16 token whose rows the lanes tile, else None."""
-            if not isinstance(call, relax.Call) or call.op != ir.Op.get("relax.call_tir") or not isinstance(call.args[0], ir.GlobalVar):
-                return None
-            if Q4_MATMUL_ATTR not in (self.mod[call.args[0]].attrs or {}):
+            if Q4_MATMUL_ATTR not in (called_kernel_attrs(self.mod, call) or {}):
                 return None
             x = call.args[1].fields[0]
             fits = is_one_token_fp16(x.ty) and int(x.ty.shape.values[-1]) % (GROUP * self.lanes) == 0

@@ -134,14 +134,12 @@ def fold_rms_norms(slot_rows: int, normalize_first: bool, into_swiglu: bool):
 @cache
 def _mutator_class():
     """The Relax mutator, defined on first use (TVM's compiler is imported lazily)."""
-    from tvm import ir, relax
+    from tvm import relax
 
     from ..targets.schedules.add_rms_norm import EPSILON_ATTR
     from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR, SWIGLU
-    from .passes import is_one_token_add_rms_norm, is_one_token_fp16
+    from .passes import called_kernel_attrs, is_one_token_add_rms_norm, is_one_token_fp16
     from .quantization import QUANTIZATIONS
-
-    call_tir = ir.Op.get("relax.call_tir")
 
     @relax.expr_functor.mutator
     class FoldRMSNorms(relax.PyExprMutator):
@@ -202,9 +200,9 @@ def _mutator_class():
 
         def _is_gemv(self, call, epilogues=(None, SWIGLU)) -> bool:
             """A q4 matmul on one fp16 token, with one of `epilogues`."""
-            if not isinstance(call, relax.Call) or call.op != call_tir or not isinstance(call.args[0], ir.GlobalVar):
+            attrs = called_kernel_attrs(self.mod, call)
+            if attrs is None:
                 return False
-            attrs = self.mod[call.args[0]].attrs or {}
             epilogue = str(attrs[EPILOGUE_ATTR]) if EPILOGUE_ATTR in attrs else None
             return Q4_MATMUL_ATTR in attrs and epilogue in epilogues and is_one_token_fp16(call.args[1].fields[0].ty)
 

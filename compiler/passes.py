@@ -57,10 +57,18 @@ def is_one_token_fp16(ty) -> bool:
     return ty.dtype == "float16" and all(isinstance(d, tvm.tirx.IntImm) for d in dims) and all(int(d) == 1 for d in dims[:-1])
 
 
+def called_kernel_attrs(mod: tvm.IRModule, expr: relax.Expr):
+    """The attributes of the PrimFunc in `mod` that `expr` calls through call_tir ({} where it has
+    none), or None where `expr` is no such call."""
+    if not isinstance(expr, relax.Call) or expr.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(expr.args[0], tvm.ir.GlobalVar):
+        return None
+    return mod[expr.args[0]].attrs or {}
+
+
 def is_one_token_add_rms_norm(mod: tvm.IRModule, value: relax.Expr) -> bool:
     """A call of fuse_add_rms_norm's kernel on one token."""
-    return (isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir") and isinstance(value.args[0], tvm.ir.GlobalVar)
-            and (mod[value.args[0]].attrs or {}).get(KERNEL_ATTR) == ADD_RMS_NORM and is_one_token_fp16(value.args[1].fields[0].ty))
+    attrs = called_kernel_attrs(mod, value)
+    return attrs is not None and attrs.get(KERNEL_ATTR) == ADD_RMS_NORM and is_one_token_fp16(value.args[1].fields[0].ty)
 
 
 def mutate_relax_functions(mod: tvm.IRModule, mutator: relax.PyExprMutator) -> tvm.IRModule:
@@ -173,11 +181,8 @@ class _PrefillMatmulOffload(relax.PyExprMutator):
         from .layers import EPILOGUE_ATTR, Q4_MATMUL_ATTR
         from .quantization import QUANTIZATIONS
 
-        if call.op != tvm.ir.Op.get("relax.call_tir") or not isinstance(call.args[0], tvm.ir.GlobalVar):
-            return None
-        func = self.mod[call.args[0]]
-        attrs = func.attrs or {}
-        if Q4_MATMUL_ATTR not in attrs or EPILOGUE_ATTR in attrs or call.ty.dtype != "float16" or call.args[1].fields[0].ty.dtype != "float16":
+        attrs = called_kernel_attrs(self.mod, call)
+        if attrs is None or Q4_MATMUL_ATTR not in attrs or EPILOGUE_ATTR in attrs or call.ty.dtype != "float16" or call.args[1].fields[0].ty.dtype != "float16":
             return None
         if all(isinstance(d, tvm.tirx.IntImm) for d in call.ty.shape.values):
             return None  # decode and the last token's lm_head: the GEMV reads the q4 weight once
