@@ -24,12 +24,13 @@ import sys
 from pathlib import Path
 
 SHAPES = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, KV heads, head_dim
-CONTEXTS = (128, 1024, 4096)
+CONTEXTS = (128, 256, 512, 1024, 4096)
 LAYERS = 8  # page buffers rotated through
-# (vector, threads, unroll, blocks)
-SWEEP = [(8, 128, 4, 528), (8, 128, 2, 528), (8, 128, 8, 528), (8, 256, 4, 528), (8, 64, 4, 528), (8, 128, 4, 264),
-         (8, 128, 4, 1056), (8, 128, 4, 2112), (4, 128, 4, 528), (8, 256, 2, 1056), (8, 128, 4, 136), (8, 128, 8, 136),
-         (8, 64, 4, 136), (8, 128, 8, 264), (8, 64, 8, 528), (8, 128, 8, 1056)]
+# (vector, threads, unroll, blocks) of the split kernel, or ("whole", threads, unroll): every context
+# read by one block per (sequence, KV head), no merge (AttentionKnobs.whole_rows); earlier sweeps of
+# the split kernel's knobs are in docs/benchmarks.md (sessions 19-21)
+SWEEP = [(8, 128, 8, 528), (8, 128, 4, 1056), ("whole", 256, 4), ("whole", 256, 8), ("whole", 512, 4), ("whole", 512, 8),
+         ("whole", 1024, 4), ("whole", 1024, 2)]
 PAGE = 64  # rows per KV-cache page: compiler/build.py's PAGE_SIZE (build() checks)
 PREFILL_TOKENS = 512
 # (blocks, (warps, query rows, KV rows) per tile or None: TVM's); blocks None: TVM's kernel as generated
@@ -55,12 +56,16 @@ def build(out: Path) -> None:
         kernels = {"tvm": None}
         mine = for_model(preset, heads, kv_heads)
         for knobs in SWEEP:
+            if knobs[0] == "whole":
+                k = AttentionKnobs(threads=128, unroll=knobs[2], whole_rows=1 << 24, whole_threads=knobs[1])
+                kernels["whole/" + "-".join(map(str, knobs[1:]))] = k
+                continue
             k = AttentionKnobs(*knobs)
             mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (mine.vector, mine.threads, mine.unroll, mine.blocks) else ""
             kernels["split/" + "-".join(map(str, knobs)) + mark] = k
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:
-                func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target) if knobs is None
+                func = (_attention_decode(kv_heads, heads, head_dim, "float16", False, {}, target, PAGE) if knobs is None
                         else split_kv_decode(heads, kv_heads, head_dim, "float16", knobs, lanes_per_row(head_dim, knobs), PAGE))
             file = f"{shape}-{i}.so"
             tvm.compile(tvm.IRModule({"main": func}), target).export_library(str(out / file))

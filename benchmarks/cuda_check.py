@@ -6,7 +6,7 @@ GEMV rules) once. Then greedy decoding (the argmax on the device) from the 7-tok
 the CPU build's greedy tokens.
 
     python benchmarks/cuda_check.py make OUT MODEL_DIR     # here: builds cpu + cuda, saves reference logits
-    python benchmarks/cuda_check.py check OUT              # GPU machine
+    python benchmarks/cuda_check.py check OUT              # GPU machine (the quantizations whose builds are in OUT)
 """
 
 from __future__ import annotations
@@ -58,8 +58,13 @@ def check(out: Path) -> None:
     from sampled_decode import stream_agrees
 
     plugins.use_carried(out)
-    failed = []
-    for quant, entries in RUNS.items():
+    failed, built = [], [quant for quant in RUNS if (out / quant).is_dir()]
+    if not built:
+        raise SystemExit(f"no build in {out}: run `make` first")
+    for quant in RUNS.keys() - built:
+        print(f"cuda {quant}: not in {out} (left out of what was carried), not checked")
+    for quant in built:
+        entries = RUNS[quant]
         agrees = stream_agrees(Engine(out / quant), IDS[:7], GREEDY, GenerationConfig(temperature=1.5, top_p=0.95, seed=0))
         print(f"cuda {quant}: {GREEDY} sampled tokens (drawn on the device, graph replays) equal decode + the sample entry's: {agrees}")
         if not agrees:

@@ -3,6 +3,7 @@
     python benchmarks/cuda_speed.py build .bench/speed        # here: compile the libraries (TVM compiler)
     python benchmarks/cuda_speed.py build .bench/int8 --int8-activations   # the same, with that build option
     python benchmarks/cuda_speed.py build .bench/v --gemv fold_into_swiglu=True   # a preset GEMV knob changed
+    python benchmarks/cuda_speed.py build .bench/a --attention whole_rows=256     # a decode-attention knob
     python benchmarks/cuda_speed.py run .bench/speed          # GPU machine: TVM runtime, torch, transformers
     python benchmarks/cuda_speed.py run .bench/speed llama2-7b   # that model, mlcgen only (to compare builds)
 
@@ -55,26 +56,31 @@ def hf_config(name: str) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, **MODELS[name]}
 
 
+KNOB_FLAGS = {"--gemv": "gemv", "--attention": "attention"}  # flag -> the preset field whose knobs it changes
+
+
 def build_options(options) -> dict:
     """compile_from_config's keyword arguments from a build's options: `--int8-activations`, and
-    `--gemv KNOB=VALUE` (repeatable), a field of the target preset's GemvKnobs changed for this
-    build, so that variants of one commit are built side by side (docs/benchmarks.md)."""
-    gemv = {}
+    `--gemv KNOB=VALUE` / `--attention KNOB=VALUE` (repeatable), a field of the target preset's
+    GemvKnobs / AttentionKnobs changed for this build, so that variants of one commit are built
+    side by side (docs/benchmarks.md)."""
+    knobs = {}
     for flag, value in zip(options, options[1:]):
-        if flag == "--gemv":
+        if flag in KNOB_FLAGS:
             knob, _, literal = value.partition("=")
-            gemv[knob] = ast.literal_eval(literal)
-    return {"int8_activations": "--int8-activations" in options, "gemv": gemv}
+            knobs.setdefault(KNOB_FLAGS[flag], {})[knob] = ast.literal_eval(literal)
+    return {"int8_activations": "--int8-activations" in options, "knobs": knobs}
 
 
 @contextmanager
-def preset_gemv(target: str, knobs: dict):
-    """The target preset's GemvKnobs with `knobs` changed, inside the block."""
+def preset_knobs(target: str, knobs: dict):
+    """The target preset with knobs changed inside the block: {preset field: {knob: value}}."""
     kind, _, name = target.partition(":")
     module = importlib.import_module(f"mlcgen.targets.{kind}")
     name = name or module.default_preset()[0]
     saved = module.PRESETS[name]
-    module.PRESETS[name] = dataclasses.replace(saved, gemv=dataclasses.replace(saved.gemv, **knobs))
+    module.PRESETS[name] = dataclasses.replace(saved, **{field: dataclasses.replace(getattr(saved, field), **changed)
+                                                         for field, changed in knobs.items()})
     try:
         yield
     finally:
@@ -82,23 +88,23 @@ def preset_gemv(target: str, knobs: dict):
 
 
 def compile_from_config(model: str, quantization: str, target: str, out: Path, context_window: int, prefill_chunk: int,
-                        int8_activations: bool = False, gemv: dict | None = None) -> None:
+                        int8_activations: bool = False, knobs: dict | None = None) -> None:
     """lib.so + manifest.json for a MODELS shape, from its config alone (no weights: the engine
     generates random ones, or the weights are converted later); `mlcgen build`'s options as
-    arguments, and `gemv`: preset GEMV knobs to change (build_options)."""
+    arguments, and `knobs`: preset knobs to change (build_options)."""
     from mlcgen.compiler.build import _memory_estimate, compile_library, plan
     from mlcgen.runtime import dist
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with preset_gemv(target, gemv or {}), tempfile.TemporaryDirectory() as config_dir:
+    with preset_knobs(target, knobs or {}), tempfile.TemporaryDirectory() as config_dir:
         (Path(config_dir) / "config.json").write_text(json.dumps(hf_config(model)))
         p = plan(Path(config_dir), quantization, target, context_window, prefill_chunk, int8_activations)
         temporaries, kernels = compile_library(p, out / dist.LIBRARY, None, None)
     p.manifest["memory"] = _memory_estimate(p.manifest, temporaries)
     p.manifest["decode_kernels"] = kernels
     (out / dist.MANIFEST).write_text(json.dumps(p.manifest, indent=1))
-    print(f"{out}: compiled for {target}{f' with GEMV knobs {gemv}' if gemv else ''} in {time.time() - start:.1f} s")
+    print(f"{out}: compiled for {target}{f' with preset knobs {knobs}' if knobs else ''} in {time.time() - start:.1f} s")
 
 
 def build(out: Path, *options: str) -> None:

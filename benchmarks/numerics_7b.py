@@ -4,7 +4,7 @@ mlcgen's converter, against transformers over 256 teacher-forced positions.
     python benchmarks/numerics_7b.py build .bench/numerics     # here: q0f16 and q4f16_1 CUDA libraries
     python benchmarks/numerics_7b.py run .bench/numerics       # GPU machine
     (a quantization after the folder, e.g. `q4f16_1`, builds or runs that one only; `--int8-activations`
-    and `--gemv KNOB=VALUE` after `build` build with those options, as in cuda_speed.py)
+    and `--gemv` / `--attention KNOB=VALUE` after `build` build with those options, as in cuda_speed.py)
 
 q0f16 is compared with the fp16 transformers model itself; q4f16_1 with the same model whose
 quantized weights are replaced by their dequantized values (computed here in torch, independently

@@ -2,7 +2,7 @@
 
     python benchmarks/vulkan_speed.py build .bench/vulkan     # here: libraries, a copy kernel, the plugin
     python benchmarks/vulkan_speed.py build .bench/int8 --int8-activations   # the libraries with that build option
-    python benchmarks/vulkan_speed.py build .bench/v --gemv fold_into_swiglu=False   # a preset GEMV knob changed
+    python benchmarks/vulkan_speed.py build .bench/v --gemv fold_into_swiglu=False   # a preset GEMV knob changed (or --attention KNOB=VALUE)
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
     python benchmarks/vulkan_speed.py run .bench/vulkan "llama2-7b vulkan:nvidia"   # those configurations only, no GEMV sweep
 

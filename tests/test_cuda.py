@@ -21,7 +21,7 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
     assert "cuda_graph" not in script and p.manifest["target"]["decode_graphs"] == "whole_step"
     assert '"mlcgen.kernel": "add_rms_norm"' in script and 'thread="blockIdx.x"' in script
     decode = [f.script() for gv, f in mod.functions_items() if gv.name_hint == "batch_decode_paged_kv"]
-    assert len(decode) == 1 and 'T.sblock("partial")' in decode[0] and 'T.sblock("merge")' in decode[0]  # split-KV
+    assert len(decode) == 1 and 'T.sblock("attend")' in decode[0] and 'T.sblock("merge")' in decode[0]  # split-KV
     # prefill attention: TVM's kernels with the preset's 512 blocks (2 KV heads: 256 each, not 16)
     prefill = {gv.name_hint: f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("batch_prefill")}
     assert {"batch_prefill_ragged_kv", "batch_prefill_paged_kv"} <= set(prefill)
@@ -29,6 +29,26 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
     dist = builds.dist("gqa_tied", "q4f16_1", target="cuda")
     assert (dist / "lib.so").stat().st_size > 0
 
+
+
+@pytest.mark.parametrize("kv_heads,kernels", [(32, ["512", "128", "128"]), (8, ["128", "128"])], ids=["mha", "gqa"])
+def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads, kernels):
+    """The cuda preset's decode attention: for an MHA model a 512-thread kernel (one block per head
+    for sequences of up to whole_rows rows, writing the output: no merge) beside the split and merge
+    kernels; for a grouped model, whose few KV heads make too few blocks, no such kernel is built."""
+    import tvm
+
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
+
+    knobs = cuda.PRESETS["sm_90"].attention
+    func = split_kv_decode(32, kv_heads, 128, "float16", knobs, lanes_per_row(128, knobs), 64)
+    source = tvm.compile(tvm.IRModule({"main": func}), cuda.tvm_target("sm_90")).mod.imports[0].inspect_source()
+    assert re.findall(r"__launch_bounds__\((\d+)\) batch_decode_paged_kv_kernel\w*\(.*\{", source) == kernels
+    if kv_heads == 32:  # the whole kernel writes the output and log-sum-exp itself
+        start = source.rindex("__launch_bounds__(512)")  # its definition (declarations come first)
+        whole = source[start:source.index('extern "C"', start)]
+        assert "(output_ptr + " in whole and "lse_ptr[" in whole and "part_o" not in whole
 
 def test_cuda_decode_folds_the_norm_before_each_qkv_projection_into_the_gemvs_around_it(builds):
     """compiler/norm_fold.py with the sm_90 preset: layer 0's down projection writes the residual

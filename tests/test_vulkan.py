@@ -464,12 +464,15 @@ def cuda_attention_knobs_for_wgsl():
 
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
                                    rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a"),
-                                   cuda_attention_knobs_for_wgsl()],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm_90"])
+                                   cuda_attention_knobs_for_wgsl(),
+                                   dataclasses.replace(cuda_attention_knobs_for_wgsl(), whole_rows=128, whole_threads=256,
+                                                       grouped_whole_rows=None)],
+                         ids=["vulkan-generic", "vulkan-steamdeck", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm_90", "whole-sequences"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 2, 64), (4, 4, 128)], ids=["gqa", "mha"])
 def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, lavapipe, tmp_path):
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
-    again, against numpy. Pages of the size mlcgen builds its KV cache with."""
+    again, or (whole-sequences: 5 pages for 3 sequences, under 128 rows each on average) read by
+    one block each, against numpy. Pages of the size mlcgen builds its KV cache with."""
     from mlcgen.compiler.build import PAGE_SIZE as page
     from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
 

@@ -11,10 +11,15 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    lanes take the next rows, and each lane loads `unroll` rows before using any, so that many
    loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
    an online softmax (running max, sum, output); the slots of a block merge through shared memory
-   and the block writes its split's unnormalized output, max and sum (float32) to a workspace.
+   in halving rounds and the block writes its split's unnormalized output, max and sum (float32)
+   to a workspace.
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
    output and its log-sum-exp (base 2, as the KV cache's merge kernels expect). Its threads load
    every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
+Short sequences (at most `whole_rows` rows a sequence on average, from the page count) skip the
+split: one block of `whole_threads` threads per (sequence, KV head) reads every row and writes the
+output itself, with no merge kernel to launch: the merge is a launch and a dependent round of
+loads, ~2-3 us, where a 7B head's 128 rows take ~3 (benchmarks/attention_speed.py).
 The split count is chosen on the host from the batch size and page count, so that there are about
 `blocks` (query head, split) pairs (a few per compute unit; a preset may ask grouped models for
 more, `grouped_blocks`, and for other rows in flight, `grouped_unroll`), with at most one split
@@ -54,14 +59,21 @@ class AttentionKnobs:
     # product and a cross-lane sum per query head, so such models may want other values
     grouped_blocks: int | None = None
     grouped_unroll: int | None = None
+    # Sequences whose pages hold at most this many rows on average are read by one block each, of
+    # `whole_threads` threads, which writes the output itself: no merge kernel (0: always split);
+    # grouped models may want another value (None: the same)
+    whole_rows: int = 0
+    whole_threads: int = 512
+    grouped_whole_rows: int | None = None
 
 
 def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnobs:
-    """The knobs for this model's head grouping: `blocks` and `unroll` from the grouped values for
-    grouped (GQA) models where the preset gives them."""
+    """The knobs for this model's head grouping: `blocks`, `unroll` and `whole_rows` from the grouped
+    values for grouped (GQA) models where the preset gives them."""
     if heads == kv_heads:
         return knobs
-    return replace(knobs, blocks=knobs.grouped_blocks or knobs.blocks, unroll=knobs.grouped_unroll or knobs.unroll)
+    whole_rows = knobs.whole_rows if knobs.grouped_whole_rows is None else knobs.grouped_whole_rows
+    return replace(knobs, blocks=knobs.grouped_blocks or knobs.blocks, unroll=knobs.grouped_unroll or knobs.unroll, whole_rows=whole_rows)
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -80,7 +92,130 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     knobs = for_model(knobs, heads, kv_heads)
     blocks, vec, unroll = knobs.blocks, knobs.vector, knobs.unroll
     slots = knobs.threads // lanes  # rows a block works on at once
+    whole_rows, whole_slots = knobs.whole_rows, knobs.whole_threads // lanes
+    for count in (slots, whole_slots):
+        if count & (count - 1):
+            raise ValueError(f"decode attention with {count} row slots a block (threads / lanes): its slots merge in halving rounds, "
+                             "which needs a power of two")
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
+
+    @T.macro
+    def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
+        """A (sequence, KV head)'s rows in one split (all of them where `final`): every row slot
+        an online softmax over its rows, the slots merged in shared memory; slot 0 writes the
+        split's partial output, max and sum into `out` (the workspace), or where `final` the
+        output and log-sum-exp."""
+        with T.sblock("attend"):
+            T.reads()  # (inferred, the regions would name the let variables below)
+            T.writes()
+            q = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
+            k = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
+            v = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
+            score = T.sblock_alloc_buffer((group, unroll), "float32", scope="local")
+            dot = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            row_sum = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            m = T.sblock_alloc_buffer((group,), "float32", scope="local")
+            d = T.sblock_alloc_buffer((group,), "float32", scope="local")
+            o = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
+            m_new = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            p = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            p_other = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            slot_o = T.sblock_alloc_buffer((slot_count, head_dim), "float32", scope="shared")
+            slot_md = T.sblock_alloc_buffer((slot_count, 2), "float32", scope="shared")
+
+            first_page: T.let[T.int32] = indptr[b]
+            pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
+            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, page_size, b, length_info, False), 0)
+            per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
+            begin: T.let[T.int32] = split * per_split
+            end: T.let[T.int32] = T.min(begin + per_split, rows)
+            for g in T.unroll(group):
+                for i in T.unroll(vec):
+                    q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
+            for g in T.unroll(group):
+                m[g] = T.float32(-5e4)
+                d[g] = T.float32(0)
+                for i in T.unroll(vec):
+                    o[g, i] = T.float32(0)
+
+            for step in T.serial(T.truncdiv(per_split + slot_count * unroll - 1, slot_count * unroll)):
+                for u in T.unroll(unroll):
+                    row: T.let[T.int32] = begin + (step * unroll + u) * slot_count + ty
+                    if row < end:
+                        page: T.let[T.int32] = values[first_page + row // page_size]
+                        for i in T.vectorized(vec):
+                            k[u, i] = pages[page, 0, hk, row % page_size, tx * vec + i]
+                        for i in T.vectorized(vec):
+                            v[u, i] = pages[page, 1, hk, row % page_size, tx * vec + i]
+                    else:
+                        for i in T.vectorized(vec):
+                            k[u, i] = T.Cast(dtype, 0)
+                            v[u, i] = T.Cast(dtype, 0)
+                # Serial, where the other loops over the group are unrolled (so that their
+                # arrays stay in registers): TVM cannot unroll a cross-lane sum; nvcc does.
+                for g, u in T.grid(group, unroll):
+                    dot[0] = T.float32(0)
+                    for i in T.unroll(vec):
+                        dot[0] += q[g, i] * T.Cast("float32", k[u, i])
+                    with T.sblock("row_dot"):
+                        T.reads(dot[0])
+                        T.writes(row_sum[0])
+                        T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
+                        T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
+                    score[g, u] = row_sum[0]
+                for g in T.unroll(group):
+                    m_new[0] = m[g]
+                    for u in T.unroll(unroll):
+                        if begin + (step * unroll + u) * slot_count + ty < end:
+                            m_new[0] = T.max(m_new[0], score[g, u])
+                    p[0] = T.exp2(m[g] - m_new[0])
+                    d[g] = d[g] * p[0]
+                    for i in T.unroll(vec):
+                        o[g, i] = o[g, i] * p[0]
+                    for u in T.unroll(unroll):
+                        if begin + (step * unroll + u) * slot_count + ty < end:
+                            p[0] = T.exp2(score[g, u] - m_new[0])
+                            d[g] = d[g] + p[0]
+                            for i in T.unroll(vec):
+                                o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
+                    m[g] = m_new[0]
+
+            # The block's row slots meet in shared memory, one query head at a time (bounded shared
+            # memory for any group size), in halving rounds: slot ty takes in slot ty + stride's
+            # state; slot 0 ends with the block's and writes it.
+            for g in T.unroll(group):
+                for r in T.unroll(slot_count.bit_length() - 1):  # slot counts are powers of two
+                    if ty < slot_count >> r:
+                        for i in T.vectorized(vec):
+                            slot_o[ty, tx * vec + i] = o[g, i]
+                        if tx == 0:
+                            slot_md[ty, 0] = m[g]
+                            slot_md[ty, 1] = d[g]
+                    T.tvm_storage_sync("shared")
+                    if ty < slot_count >> (r + 1):
+                        m_new[0] = T.max(m[g], slot_md[ty + (slot_count >> (r + 1)), 0])
+                        p[0] = T.exp2(m[g] - m_new[0])
+                        p_other[0] = T.exp2(slot_md[ty + (slot_count >> (r + 1)), 0] - m_new[0])
+                        d[g] = d[g] * p[0] + slot_md[ty + (slot_count >> (r + 1)), 1] * p_other[0]
+                        for i in T.unroll(vec):
+                            o[g, i] = o[g, i] * p[0] + slot_o[ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0]
+                        m[g] = m_new[0]
+                    T.tvm_storage_sync("shared")
+                if ty == 0:
+                    if final:
+                        d[g] = T.max(d[g], T.float32(1e-30))  # an empty sequence: output 0
+                        for i in T.unroll(vec):
+                            o[g, i] = o[g, i] / d[g]
+                        for i in T.vectorized(vec):
+                            out[0][b, hk * group + g, tx * vec + i] = T.Cast(dtype, o[g, i])
+                        if tx == 0:
+                            out[1][b, hk * group + g] = m[g] + T.log2(d[g])
+                    else:
+                        for i in T.vectorized(vec):
+                            out[0][b, split, hk * group + g, tx * vec + i] = o[g, i]
+                        if tx == 0:
+                            out[1][b, split, hk * group + g, 0] = m[g]
+                            out[1][b, split, hk * group + g, 1] = d[g]
 
     @T.prim_func(s_tir=True)
     def decode(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle, page_values_handle: T.handle,
@@ -104,145 +239,52 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
         part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
 
-        for split in T.thread_binding(splits, thread="blockIdx.x"):
-            for bh in T.thread_binding(B * kv_heads, thread="blockIdx.y"):
-                for ty in T.thread_binding(slots, thread="threadIdx.y"):
+        if T.bool(whole_rows > 0) and nnz_pages * page_size <= B * whole_rows:  # short sequences: one block each, no merge
+            for bh in T.thread_binding(B * kv_heads, thread="blockIdx.x"):
+                for ty in T.thread_binding(whole_slots, thread="threadIdx.y"):
                     for tx in T.thread_binding(lanes, thread="threadIdx.x"):
-                        with T.sblock("partial"):
-                            q = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
-                            k = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
-                            v = T.sblock_alloc_buffer((unroll, vec), dtype, scope="local")
-                            score = T.sblock_alloc_buffer((group, unroll), "float32", scope="local")
-                            dot = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                            row_sum = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                            m = T.sblock_alloc_buffer((group,), "float32", scope="local")
-                            d = T.sblock_alloc_buffer((group,), "float32", scope="local")
-                            o = T.sblock_alloc_buffer((group, vec), "float32", scope="local")
-                            m_new = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                            p = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                            slot_o = T.sblock_alloc_buffer((slots, head_dim), "float32", scope="shared")
-                            slot_md = T.sblock_alloc_buffer((slots, 2), "float32", scope="shared")
-
-                            b: T.let[T.int32] = bh // kv_heads
-                            hk: T.let[T.int32] = bh % kv_heads
-                            first_page: T.let[T.int32] = indptr[b]
-                            pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
-                            rows: T.let[T.int32] = T.if_then_else(pages_of_b > 0, _get_kv_chunk_len(pages_of_b, page_size, b, length_info, False), 0)
-                            per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
-                            begin: T.let[T.int32] = split * per_split
-                            end: T.let[T.int32] = T.min(begin + per_split, rows)
-                            for g in T.unroll(group):
-                                for i in T.unroll(vec):
-                                    q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
-                            for g in T.unroll(group):
-                                m[g] = T.float32(-5e4)
-                                d[g] = T.float32(0)
-                                for i in T.unroll(vec):
-                                    o[g, i] = T.float32(0)
-
-                            for step in T.serial(T.truncdiv(per_split + slots * unroll - 1, slots * unroll)):
-                                for u in T.unroll(unroll):
-                                    row: T.let[T.int32] = begin + (step * unroll + u) * slots + ty
-                                    if row < end:
-                                        page: T.let[T.int32] = values[first_page + row // page_size]
-                                        for i in T.vectorized(vec):
-                                            k[u, i] = pages[page, 0, hk, row % page_size, tx * vec + i]
-                                        for i in T.vectorized(vec):
-                                            v[u, i] = pages[page, 1, hk, row % page_size, tx * vec + i]
-                                    else:
-                                        for i in T.vectorized(vec):
-                                            k[u, i] = T.Cast(dtype, 0)
-                                            v[u, i] = T.Cast(dtype, 0)
-                                # Serial, where the other loops over the group are unrolled (so that their
-                                # arrays stay in registers): TVM cannot unroll a cross-lane sum; nvcc does.
-                                for g, u in T.grid(group, unroll):
-                                    dot[0] = T.float32(0)
-                                    for i in T.unroll(vec):
-                                        dot[0] += q[g, i] * T.Cast("float32", k[u, i])
-                                    with T.sblock("row_dot"):
-                                        T.reads(dot[0])
-                                        T.writes(row_sum[0])
-                                        T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
-                                        T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
-                                    score[g, u] = row_sum[0]
-                                for g in T.unroll(group):
-                                    m_new[0] = m[g]
-                                    for u in T.unroll(unroll):
-                                        if begin + (step * unroll + u) * slots + ty < end:
-                                            m_new[0] = T.max(m_new[0], score[g, u])
-                                    p[0] = T.exp2(m[g] - m_new[0])
-                                    d[g] = d[g] * p[0]
-                                    for i in T.unroll(vec):
-                                        o[g, i] = o[g, i] * p[0]
-                                    for u in T.unroll(unroll):
-                                        if begin + (step * unroll + u) * slots + ty < end:
-                                            p[0] = T.exp2(score[g, u] - m_new[0])
-                                            d[g] = d[g] + p[0]
-                                            for i in T.unroll(vec):
-                                                o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
-                                    m[g] = m_new[0]
-
-                            # The block's row slots meet in shared memory, one query head at a
-                            # time (bounded shared memory for any group size); slot 0 writes the split.
-                            for g in T.unroll(group):
-                                for i in T.vectorized(vec):
-                                    slot_o[ty, tx * vec + i] = o[g, i]
-                                if tx == 0:
-                                    slot_md[ty, 0] = m[g]
-                                    slot_md[ty, 1] = d[g]
-                                T.tvm_storage_sync("shared")
-                                if ty == 0:
-                                    m_new[0] = T.float32(-5e4)
-                                    for s in T.serial(slots):
-                                        m_new[0] = T.max(m_new[0], slot_md[s, 0])
-                                    for i in T.serial(vec):
-                                        o[g, i] = T.float32(0)
-                                    d[g] = T.float32(0)
-                                    for s in T.serial(slots):
-                                        p[0] = T.exp2(slot_md[s, 0] - m_new[0])
-                                        d[g] = d[g] + slot_md[s, 1] * p[0]
-                                        for i in T.serial(vec):
-                                            o[g, i] = o[g, i] + slot_o[s, tx * vec + i] * p[0]
-                                    for i in T.vectorized(vec):
-                                        part_o[b, split, hk * group + g, tx * vec + i] = o[g, i]
-                                    if tx == 0:
-                                        part_md[b, split, hk * group + g, 0] = m_new[0]
-                                        part_md[b, split, hk * group + g, 1] = d[g]
-                                T.tvm_storage_sync("shared")
-
-        for bh in T.thread_binding(B * heads, thread="blockIdx.x"):
-            for tx in T.thread_binding(head_dim, thread="threadIdx.x"):
-                with T.sblock("merge"):
-                    split_m = T.sblock_alloc_buffer((max_splits,), "float32", scope="shared")
-                    split_d = T.sblock_alloc_buffer((max_splits,), "float32", scope="shared")
-                    top = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                    total = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                    b: T.let[T.int32] = bh // heads
-                    h: T.let[T.int32] = bh % heads
-                    # The splits' max and sum, all loaded at once (a thread each), then read from shared
-                    # memory: read in the loops below, a split at a time, they made this kernel 5.8 us for
-                    # Llama-3-8B's 33 splits against 3.9 now (H200, benchmarks/attention_speed.py).
-                    for i in T.serial(T.truncdiv(max_splits + head_dim - 1, head_dim)):
-                        if i * head_dim + tx < splits:
-                            split_m[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 0]
-                            split_d[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 1]
-                    T.tvm_storage_sync("shared")
-                    top[0] = T.float32(-5e4)
-                    for s in T.serial(splits):
-                        top[0] = T.max(top[0], split_m[s])
-                    total[0] = T.float32(0)
-                    acc[0] = T.float32(0)
-                    for chunk in T.serial(T.truncdiv(splits + MERGE_LOADS - 1, MERGE_LOADS)):
-                        for j in T.unroll(MERGE_LOADS):  # MERGE_LOADS splits' outputs in flight at once
-                            if chunk * MERGE_LOADS + j < splits:
-                                weight: T.let[T.float32] = T.exp2(split_m[chunk * MERGE_LOADS + j] - top[0])
-                                total[0] = total[0] + split_d[chunk * MERGE_LOADS + j] * weight
-                                acc[0] = acc[0] + part_o[b, chunk * MERGE_LOADS + j, h, tx] * weight
-                    total[0] = T.max(total[0], T.float32(1e-30))  # an empty sequence: output 0
-                    output[b, h, tx] = T.Cast(dtype, acc[0] / total[0])
-                    if tx == 0:
-                        lse[b, h] = top[0] + T.log2(total[0])
+                        attend(Q, pages, indptr, values, length_info, sm_scale, (output, lse), bh // kv_heads, bh % kv_heads, 0, 1,
+                               whole_slots, ty, tx, True)
+        else:
+            for split in T.thread_binding(splits, thread="blockIdx.x"):
+                for bh in T.thread_binding(B * kv_heads, thread="blockIdx.y"):
+                    for ty in T.thread_binding(slots, thread="threadIdx.y"):
+                        for tx in T.thread_binding(lanes, thread="threadIdx.x"):
+                            attend(Q, pages, indptr, values, length_info, sm_scale, (part_o, part_md), bh // kv_heads, bh % kv_heads,
+                                   split, splits, slots, ty, tx, False)
+            for bh in T.thread_binding(B * heads, thread="blockIdx.x"):
+                for tx in T.thread_binding(head_dim, thread="threadIdx.x"):
+                    with T.sblock("merge"):
+                        split_m = T.sblock_alloc_buffer((max_splits,), "float32", scope="shared")
+                        split_d = T.sblock_alloc_buffer((max_splits,), "float32", scope="shared")
+                        top = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                        total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                        acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                        b: T.let[T.int32] = bh // heads
+                        h: T.let[T.int32] = bh % heads
+                        # The splits' max and sum, all loaded at once (a thread each), then read from shared
+                        # memory: read in the loops below, a split at a time, they made this kernel 5.8 us for
+                        # Llama-3-8B's 33 splits against 3.9 now (H200, benchmarks/attention_speed.py).
+                        for i in T.serial(T.truncdiv(max_splits + head_dim - 1, head_dim)):
+                            if i * head_dim + tx < splits:
+                                split_m[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 0]
+                                split_d[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 1]
+                        T.tvm_storage_sync("shared")
+                        top[0] = T.float32(-5e4)
+                        for s in T.serial(splits):
+                            top[0] = T.max(top[0], split_m[s])
+                        total[0] = T.float32(0)
+                        acc[0] = T.float32(0)
+                        for chunk in T.serial(T.truncdiv(splits + MERGE_LOADS - 1, MERGE_LOADS)):
+                            for j in T.unroll(MERGE_LOADS):  # MERGE_LOADS splits' outputs in flight at once
+                                if chunk * MERGE_LOADS + j < splits:
+                                    weight: T.let[T.float32] = T.exp2(split_m[chunk * MERGE_LOADS + j] - top[0])
+                                    total[0] = total[0] + split_d[chunk * MERGE_LOADS + j] * weight
+                                    acc[0] = acc[0] + part_o[b, chunk * MERGE_LOADS + j, h, tx] * weight
+                        total[0] = T.max(total[0], T.float32(1e-30))  # an empty sequence: output 0
+                        output[b, h, tx] = T.Cast(dtype, acc[0] / total[0])
+                        if tx == 0:
+                            lse[b, h] = top[0] + T.log2(total[0])
 
     return decode
 
