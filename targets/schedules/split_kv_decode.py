@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 MIN_SPLIT_ROWS = 16  # rows a split gets at least (the count of splits is fixed on the host, from the page count)
 LOG2E = math.log2(math.e)
 MERGE_LOADS = 16  # splits whose partial outputs a merge thread loads before using any
+SERIAL_SLOTS = 8  # row slots of a block that its first slot merges alone (more halve first)
 NAME = "batch_decode_paged_kv"
 
 
@@ -74,6 +75,11 @@ def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnob
         return knobs
     whole_rows = knobs.whole_rows if knobs.grouped_whole_rows is None else knobs.grouped_whole_rows
     return replace(knobs, blocks=knobs.grouped_blocks or knobs.blocks, unroll=knobs.grouped_unroll or knobs.unroll, whole_rows=whole_rows)
+
+
+def halving_rounds(slots: int) -> int:
+    """Rounds that halve a block's row slots (a power of two) down to SERIAL_SLOTS."""
+    return max(0, slots.bit_length() - SERIAL_SLOTS.bit_length())
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -181,10 +187,10 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                     m[g] = m_new[0]
 
             # The block's row slots meet in shared memory, one query head at a time (bounded shared
-            # memory for any group size), in halving rounds: slot ty takes in slot ty + stride's
-            # state; slot 0 ends with the block's and writes it.
+            # memory for any group size): halving rounds (slot ty takes in slot ty + half's state)
+            # down to SERIAL_SLOTS slots, which slot 0 then merges alone.
             for g in T.unroll(group):
-                for r in T.unroll(slot_count.bit_length() - 1):  # slot counts are powers of two
+                for r in T.unroll(halving_rounds(slot_count)):
                     if ty < slot_count >> r:
                         for i in T.vectorized(vec):
                             slot_o[ty, tx * vec + i] = o[g, i]
@@ -201,7 +207,25 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                             o[g, i] = o[g, i] * p[0] + slot_o[ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0]
                         m[g] = m_new[0]
                     T.tvm_storage_sync("shared")
+                if ty < slot_count >> halving_rounds(slot_count):
+                    for i in T.vectorized(vec):
+                        slot_o[ty, tx * vec + i] = o[g, i]
+                    if tx == 0:
+                        slot_md[ty, 0] = m[g]
+                        slot_md[ty, 1] = d[g]
+                T.tvm_storage_sync("shared")
                 if ty == 0:
+                    m[g] = T.float32(-5e4)
+                    for s in T.serial(slot_count >> halving_rounds(slot_count)):
+                        m[g] = T.max(m[g], slot_md[s, 0])
+                    for i in T.serial(vec):
+                        o[g, i] = T.float32(0)
+                    d[g] = T.float32(0)
+                    for s in T.serial(slot_count >> halving_rounds(slot_count)):
+                        p[0] = T.exp2(slot_md[s, 0] - m[g])
+                        d[g] = d[g] + slot_md[s, 1] * p[0]
+                        for i in T.serial(vec):
+                            o[g, i] = o[g, i] + slot_o[s, tx * vec + i] * p[0]
                     if final:
                         d[g] = T.max(d[g], T.float32(1e-30))  # an empty sequence: output 0
                         for i in T.unroll(vec):
@@ -216,6 +240,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                         if tx == 0:
                             out[1][b, split, hk * group + g, 0] = m[g]
                             out[1][b, split, hk * group + g, 1] = d[g]
+                T.tvm_storage_sync("shared")
 
     @T.prim_func(s_tir=True)
     def decode(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle, page_values_handle: T.handle,
