@@ -1,6 +1,7 @@
 """Decode attention over the paged KV cache on the GPU machine: our split-KV kernel with a sweep of
-knobs, and TVM's kernel, at Llama-2-7B (32 KV heads) and Llama-3-8B (8 KV heads, groups of 4)
-shapes, batch 1, contexts 128, 1024 and 4096.
+knobs, its whole-sequence path (one block per KV head, no merge: AttentionKnobs.whole_rows) forced
+at every length, and TVM's kernel, at Llama-2-7B (32 KV heads) and Llama-3-8B (8 KV heads, groups
+of 4) shapes, batch 1, contexts 128 to 4096.
 
     python benchmarks/attention_speed.py build .bench/attention   # here: compile the kernels (TVM compiler)
     python benchmarks/attention_speed.py run .bench/attention     # GPU machine: TVM runtime, torch

@@ -53,9 +53,10 @@ class Preset:
     # / 16.7 with 8 rows.
     # Up to 384 rows (6 pages) an MHA head is read by one block of 512 threads, which writes the
     # output itself, with no merge kernel (session 26, benchmarks/attention_speed.py, us a call at
-    # 128 / 256 / 512 tokens): 7B 3.8-4.2 / 5.4-5.5 / 9.8-10.5 against 5.1 / 6.5 / 8.0 split;
-    # decode at context 128 618-622 tok/s against 597-599 in the same call. Llama-3-8B's 8 blocks
-    # (one per KV head) are slower than its splits at every length (8.1-8.7 us at 128 against 6.4).
+    # 128 / 256 / 512 tokens): 7B 3.8-4.2 / 5.4-5.5 / 9.8-10.5 against 5.1 / 6.5 / 8.0 split; a 7B
+    # step at context 128 57-62 us less kernel time, decode +4.8% and +1.2% in two same-call
+    # pairs (docs/benchmarks.md). Llama-3-8B's 8 blocks (one per KV head) are slower than its
+    # splits at every length (8.1-8.7 us at 128 against 6.4).
     attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=8, blocks=528, grouped_blocks=1056, grouped_unroll=4,
                                                whole_rows=384, whole_threads=512, grouped_whole_rows=0)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
