@@ -106,6 +106,15 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
 
     @T.macro
+    def keep_state(slot_o, slot_md, o, m, d, g, ty, tx):
+        """Row slot ty's softmax state (output, max, sum) for query head g, into shared memory."""
+        for i in T.vectorized(vec):
+            slot_o[ty, tx * vec + i] = o[g, i]
+        if tx == 0:
+            slot_md[ty, 0] = m[g]
+            slot_md[ty, 1] = d[g]
+
+    @T.macro
     def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
         """A (sequence, KV head)'s rows in one split (all of them where `final`): every row slot
         an online softmax over its rows, the slots merged in shared memory; slot 0 writes the
@@ -192,11 +201,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             for g in T.unroll(group):
                 for r in T.unroll(halving_rounds(slot_count)):
                     if ty < slot_count >> r:
-                        for i in T.vectorized(vec):
-                            slot_o[ty, tx * vec + i] = o[g, i]
-                        if tx == 0:
-                            slot_md[ty, 0] = m[g]
-                            slot_md[ty, 1] = d[g]
+                        keep_state(slot_o, slot_md, o, m, d, g, ty, tx)
                     T.tvm_storage_sync("shared")
                     if ty < slot_count >> (r + 1):
                         m_new[0] = T.max(m[g], slot_md[ty + (slot_count >> (r + 1)), 0])
@@ -208,11 +213,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                         m[g] = m_new[0]
                     T.tvm_storage_sync("shared")
                 if ty < slot_count >> halving_rounds(slot_count):
-                    for i in T.vectorized(vec):
-                        slot_o[ty, tx * vec + i] = o[g, i]
-                    if tx == 0:
-                        slot_md[ty, 0] = m[g]
-                        slot_md[ty, 1] = d[g]
+                    keep_state(slot_o, slot_md, o, m, d, g, ty, tx)
                 T.tvm_storage_sync("shared")
                 if ty == 0:
                     m[g] = T.float32(-5e4)
