@@ -11,8 +11,8 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    lanes take the next rows, and each lane loads `unroll` rows before using any, so that many
    loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
    an online softmax (running max, sum, output); the slots of a block merge through shared memory
-   in halving rounds and the block writes its split's unnormalized output, max and sum (float32)
-   to a workspace.
+   (halving rounds down to SERIAL_SLOTS, which the first slot merges) and the block writes its
+   split's unnormalized output, max and sum (float32) to a workspace.
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
    output and its log-sum-exp (base 2, as the KV cache's merge kernels expect). Its threads load
    every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
