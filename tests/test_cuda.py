@@ -30,7 +30,6 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
     assert (dist / "lib.so").stat().st_size > 0
 
 
-
 @pytest.mark.parametrize("kv_heads,kernels", [(32, ["512", "128", "128"]), (8, ["128", "128"])], ids=["mha", "gqa"])
 def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads, kernels):
     """The cuda preset's decode attention: for an MHA model a 512-thread kernel (one block per head
@@ -49,6 +48,7 @@ def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads
         start = source.rindex("__launch_bounds__(512)")  # its definition (declarations come first)
         whole = source[start:source.index('extern "C"', start)]
         assert "(output_ptr + " in whole and "lse_ptr[" in whole and "part_o" not in whole
+
 
 def test_cuda_decode_folds_the_norm_before_each_qkv_projection_into_the_gemvs_around_it(builds):
     """compiler/norm_fold.py with the sm_90 preset: layer 0's down projection writes the residual

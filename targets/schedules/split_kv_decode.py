@@ -262,16 +262,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         lse = T.match_buffer(lse_handle, (B, heads), "float32")
         length_info = _declare_length_info(length_info_handle, B, False, length_offset)
         splits: T.let[T.int32] = T.max(1, T.min(T.ceildiv(blocks, B * heads), T.ceildiv(nnz_pages * page_size, B * MIN_SPLIT_ROWS)))
-        part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
-        part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
-
-        if T.bool(whole_rows > 0) and nnz_pages * page_size <= B * whole_rows:  # short sequences: one block each, no merge
+        # short sequences: one block each, no merge (whole_rows 0: the branch folds away, no kernel is built)
+        if T.bool(whole_rows > 0) and nnz_pages * page_size <= B * whole_rows:
             for bh in T.thread_binding(B * kv_heads, thread="blockIdx.x"):
                 for ty in T.thread_binding(whole_slots, thread="threadIdx.y"):
                     for tx in T.thread_binding(lanes, thread="threadIdx.x"):
                         attend(Q, pages, indptr, values, length_info, sm_scale, (output, lse), bh // kv_heads, bh % kv_heads, 0, 1,
                                whole_slots, ty, tx, True)
         else:
+            part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
+            part_md = T.alloc_buffer((B, splits, heads, 2), "float32")  # running max (base 2), sum
             for split in T.thread_binding(splits, thread="blockIdx.x"):
                 for bh in T.thread_binding(B * kv_heads, thread="blockIdx.y"):
                     for ty in T.thread_binding(slots, thread="threadIdx.y"):
