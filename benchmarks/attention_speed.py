@@ -27,15 +27,22 @@ from pathlib import Path
 SHAPES = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}  # heads, KV heads, head_dim
 CONTEXTS = (128, 256, 512, 1024, 4096)
 LAYERS = 8  # page buffers rotated through
-# (vector, threads, unroll, blocks) of the split kernel, or ("whole", threads, unroll): every context
-# read by one block per (sequence, KV head), no merge (AttentionKnobs.whole_rows); earlier sweeps of
-# the split kernel's knobs are in docs/benchmarks.md (sessions 19-21)
-SWEEP = [(8, 128, 8, 528), (8, 128, 4, 1056), ("whole", 256, 4), ("whole", 256, 8), ("whole", 512, 4), ("whole", 512, 8),
-         ("whole", 1024, 4), ("whole", 1024, 2)]
+# (vector, threads, unroll, blocks, *flags) of the split kernel, flags from FLAGS, or ("whole",
+# threads, unroll): every context read by one block per (sequence, KV head), no merge
+# (AttentionKnobs.whole_rows); earlier sweeps of the split kernel's knobs are in docs/benchmarks.md
+# (sessions 19-21, 26)
+SWEEP = [(8, 128, 8, 528), (8, 128, 4, 1056), (8, 128, 4, 528), (8, 128, 2, 1056),
+         (8, 128, 4, 528, "async"), (8, 128, 4, 1056, "async"), (8, 128, 2, 1056, "async"), (8, 64, 4, 1056, "async"),
+         (8, 128, 2, 2112, "async"), ("whole", 512, 4), ("whole", 512, 8)]
+FLAGS = {"async": "async_copy"}  # AttentionKnobs fields the split kernel's flags turn on
 PAGE = 64  # rows per KV-cache page: compiler/build.py's PAGE_SIZE (build() checks)
 PREFILL_TOKENS = 512
 # (blocks, (warps, query rows, KV rows) per tile or None: TVM's); blocks None: TVM's kernel as generated
 PREFILL_VARIANTS = [(None, None), (512, None), (512, (8, 64, 32)), (512, (4, 32, 64))]  # others: docs/benchmarks.md
+
+
+def split_knobs(k) -> tuple:
+    return k.vector, k.threads, k.unroll, k.blocks, k.async_copy
 
 
 def build(out: Path) -> None:
@@ -61,8 +68,8 @@ def build(out: Path) -> None:
                 k = AttentionKnobs(threads=128, unroll=knobs[2], whole_rows=1 << 24, whole_threads=knobs[1])
                 kernels["whole/" + "-".join(map(str, knobs[1:]))] = k
                 continue
-            k = AttentionKnobs(*knobs)
-            mark = "*" if (k.vector, k.threads, k.unroll, k.blocks) == (mine.vector, mine.threads, mine.unroll, mine.blocks) else ""
+            k = AttentionKnobs(*knobs[:4], **{FLAGS[flag]: True for flag in knobs[4:]})
+            mark = "*" if split_knobs(k) == split_knobs(mine) else ""
             kernels["split/" + "-".join(map(str, knobs)) + mark] = k
         for i, (name, knobs) in enumerate(kernels.items()):
             with target:

@@ -44,21 +44,27 @@ class Preset:
                                 packed_fp16=True, stage_activation=True, fp16_products=True, fold_rms_norm=True,
                                 fold_into_swiglu=False)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
-    # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, 8 rows in flight per
-    # lane. From a sweep of 16 settings at 7B and 8B shapes, 128-4096 tokens (benchmarks/
-    # attention_speed.py, docs/benchmarks.md; H200, session 19): Llama-2-7B shape 4.8 / 9.5 / 22.1
-    # us a call at 128 / 1024 / 4096 tokens against 4.6 / 10.1 / 24.8 with 4 rows in flight.
-    # Grouped (GQA) models aim at twice the (query head, split) pairs with 4 rows in flight:
-    # Llama-3-8B shape 5.8 / 8.8 / 16.1 us against 5.9 / 9.1 / 22.3 with 528 pairs and 7.4 / 10.2
-    # / 16.7 with 8 rows.
+    # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, twice the (query head,
+    # split) pairs for grouped (GQA) models (session 19 sweep, benchmarks/attention_speed.py,
+    # docs/benchmarks.md: Llama-3-8B shape 5.8 / 8.8 / 16.1 us a call at 128 / 1024 / 4096 tokens
+    # against 5.9 / 9.1 / 22.3 with 528 pairs).
     # Up to 384 rows (6 pages) an MHA head is read by one block of 512 threads, which writes the
     # output itself, with no merge kernel (session 26, benchmarks/attention_speed.py, us a call at
     # 128 / 256 / 512 tokens): 7B 3.8-4.2 / 5.4-5.5 / 9.8-10.5 against 5.1 / 6.5 / 8.0 split; a 7B
     # step at context 128 57-62 us less kernel time, decode +4.8% and +1.2% in two same-call
     # pairs (docs/benchmarks.md). Llama-3-8B's 8 blocks (one per KV head) are slower than its
     # splits at every length (8.1-8.7 us at 128 against 6.4).
-    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=8, blocks=528, grouped_blocks=1056, grouped_unroll=4,
-                                               whole_rows=384, whole_threads=512, grouped_whole_rows=0)
+    # The split kernel's rows come through shared memory by cp.async, the next step's in flight while
+    # a lane works on this one's (K and V loads into registers: ptxas issued V's only after the
+    # scores), 4 rows a step, 2 for grouped models; rows past a split masked, not branched around.
+    # Same sweep (session 27, us a call at 128 / 1024 / 4096 tokens): Llama-3-8B shape 5.0 / 8.6 /
+    # 13.0 against 5.7 / 8.9 / 16.4 before; Llama-2-7B's split kernel as before (- / 10.1 / 22.7
+    # against 9.6 / 22.7), its whole kernel with 4 rows a step 132 us a decode step at context 128
+    # against 147 (8 rows: 161 once masked). End to end (H200, same call as a base built from
+    # 8b28678): 8B 548.7 / 518.8 / 484.1 tok/s against 544.5 / 525.8 / 463.1; 7B 615.8 / 540.1 /
+    # 447.1 against 602.3 / 547.1 / 443.7 (docs/benchmarks.md).
+    attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056, grouped_unroll=2,
+                                               whole_rows=384, whole_threads=512, grouped_whole_rows=0, async_copy=True)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512

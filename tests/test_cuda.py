@@ -31,14 +31,15 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
 
 
 @pytest.mark.parametrize("kv_heads,kernels", [(32, ["512", "128", "128"]), (8, ["128", "128"])], ids=["mha", "gqa"])
-def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads, kernels):
+def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads, kernels, tmp_path):
     """The cuda preset's decode attention: for an MHA model a 512-thread kernel (one block per head
     for sequences of up to whole_rows rows, writing the output: no merge) beside the split and merge
-    kernels; for a grouped model, whose few KV heads make too few blocks, no such kernel is built."""
+    kernels; for a grouped model, whose few KV heads make too few blocks, no such kernel is built.
+    The split kernel copies K/V rows into shared memory with cp.async, two steps in flight."""
     import tvm
 
     from mlcgen.targets import cuda
-    from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
+    from mlcgen.targets.schedules.split_kv_decode import for_model, lanes_per_row, split_kv_decode
 
     knobs = cuda.PRESETS["sm_90"].attention
     func = split_kv_decode(32, kv_heads, 128, "float16", knobs, lanes_per_row(128, knobs), 64)
@@ -48,6 +49,23 @@ def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads
         start = source.rindex("__launch_bounds__(512)")  # its definition (declarations come first)
         whole = source[start:source.index('extern "C"', start)]
         assert "(output_ptr + " in whole and "lse_ptr[" in whole and "part_o" not in whole
+        assert "mlcgen_cp_async" not in whole  # (registers: the rows of a whole head are read in one or two steps)
+    rows = for_model(knobs, 32, kv_heads).unroll  # a lane's K and V rows a step, copied before the loop and in it
+    assert (source.count("mlcgen_cp_async16(staged"), source.count("mlcgen_cp_async_wait_one();")) == (2 * 2 * rows, 1)
+    if shutil.which("nvcc"):  # the inline PTX assembles (this machine and CI have nvcc, no GPU)
+        (tmp_path / "attention.cu").write_text(source)
+        result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "attention.cubin"), str(tmp_path / "attention.cu")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_async_copy_needs_16_byte_lanes_and_fits_static_shared_memory():
+    from mlcgen.targets.schedules.split_kv_decode import AttentionKnobs, lanes_per_row, split_kv_decode
+
+    for knobs, why in [(AttentionKnobs(vector=4, async_copy=True), "16 bytes a lane"),
+                       (AttentionKnobs(threads=128, unroll=8, async_copy=True), "48 KiB|49152 bytes")]:
+        with pytest.raises(ValueError, match=why):
+            split_kv_decode(32, 8, 128, "float16", knobs, lanes_per_row(128, knobs), 64)
 
 
 def test_cuda_decode_folds_the_norm_before_each_qkv_projection_into_the_gemvs_around_it(builds):

@@ -12,7 +12,11 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
    an online softmax (running max, sum, output); the slots of a block merge through shared memory
    (halving rounds down to SERIAL_SLOTS, which the first slot merges) and the block writes its
-   split's unnormalized output, max and sum (float32) to a workspace.
+   split's unnormalized output, max and sum (float32) to a workspace. Rows past the split are
+   loaded as zeros and masked out of the softmax (no branches around the math). With `async_copy`
+   (CUDA) each step's rows come through shared memory by cp.async, the next step's copied while a
+   lane works on this one's: loaded into registers, ptxas issued V's loads only after the scores
+   that need K, a second memory latency every step.
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
    output and its log-sum-exp (base 2, as the KV cache's merge kernels expect). Its threads load
    every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
@@ -43,6 +47,24 @@ MIN_SPLIT_ROWS = 16  # rows a split gets at least (the count of splits is fixed 
 LOG2E = math.log2(math.e)
 MERGE_LOADS = 16  # splits whose partial outputs a merge thread loads before using any
 SERIAL_SLOTS = 8  # row slots of a block that its first slot merges alone (more halve first)
+CP_ASYNC = r"""
+template <typename T>
+__device__ __forceinline__ void mlcgen_cp_async16(T* shared, int offset, const void* global, int bytes) {
+  unsigned to = (unsigned)__cvta_generic_to_shared(shared + offset);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(to), "l"(global), "r"(bytes) : "memory");
+}
+"""
+CP_ASYNC_COMMIT = r"""
+__device__ __forceinline__ void mlcgen_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+"""
+CP_ASYNC_WAIT = r"""
+__device__ __forceinline__ void mlcgen_cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+"""
+CP_ASYNC_WAIT_ALL = r"""
+__device__ __forceinline__ void mlcgen_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+"""
+STATIC_SHARED_BYTES = 48 << 10
+MASKED = -1e30  # the score of a row past the split: exp2 of it less any running max is 0
 NAME = "batch_decode_paged_kv"
 
 
@@ -66,6 +88,9 @@ class AttentionKnobs:
     whole_rows: int = 0
     whole_threads: int = 512
     grouped_whole_rows: int | None = None
+    # CUDA (sm_80+), split path: each step's rows are copied into shared memory by cp.async, the next
+    # step's while this one's are used (ptxas sinks plain loads of V below the scores that need K)
+    async_copy: bool = False
 
 
 def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnobs:
@@ -92,11 +117,23 @@ def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
 def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs: AttentionKnobs, lanes: int, page_size: int):
     # The KV cache's length convention (the last page's length) is TVM's: its helpers read it.
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
+    import tvm
+    from tvm.backend.cuda.op import cuda_func_call
     from tvm.script import tirx as T
 
     group = heads // kv_heads
     knobs = for_model(knobs, heads, kv_heads)
-    blocks, vec, unroll = knobs.blocks, knobs.vector, knobs.unroll
+    blocks, vec, unroll, async_copy = knobs.blocks, knobs.vector, knobs.unroll, knobs.async_copy
+    lane_bytes = vec * tvm.DataType(dtype).bits // 8  # of a row, one load
+    if async_copy and lane_bytes != 16:
+        raise ValueError(f"async_copy copies 16 bytes a lane: vector={vec} of {dtype} is not")
+    if async_copy and 2 * 2 * knobs.threads * unroll * lane_bytes > STATIC_SHARED_BYTES:
+        raise ValueError(f"async_copy stages two steps of K and V rows in shared memory: threads={knobs.threads} x unroll={unroll} "
+                         f"need more than the {STATIC_SHARED_BYTES} bytes a CUDA block has without opt-in")
+
+    def staged_shape(slot_count: int, final: bool) -> tuple:
+        """Shared memory for the rows in flight: two stages of K and V rows (the split path with async_copy)."""
+        return (2, 2, slot_count, unroll, head_dim) if async_copy and not final else (1, 1, 1, 1, 1)
     slots = knobs.threads // lanes  # rows a block works on at once
     whole_rows, whole_slots = knobs.whole_rows, knobs.whole_threads // lanes
     for count in (slots, whole_slots):
@@ -113,6 +150,69 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         if tx == 0:
             slot_md[ty, 0] = m[g]
             slot_md[ty, 1] = d[g]
+
+    # attend's steps, expanded in its scope (not hygienic: they read its variables)
+    @T.macro(hygienic=False)
+    def load_rows(step):
+        """A lane's slice of its slot's `unroll` rows of `step` into k and v; zeros past `end`."""
+        for u in T.unroll(unroll):
+            row: T.let[T.int32] = begin + (step * unroll + u) * slot_count + ty
+            if row < end:
+                page: T.let[T.int32] = values[first_page + row // page_size]
+                for i in T.vectorized(vec):
+                    k[u, i] = pages[page, 0, hk, row % page_size, tx * vec + i]
+                for i in T.vectorized(vec):
+                    v[u, i] = pages[page, 1, hk, row % page_size, tx * vec + i]
+            else:
+                for i in T.vectorized(vec):
+                    k[u, i] = T.Cast(dtype, 0)
+                    v[u, i] = T.Cast(dtype, 0)
+
+    @T.macro(hygienic=False)
+    def copy_rows(stage, step):
+        """cp.async (CUDA): a lane's slice of its slot's `unroll` rows of `step` into staged[stage],
+        zero-filled past `end`; one commit group."""
+        for u in T.unroll(unroll):
+            row: T.let[T.int32] = begin + (step * unroll + u) * slot_count + ty
+            page: T.let[T.int32] = T.if_then_else(row < end, values[first_page + row // page_size], 0)
+            for kv in T.unroll(2):
+                # (the shared buffer as a base and an offset: TVM's barrier planner, which cannot
+                # see that a lane reads only what it copied, would want barriers in the loop)
+                T.evaluate(cuda_func_call("mlcgen_cp_async16", staged.data, (((stage * 2 + kv) * slot_count + ty) * unroll + u) * head_dim + tx * vec,
+                                          T.address_of(pages[page, kv, hk, row % page_size, tx * vec]), T.if_then_else(row < end, 16, 0),
+                                          source_code=CP_ASYNC))
+        T.evaluate(cuda_func_call("mlcgen_cp_async_commit", source_code=CP_ASYNC_COMMIT))
+
+    @T.macro(hygienic=False)
+    def use_rows(step):
+        """Row slot ty's online softmax over its rows of `step` in k and v."""
+        # Serial, where the other loops over the group are unrolled (so that their
+        # arrays stay in registers): TVM cannot unroll a cross-lane sum; nvcc does.
+        for g, u in T.grid(group, unroll):
+            dot[0] = T.float32(0)
+            for i in T.unroll(vec):
+                dot[0] += q[g, i] * T.Cast("float32", k[u, i])
+            with T.sblock("row_dot"):
+                T.reads(dot[0])
+                T.writes(row_sum[0])
+                T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
+                T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
+            # rows past the split: no weight (their K and V were loaded as zeros)
+            score[g, u] = T.if_then_else(begin + (step * unroll + u) * slot_count + ty < end, row_sum[0], MASKED)
+        for g in T.unroll(group):
+            m_new[0] = m[g]
+            for u in T.unroll(unroll):
+                m_new[0] = T.max(m_new[0], score[g, u])
+            p[0] = T.exp2(m[g] - m_new[0])
+            d[g] = d[g] * p[0]
+            for i in T.unroll(vec):
+                o[g, i] = o[g, i] * p[0]
+            for u in T.unroll(unroll):
+                p[0] = T.exp2(score[g, u] - m_new[0])
+                d[g] = d[g] + p[0]
+                for i in T.unroll(vec):
+                    o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
+            m[g] = m_new[0]
 
     @T.macro
     def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
@@ -136,6 +236,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             p = T.sblock_alloc_buffer((1,), "float32", scope="local")
             p_other = T.sblock_alloc_buffer((1,), "float32", scope="local")
             slot_o = T.sblock_alloc_buffer((slot_count, head_dim), "float32", scope="shared")
+            staged = T.sblock_alloc_buffer(staged_shape(slot_count, final), dtype, scope="shared")
             slot_md = T.sblock_alloc_buffer((slot_count, 2), "float32", scope="shared")
 
             first_page: T.let[T.int32] = indptr[b]
@@ -153,47 +254,26 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                 for i in T.unroll(vec):
                     o[g, i] = T.float32(0)
 
-            for step in T.serial(T.truncdiv(per_split + slot_count * unroll - 1, slot_count * unroll)):
-                for u in T.unroll(unroll):
-                    row: T.let[T.int32] = begin + (step * unroll + u) * slot_count + ty
-                    if row < end:
-                        page: T.let[T.int32] = values[first_page + row // page_size]
-                        for i in T.vectorized(vec):
-                            k[u, i] = pages[page, 0, hk, row % page_size, tx * vec + i]
-                        for i in T.vectorized(vec):
-                            v[u, i] = pages[page, 1, hk, row % page_size, tx * vec + i]
-                    else:
-                        for i in T.vectorized(vec):
-                            k[u, i] = T.Cast(dtype, 0)
-                            v[u, i] = T.Cast(dtype, 0)
-                # Serial, where the other loops over the group are unrolled (so that their
-                # arrays stay in registers): TVM cannot unroll a cross-lane sum; nvcc does.
-                for g, u in T.grid(group, unroll):
-                    dot[0] = T.float32(0)
-                    for i in T.unroll(vec):
-                        dot[0] += q[g, i] * T.Cast("float32", k[u, i])
-                    with T.sblock("row_dot"):
-                        T.reads(dot[0])
-                        T.writes(row_sum[0])
-                        T.attr(T.comm_reducer(lambda x, y: x + y, [T.float32(0)]), "reduce_scope", T.int32(0))
-                        T.tvm_thread_allreduce(T.uint32(1), dot[0], True, row_sum[0], tx, dtype="void")
-                    score[g, u] = row_sum[0]
-                for g in T.unroll(group):
-                    m_new[0] = m[g]
+            steps: T.let[T.int32] = T.truncdiv(per_split + slot_count * unroll - 1, slot_count * unroll)
+            if async_copy and not final:  # the next step's rows copied into shared memory during this step's math
+                copy_rows(0, 0)
+                for step in T.serial(steps):
+                    copy_rows((step + 1) % 2, step + 1)
+                    T.evaluate(cuda_func_call("mlcgen_cp_async_wait_one", source_code=CP_ASYNC_WAIT))
                     for u in T.unroll(unroll):
-                        if begin + (step * unroll + u) * slot_count + ty < end:
-                            m_new[0] = T.max(m_new[0], score[g, u])
-                    p[0] = T.exp2(m[g] - m_new[0])
-                    d[g] = d[g] * p[0]
-                    for i in T.unroll(vec):
-                        o[g, i] = o[g, i] * p[0]
-                    for u in T.unroll(unroll):
-                        if begin + (step * unroll + u) * slot_count + ty < end:
-                            p[0] = T.exp2(score[g, u] - m_new[0])
-                            d[g] = d[g] + p[0]
-                            for i in T.unroll(vec):
-                                o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
-                    m[g] = m_new[0]
+                        for i in T.vectorized(vec):
+                            k[u, i] = staged[step % 2, 0, ty, u, tx * vec + i]
+                        for i in T.vectorized(vec):
+                            v[u, i] = staged[step % 2, 1, ty, u, tx * vec + i]
+                    use_rows(step)
+                # TVM may place the slots' shared state where the rows were staged: every copy lands
+                # (the last step's, all zero-fill, too) and every lane has read its rows first
+                T.evaluate(cuda_func_call("mlcgen_cp_async_wait_all", source_code=CP_ASYNC_WAIT_ALL))
+                T.tvm_storage_sync("shared")
+            else:
+                for step in T.serial(steps):
+                    load_rows(step)
+                    use_rows(step)
 
             # The block's row slots meet in shared memory, one query head at a time (bounded shared
             # memory for any group size): halving rounds (slot ty takes in slot ty + half's state)
