@@ -58,11 +58,12 @@ class Preset:
     # a lane works on this one's (K and V loads into registers: ptxas issued V's only after the
     # scores), 4 rows a step, 2 for grouped models; rows past a split masked, not branched around.
     # Same sweep (session 27, us a call at 128 / 1024 / 4096 tokens): Llama-3-8B shape 5.0 / 8.6 /
-    # 13.0 against 5.7 / 8.9 / 16.4 before; Llama-2-7B's split kernel as before (- / 10.1 / 22.7
-    # against 9.6 / 22.7), its whole kernel with 4 rows a step 132 us a decode step at context 128
-    # against 147 (8 rows: 161 once masked). End to end (H200, same call as a base built from
-    # 8b28678): 8B 548.7 / 518.8 / 484.1 tok/s against 544.5 / 525.8 / 463.1; 7B 615.8 / 540.1 /
-    # 447.1 against 602.3 / 547.1 / 443.7 (docs/benchmarks.md).
+    # 13.0 against 5.7 / 8.9 / 16.4 before; Llama-2-7B's split kernel 10.1 / 22.7-23.2 at 1024 /
+    # 4096 against 9.6 / 22.7, its whole kernel with 4 rows a step 132 us a decode step at context
+    # 128 against 147 (8 rows: 161 once masked). End to end (H200, two calls, each beside a base
+    # built from 8b28678, tok/s at 128 / 1024 / 4096): 8B 548.7-556.6 / 518.8-525.0 / 484.1-489.4
+    # against 540.4-544.5 / 513.6-525.8 / 463.1-463.6; 7B 605.8-615.8 / 535.2-540.1 / 441.9-447.1
+    # against 602.3-614.4 / 547.1-552.8 / 443.0-443.7 (docs/benchmarks.md).
     attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056, grouped_unroll=2,
                                                whole_rows=384, whole_threads=512, grouped_whole_rows=0, async_copy=True)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
