@@ -456,10 +456,11 @@ def paged_decode_reference(q, pages, indptr, values, lengths):
 
 
 def cuda_attention_knobs_for_wgsl():
-    """The cuda preset's decode-attention knobs (its own split target for grouped models) with 4-wide loads."""
+    """The cuda preset's decode-attention knobs (its own split target for grouped models) with 4-wide
+    loads and register loads (cp.async is CUDA's; its kernel is checked on CUDA: test_cuda.py, benchmarks)."""
     from mlcgen.targets import cuda
 
-    return dataclasses.replace(cuda.PRESETS["sm_90"].attention, vector=4)
+    return dataclasses.replace(cuda.PRESETS["sm_90"].attention, vector=4, async_copy=False)
 
 
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
