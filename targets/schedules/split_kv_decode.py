@@ -63,7 +63,7 @@ __device__ __forceinline__ void mlcgen_cp_async_wait_one() { asm volatile("cp.as
 CP_ASYNC_WAIT_ALL = r"""
 __device__ __forceinline__ void mlcgen_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 """
-STATIC_SHARED_BYTES = 48 << 10
+STATIC_SHARED_BYTES = 48 << 10  # a CUDA block's static shared memory without opt-in (async_copy's stages)
 MASKED = -1e30  # the score of a row past the split: exp2 of it less any running max is 0
 NAME = "batch_decode_paged_kv"
 
