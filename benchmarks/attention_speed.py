@@ -42,6 +42,7 @@ PREFILL_VARIANTS = [(None, None), (512, None), (512, (8, 64, 32)), (512, (4, 32,
 
 
 def split_knobs(k) -> tuple:
+    """The knobs that tell split-kernel variants apart (to mark the preset's)."""
     return k.vector, k.threads, k.unroll, k.blocks, k.async_copy
 
 

@@ -134,6 +134,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     def staged_shape(slot_count: int, final: bool) -> tuple:
         """Shared memory for the rows in flight: two stages of K and V rows (the split path with async_copy)."""
         return (2, 2, slot_count, unroll, head_dim) if async_copy and not final else (1, 1, 1, 1, 1)
+
     slots = knobs.threads // lanes  # rows a block works on at once
     whole_rows, whole_slots = knobs.whole_rows, knobs.whole_threads // lanes
     for count in (slots, whole_slots):
