@@ -31,10 +31,10 @@ LAYERS = 8  # page buffers rotated through
 # threads, unroll): every context read by one block per (sequence, KV head), no merge
 # (AttentionKnobs.whole_rows); earlier sweeps of the split kernel's knobs are in docs/benchmarks.md
 # (sessions 19-21, 26)
-SWEEP = [(8, 128, 8, 528), (8, 128, 4, 1056), (8, 128, 4, 528), (8, 128, 2, 1056),
-         (8, 128, 4, 528, "async"), (8, 128, 4, 1056, "async"), (8, 128, 2, 1056, "async"), (8, 64, 4, 1056, "async"),
-         (8, 128, 2, 2112, "async"), ("whole", 512, 4), ("whole", 512, 8)]
-FLAGS = {"async": "async_copy"}  # AttentionKnobs fields the split kernel's flags turn on
+SWEEP = [(8, 128, 8, 528), (8, 128, 4, 528, "async"), (8, 128, 2, 1056, "async"), (8, 128, 2, 1056, "async", "merge"),
+         (8, 128, 4, 1056, "async", "merge"), (8, 64, 4, 1056, "async", "merge"), (8, 128, 2, 2112, "async", "merge"),
+         (8, 128, 4, 2112, "async", "merge"), (8, 128, 2, 528, "async", "merge"), ("whole", 512, 4), ("whole", 512, 8)]
+FLAGS = {"async": "async_copy", "merge": "parallel_merge"}  # AttentionKnobs fields the split kernel's flags turn on
 PAGE = 64  # rows per KV-cache page: compiler/build.py's PAGE_SIZE (build() checks)
 PREFILL_TOKENS = 512
 # (blocks, (warps, query rows, KV rows) per tile or None: TVM's); blocks None: TVM's kernel as generated
@@ -43,7 +43,7 @@ PREFILL_VARIANTS = [(None, None), (512, None), (512, (8, 64, 32)), (512, (4, 32,
 
 def split_knobs(k) -> tuple:
     """The knobs that tell split-kernel variants apart (to mark the preset's)."""
-    return k.vector, k.threads, k.unroll, k.blocks, k.async_copy
+    return k.vector, k.threads, k.unroll, k.blocks, k.async_copy, k.parallel_merge
 
 
 def build(out: Path) -> None:

@@ -64,8 +64,12 @@ class Preset:
     # built from 8b28678, tok/s at 128 / 1024 / 4096): 8B 548.7-556.6 / 518.8-525.0 / 484.1-489.4
     # against 540.4-544.5 / 513.6-525.8 / 463.1-463.6; 7B 605.8-615.8 / 535.2-540.1 / 441.9-447.1
     # against 602.3-614.4 / 547.1-552.8 / 443.0-443.7 (docs/benchmarks.md).
+    # A GQA block's 4 query heads merge their row slots at once, a slot each (session 28, same sweep):
+    # Llama-3-8B 4.7 / 7.3 / 11.8 us a call against 5.0 / 8.6 / 13.0, with the merge kernel's loads in
+    # one round (all targets); 8B decode +2.1-3.6% at 1024 and 4096 tokens in 3 of 4 same-call pairs.
     attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056, grouped_unroll=2,
-                                               whole_rows=384, whole_threads=512, grouped_whole_rows=0, async_copy=True)
+                                               whole_rows=384, whole_threads=512, grouped_whole_rows=0, async_copy=True,
+                                               parallel_merge=True)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512

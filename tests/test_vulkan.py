@@ -474,10 +474,27 @@ def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, 
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
     again, or (whole-sequences: 5 pages for 3 sequences, under 128 rows each on average) read by
     one block each, against numpy. Pages of the size mlcgen builds its KV cache with."""
+    check_split_kv_decode(knobs, heads, kv_heads, head_dim, [37, 5, 150], tmp_path)
+
+
+def test_split_kv_decode_merges_more_splits_than_one_round_of_loads_on_lavapipe(lavapipe, tmp_path):
+    """One sequence of 1100 rows (18 pages) in 72 splits of a GQA group: the merge kernel loads
+    MERGE_LOADS splits' outputs before the splits' maxima and the rest in a second round."""
+    from mlcgen.compiler.build import PAGE_SIZE as page
+    from mlcgen.targets.schedules.split_kv_decode import MERGE_LOADS, MIN_SPLIT_ROWS, for_model
+
+    knobs, heads, kv_heads, rows = cuda_attention_knobs_for_wgsl(), 8, 2, 1100
+    splits = min(-(-for_model(knobs, heads, kv_heads).blocks // heads), -(-rows // page) * page // MIN_SPLIT_ROWS)
+    assert MERGE_LOADS < splits < 2 * MERGE_LOADS  # (the kernel's own count: split_kv_decode)
+    check_split_kv_decode(knobs, heads, kv_heads, 64, [rows], tmp_path)
+
+
+def check_split_kv_decode(knobs, heads, kv_heads, head_dim, lengths, tmp_path):
+    """split_kv_decode on lavapipe against numpy, for sequences of these lengths."""
     from mlcgen.compiler.build import PAGE_SIZE as page
     from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
 
-    lengths, rng = [37, 5, 150], np.random.default_rng(0)
+    rng = np.random.default_rng(0)
     pages_per_seq = [-(-n // page) for n in lengths]
     values = rng.permutation(sum(pages_per_seq) + 3)[:sum(pages_per_seq)].astype(np.int32)
     indptr = np.concatenate([[0], np.cumsum(pages_per_seq)]).astype(np.int32)

@@ -11,15 +11,17 @@ into up to `splits` row ranges, in two kernels of one PrimFunc:
    lanes take the next rows, and each lane loads `unroll` rows before using any, so that many
    loads are in flight. All query heads of a GQA group share each K/V load. Each row slot keeps
    an online softmax (running max, sum, output); the slots of a block merge through shared memory
-   (halving rounds down to SERIAL_SLOTS, which the first slot merges) and the block writes its
-   split's unnormalized output, max and sum (float32) to a workspace. Rows past the split are
+   (halving rounds down to SERIAL_SLOTS, which one slot merges; with `parallel_merge` a GQA
+   group's heads are merged at once, a slot each) and the block writes its split's unnormalized
+   output, max and sum (float32) to a workspace. Rows past the split are
    loaded as zeros and masked out of the softmax (no branches around the math). With `async_copy`
    (CUDA) each step's rows come through shared memory by cp.async, the next step's copied while a
    lane works on this one's: loaded into registers, ptxas issued V's loads only after the scores
    that need K, a second memory latency every step.
 2. merge: one block per (sequence, query head) rescales the splits to a common max and writes the
-   output and its log-sum-exp (base 2, as the KV cache's merge kernels expect). Its threads load
-   every split's max and sum at once into shared memory, then MERGE_LOADS splits' outputs at a time.
+   output and its log-sum-exp (base 2, as the KV cache's merge kernels expect). Its threads request
+   up to MERGE_LOADS splits' outputs, then every split's max and sum (into shared memory), so that
+   both arrive in one round of loads.
 Short sequences (at most `whole_rows` rows a sequence on average, from the page count) skip the
 split: one block of `whole_threads` threads per (sequence, KV head) reads every row and writes the
 output itself, with no merge kernel to launch: the merge is a launch and a dependent round of
@@ -45,7 +47,7 @@ from dataclasses import dataclass, replace
 
 MIN_SPLIT_ROWS = 16  # rows a split gets at least (the count of splits is fixed on the host, from the page count)
 LOG2E = math.log2(math.e)
-MERGE_LOADS = 16  # splits whose partial outputs a merge thread loads before using any
+MERGE_LOADS = 64  # splits whose partial outputs a merge thread loads at once, at most
 SERIAL_SLOTS = 8  # row slots of a block that its first slot merges alone (more halve first)
 CP_ASYNC = r"""
 template <typename T>
@@ -91,6 +93,9 @@ class AttentionKnobs:
     # CUDA (sm_80+), split path: each step's rows are copied into shared memory by cp.async, the next
     # step's while this one's are used (ptxas sinks plain loads of V below the scores that need K)
     async_copy: bool = False
+    # A GQA block's query heads merged at once, each by its own row slot, with shared memory for
+    # all of their slots' states (False: one head after another, by slot 0, in one head's memory)
+    parallel_merge: bool = False
 
 
 def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnobs:
@@ -105,6 +110,12 @@ def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnob
 def halving_rounds(slots: int) -> int:
     """Rounds that halve a block's row slots (a power of two) down to SERIAL_SLOTS."""
     return max(0, slots.bit_length() - SERIAL_SLOTS.bit_length())
+
+
+def heads_merged_at_once(group: int, slots: int, parallel: bool) -> int:
+    """Query heads whose row slots a block merges at once (`parallel_merge`): the most that divide
+    the group, one row slot each."""
+    return max(h for h in range(1, min(group, slots) + 1) if group % h == 0) if parallel else 1
 
 
 def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
@@ -127,9 +138,6 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     lane_bytes = vec * tvm.DataType(dtype).bits // 8  # of a row, one load
     if async_copy and lane_bytes != 16:
         raise ValueError(f"async_copy copies 16 bytes a lane: vector={vec} of {dtype} is not")
-    if async_copy and 2 * 2 * knobs.threads * unroll * lane_bytes > STATIC_SHARED_BYTES:
-        raise ValueError(f"async_copy stages two steps of K and V rows in shared memory: threads={knobs.threads} x unroll={unroll} "
-                         f"need more than the {STATIC_SHARED_BYTES} bytes a CUDA block has without opt-in")
 
     def staged_shape(slot_count: int, final: bool) -> tuple:
         """Shared memory for the rows in flight: two stages of K and V rows (the split path with async_copy)."""
@@ -141,16 +149,25 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         if count & (count - 1):
             raise ValueError(f"decode attention with {count} row slots a block (threads / lanes): its slots merge in halving rounds, "
                              "which needs a power of two")
+    # The split kernel's shared memory with async_copy: two steps of K and V rows, and after the loop
+    # (TVM reuses the rows' memory for it) the row slots' merge state
+    staged_bytes = 2 * 2 * knobs.threads * unroll * lane_bytes
+    merge_bytes = heads_merged_at_once(group, slots, knobs.parallel_merge) * (slots >> halving_rounds(slots)) * (head_dim + 2) * 4
+    if async_copy and max(staged_bytes, merge_bytes) > STATIC_SHARED_BYTES:
+        raise ValueError(f"async_copy stages two steps of K and V rows in shared memory ({staged_bytes} bytes with threads={knobs.threads}, "
+                         f"unroll={unroll}; the merge state after them: {merge_bytes}): more than the {STATIC_SHARED_BYTES} bytes "
+                         "a CUDA block has without opt-in")
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
+    merge_loads = min(max_splits, MERGE_LOADS)
 
     @T.macro
-    def keep_state(slot_o, slot_md, o, m, d, g, ty, tx):
-        """Row slot ty's softmax state (output, max, sum) for query head g, into shared memory."""
+    def keep_state(state_o, state_md, at, o, m, d, g, ty, tx):
+        """Row slot ty's softmax state (output, max, sum) for query head g, into shared memory at `at`."""
         for i in T.vectorized(vec):
-            slot_o[ty, tx * vec + i] = o[g, i]
+            state_o[at, ty, tx * vec + i] = o[g, i]
         if tx == 0:
-            slot_md[ty, 0] = m[g]
-            slot_md[ty, 1] = d[g]
+            state_md[at, ty, 0] = m[g]
+            state_md[at, ty, 1] = d[g]
 
     # attend's steps, expanded in its scope (not hygienic: they read its variables)
     @T.macro(hygienic=False)
@@ -218,9 +235,9 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     @T.macro
     def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
         """A (sequence, KV head)'s rows in one split (all of them where `final`): every row slot
-        an online softmax over its rows, the slots merged in shared memory; slot 0 writes the
-        split's partial output, max and sum into `out` (the workspace), or where `final` the
-        output and log-sum-exp."""
+        an online softmax over its rows, the slots merged in shared memory; a slot per query head
+        (merged at once) or slot 0 (one head after another) writes the split's partial output, max
+        and sum into `out` (the workspace), or where `final` the output and log-sum-exp."""
         with T.sblock("attend"):
             T.reads()  # (inferred, the regions would name the let variables below)
             T.writes()
@@ -236,9 +253,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             m_new = T.sblock_alloc_buffer((1,), "float32", scope="local")
             p = T.sblock_alloc_buffer((1,), "float32", scope="local")
             p_other = T.sblock_alloc_buffer((1,), "float32", scope="local")
-            slot_o = T.sblock_alloc_buffer((slot_count, head_dim), "float32", scope="shared")
+            total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            merged_o = T.sblock_alloc_buffer((vec,), "float32", scope="local")
+            halving = T.meta_var(slot_count if halving_rounds(slot_count) > 0 else 1)  # slots the halving rounds keep
+            slot_o = T.sblock_alloc_buffer((1, halving, head_dim), "float32", scope="shared")
+            slot_md = T.sblock_alloc_buffer((1, halving, 2), "float32", scope="shared")
+            final_slots = T.meta_var(slot_count >> halving_rounds(slot_count))
+            merged = T.meta_var(heads_merged_at_once(group, slot_count, knobs.parallel_merge))
+            final_o = T.sblock_alloc_buffer((merged, final_slots, head_dim), "float32", scope="shared")
+            final_md = T.sblock_alloc_buffer((merged, final_slots, 2), "float32", scope="shared")
             staged = T.sblock_alloc_buffer(staged_shape(slot_count, final), dtype, scope="shared")
-            slot_md = T.sblock_alloc_buffer((slot_count, 2), "float32", scope="shared")
 
             first_page: T.let[T.int32] = indptr[b]
             pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
@@ -276,52 +300,55 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                     load_rows(step)
                     use_rows(step)
 
-            # The block's row slots meet in shared memory, one query head at a time (bounded shared
-            # memory for any group size): halving rounds (slot ty takes in slot ty + half's state)
-            # down to SERIAL_SLOTS slots, which slot 0 then merges alone.
-            for g in T.unroll(group):
-                for r in T.unroll(halving_rounds(slot_count)):
-                    if ty < slot_count >> r:
-                        keep_state(slot_o, slot_md, o, m, d, g, ty, tx)
-                    T.tvm_storage_sync("shared")
-                    if ty < slot_count >> (r + 1):
-                        m_new[0] = T.max(m[g], slot_md[ty + (slot_count >> (r + 1)), 0])
-                        p[0] = T.exp2(m[g] - m_new[0])
-                        p_other[0] = T.exp2(slot_md[ty + (slot_count >> (r + 1)), 0] - m_new[0])
-                        d[g] = d[g] * p[0] + slot_md[ty + (slot_count >> (r + 1)), 1] * p_other[0]
-                        for i in T.unroll(vec):
-                            o[g, i] = o[g, i] * p[0] + slot_o[ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0]
-                        m[g] = m_new[0]
-                    T.tvm_storage_sync("shared")
-                if ty < slot_count >> halving_rounds(slot_count):
-                    keep_state(slot_o, slot_md, o, m, d, g, ty, tx)
+            # The block's row slots meet in shared memory. Each query head's slots halve in rounds
+            # (slot ty takes in slot ty + half's state) down to SERIAL_SLOTS; then `merged` heads at a
+            # time keep their remaining slots' states, and slot ty merges head ty's alone and writes it.
+            for g0 in T.unroll(group // merged):
+                for g1 in T.unroll(merged):
+                    for r in T.unroll(halving_rounds(slot_count)):
+                        if ty < slot_count >> r:
+                            keep_state(slot_o, slot_md, 0, o, m, d, g0 * merged + g1, ty, tx)
+                        T.tvm_storage_sync("shared")
+                        if ty < slot_count >> (r + 1):
+                            m_new[0] = T.max(m[g0 * merged + g1], slot_md[0, ty + (slot_count >> (r + 1)), 0])
+                            p[0] = T.exp2(m[g0 * merged + g1] - m_new[0])
+                            p_other[0] = T.exp2(slot_md[0, ty + (slot_count >> (r + 1)), 0] - m_new[0])
+                            d[g0 * merged + g1] = d[g0 * merged + g1] * p[0] + slot_md[0, ty + (slot_count >> (r + 1)), 1] * p_other[0]
+                            for i in T.unroll(vec):
+                                o[g0 * merged + g1, i] = (o[g0 * merged + g1, i] * p[0]
+                                                          + slot_o[0, ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0])
+                            m[g0 * merged + g1] = m_new[0]
+                        T.tvm_storage_sync("shared")
+                    if ty < final_slots:
+                        keep_state(final_o, final_md, g1, o, m, d, g0 * merged + g1, ty, tx)
                 T.tvm_storage_sync("shared")
-                if ty == 0:
-                    m[g] = T.float32(-5e4)
-                    for s in T.serial(slot_count >> halving_rounds(slot_count)):
-                        m[g] = T.max(m[g], slot_md[s, 0])
+                if ty < merged:
+                    head: T.let[T.int32] = hk * group + g0 * merged + ty
+                    m_new[0] = T.float32(-5e4)
+                    for s in T.serial(final_slots):
+                        m_new[0] = T.max(m_new[0], final_md[ty, s, 0])
+                    total[0] = T.float32(0)
                     for i in T.serial(vec):
-                        o[g, i] = T.float32(0)
-                    d[g] = T.float32(0)
-                    for s in T.serial(slot_count >> halving_rounds(slot_count)):
-                        p[0] = T.exp2(slot_md[s, 0] - m[g])
-                        d[g] = d[g] + slot_md[s, 1] * p[0]
+                        merged_o[i] = T.float32(0)
+                    for s in T.serial(final_slots):
+                        p[0] = T.exp2(final_md[ty, s, 0] - m_new[0])
+                        total[0] = total[0] + final_md[ty, s, 1] * p[0]
                         for i in T.serial(vec):
-                            o[g, i] = o[g, i] + slot_o[s, tx * vec + i] * p[0]
+                            merged_o[i] = merged_o[i] + final_o[ty, s, tx * vec + i] * p[0]
                     if final:
-                        d[g] = T.max(d[g], T.float32(1e-30))  # an empty sequence: output 0
+                        total[0] = T.max(total[0], T.float32(1e-30))  # an empty sequence: output 0
                         for i in T.unroll(vec):
-                            o[g, i] = o[g, i] / d[g]
+                            merged_o[i] = merged_o[i] / total[0]
                         for i in T.vectorized(vec):
-                            out[0][b, hk * group + g, tx * vec + i] = T.Cast(dtype, o[g, i])
+                            out[0][b, head, tx * vec + i] = T.Cast(dtype, merged_o[i])
                         if tx == 0:
-                            out[1][b, hk * group + g] = m[g] + T.log2(d[g])
+                            out[1][b, head] = m_new[0] + T.log2(total[0])
                     else:
                         for i in T.vectorized(vec):
-                            out[0][b, split, hk * group + g, tx * vec + i] = o[g, i]
+                            out[0][b, split, head, tx * vec + i] = merged_o[i]
                         if tx == 0:
-                            out[1][b, split, hk * group + g, 0] = m[g]
-                            out[1][b, split, hk * group + g, 1] = d[g]
+                            out[1][b, split, head, 0] = m_new[0]
+                            out[1][b, split, head, 1] = total[0]
                 T.tvm_storage_sync("shared")
 
     @T.prim_func(s_tir=True)
@@ -367,11 +394,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                         top = T.sblock_alloc_buffer((1,), "float32", scope="local")
                         total = T.sblock_alloc_buffer((1,), "float32", scope="local")
                         acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                        loaded = T.sblock_alloc_buffer((merge_loads,), "float32", scope="local")
                         b: T.let[T.int32] = bh // heads
                         h: T.let[T.int32] = bh % heads
-                        # The splits' max and sum, all loaded at once (a thread each), then read from shared
-                        # memory: read in the loops below, a split at a time, they made this kernel 5.8 us for
-                        # Llama-3-8B's 33 splits against 3.9 now (H200, benchmarks/attention_speed.py).
+                        # The first merge_loads splits' outputs are requested first, then every split's max
+                        # and sum at once (a thread each) into shared memory: one round of loads for up to
+                        # merge_loads splits. A split at a time, this kernel took 5.8 us for Llama-3-8B's
+                        # 33 splits; 16 at a time after the max and sum, 3.9 (H200, benchmarks/attention_speed.py).
+                        for j in T.unroll(merge_loads):
+                            if j < splits:
+                                loaded[j] = part_o[b, j, h, tx]
                         for i in T.serial(T.truncdiv(max_splits + head_dim - 1, head_dim)):
                             if i * head_dim + tx < splits:
                                 split_m[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 0]
@@ -382,12 +414,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                             top[0] = T.max(top[0], split_m[s])
                         total[0] = T.float32(0)
                         acc[0] = T.float32(0)
-                        for chunk in T.serial(T.truncdiv(splits + MERGE_LOADS - 1, MERGE_LOADS)):
-                            for j in T.unroll(MERGE_LOADS):  # MERGE_LOADS splits' outputs in flight at once
-                                if chunk * MERGE_LOADS + j < splits:
-                                    weight: T.let[T.float32] = T.exp2(split_m[chunk * MERGE_LOADS + j] - top[0])
-                                    total[0] = total[0] + split_d[chunk * MERGE_LOADS + j] * weight
-                                    acc[0] = acc[0] + part_o[b, chunk * MERGE_LOADS + j, h, tx] * weight
+                        for chunk in T.serial(T.truncdiv(splits + merge_loads - 1, merge_loads)):
+                            if chunk > 0:
+                                for j in T.unroll(merge_loads):
+                                    if chunk * merge_loads + j < splits:
+                                        loaded[j] = part_o[b, chunk * merge_loads + j, h, tx]
+                            for j in T.unroll(merge_loads):
+                                if chunk * merge_loads + j < splits:
+                                    weight: T.let[T.float32] = T.exp2(split_m[chunk * merge_loads + j] - top[0])
+                                    total[0] = total[0] + split_d[chunk * merge_loads + j] * weight
+                                    acc[0] = acc[0] + loaded[j] * weight
                         total[0] = T.max(total[0], T.float32(1e-30))  # an empty sequence: output 0
                         output[b, h, tx] = T.Cast(dtype, acc[0] / total[0])
                         if tx == 0:
