@@ -479,13 +479,13 @@ def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, 
 
 def test_split_kv_decode_merges_more_splits_than_one_round_of_loads_on_lavapipe(lavapipe, tmp_path):
     """One sequence of 1100 rows (18 pages) in 72 splits of a GQA group: the merge kernel loads
-    MERGE_LOADS splits' outputs before the splits' maxima and the rest in a second round."""
+    MERGE_LOADS splits' outputs before the splits' maxima and the rest in further rounds."""
     from mlcgen.compiler.build import PAGE_SIZE as page
     from mlcgen.targets.schedules.split_kv_decode import MERGE_LOADS, MIN_SPLIT_ROWS, for_model
 
     knobs, heads, kv_heads, rows = cuda_attention_knobs_for_wgsl(), 8, 2, 1100
     splits = min(-(-for_model(knobs, heads, kv_heads).blocks // heads), -(-rows // page) * page // MIN_SPLIT_ROWS)
-    assert MERGE_LOADS < splits < 2 * MERGE_LOADS  # (the kernel's own count: split_kv_decode)
+    assert splits > MERGE_LOADS  # (the kernel's own count: split_kv_decode)
     check_split_kv_decode(knobs, heads, kv_heads, 64, [rows], tmp_path)
 
 
