@@ -80,13 +80,16 @@ PRESETS = {
     # The decode RMSNorms folded into the GEMVs (fold_rms_norm, all three presets: their products are
     # float32): 7B decode 304.2 -> 325.7 tok/s at context 128, 275.7 -> 294.0 at 1024, 326 -> 263
     # dispatches a step (vulkan_speed.py, H200, both libraries in one call, 2026-12-02, session 24).
-    # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs).
+    # Decode attention as generic, ~4 workgroups per SM of an H100/H200 (132 SMs); a GQA group's
+    # heads merged at once (parallel_merge): Llama-3-8B decode 318.2 -> 333.2 tok/s at context 128,
+    # 289.5 -> 308.4 at 1024 (vulkan_speed.py, H200, one call, 2026-12-03, session 28; generic and
+    # steamdeck keep the serial merge: not measured on their devices).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
     # timestamps after each, H200, 2026-12-02).
     "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
                                activation_words=True, max_padding=1 / 16, fold_rms_norm=True),
-                     AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528), norm_threads=512),
+                     AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528, parallel_merge=True), norm_threads=512),
 }
 
 
