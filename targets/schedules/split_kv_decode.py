@@ -234,6 +234,23 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                     o[g, i] = o[g, i] + p[0] * T.Cast("float32", v[u, i])
             m[g] = m_new[0]
 
+    @T.macro(hygienic=False)
+    def halve_slots(g):
+        """Query head g's row slots halved in rounds (slot ty takes in slot ty + half's state) down to SERIAL_SLOTS."""
+        for r in T.unroll(halving_rounds(slot_count)):
+            if ty < slot_count >> r:
+                keep_state(slot_o, slot_md, 0, o, m, d, g, ty, tx)
+            T.tvm_storage_sync("shared")
+            if ty < slot_count >> (r + 1):
+                m_new[0] = T.max(m[g], slot_md[0, ty + (slot_count >> (r + 1)), 0])
+                p[0] = T.exp2(m[g] - m_new[0])
+                p_other[0] = T.exp2(slot_md[0, ty + (slot_count >> (r + 1)), 0] - m_new[0])
+                d[g] = d[g] * p[0] + slot_md[0, ty + (slot_count >> (r + 1)), 1] * p_other[0]
+                for i in T.unroll(vec):
+                    o[g, i] = o[g, i] * p[0] + slot_o[0, ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0]
+                m[g] = m_new[0]
+            T.tvm_storage_sync("shared")
+
     @T.macro
     def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
         """A (sequence, KV head)'s rows in one split (all of them where `final`): every row slot
@@ -302,25 +319,12 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                     load_rows(step)
                     use_rows(step)
 
-            # The block's row slots meet in shared memory. Each query head's slots halve in rounds
-            # (slot ty takes in slot ty + half's state) down to SERIAL_SLOTS; then `merged` heads at a
-            # time keep their remaining slots' states, and slot ty merges head ty's alone and writes it.
+            # The block's row slots meet in shared memory: each query head's slots halve down to
+            # SERIAL_SLOTS, then `merged` heads at a time keep their remaining slots' states, and slot
+            # ty merges head ty's alone and writes it.
             for g0 in T.unroll(group // merged):
                 for g1 in T.unroll(merged):
-                    for r in T.unroll(halving_rounds(slot_count)):
-                        if ty < slot_count >> r:
-                            keep_state(slot_o, slot_md, 0, o, m, d, g0 * merged + g1, ty, tx)
-                        T.tvm_storage_sync("shared")
-                        if ty < slot_count >> (r + 1):
-                            m_new[0] = T.max(m[g0 * merged + g1], slot_md[0, ty + (slot_count >> (r + 1)), 0])
-                            p[0] = T.exp2(m[g0 * merged + g1] - m_new[0])
-                            p_other[0] = T.exp2(slot_md[0, ty + (slot_count >> (r + 1)), 0] - m_new[0])
-                            d[g0 * merged + g1] = d[g0 * merged + g1] * p[0] + slot_md[0, ty + (slot_count >> (r + 1)), 1] * p_other[0]
-                            for i in T.unroll(vec):
-                                o[g0 * merged + g1, i] = (o[g0 * merged + g1, i] * p[0]
-                                                          + slot_o[0, ty + (slot_count >> (r + 1)), tx * vec + i] * p_other[0])
-                            m[g0 * merged + g1] = m_new[0]
-                        T.tvm_storage_sync("shared")
+                    halve_slots(g0 * merged + g1)
                     if ty < final_slots:
                         keep_state(final_o, final_md, g1, o, m, d, g0 * merged + g1, ty, tx)
                 T.tvm_storage_sync("shared")
