@@ -30,10 +30,10 @@ LAYERS = 8  # page buffers rotated through
 # (vector, threads, unroll, blocks, *flags) of the split kernel, flags from FLAGS, or ("whole",
 # threads, unroll): every context read by one block per (sequence, KV head), no merge
 # (AttentionKnobs.whole_rows); earlier sweeps of the split kernel's knobs are in docs/benchmarks.md
-# (sessions 19-21, 26)
-SWEEP = [(8, 128, 8, 528), (8, 128, 4, 528, "async"), (8, 128, 2, 1056, "async"), (8, 128, 2, 1056, "async", "merge"),
-         (8, 128, 4, 1056, "async", "merge"), (8, 64, 4, 1056, "async", "merge"), (8, 128, 2, 2112, "async", "merge"),
-         (8, 128, 4, 2112, "async", "merge"), (8, 128, 2, 528, "async", "merge"), ("whole", 512, 4), ("whole", 512, 8)]
+# (sessions 19-21, 26-28)
+SWEEP = [(8, 128, 4, 528, "async"), (8, 128, 2, 1056, "async", "merge"), (8, 256, 2, 1056, "async", "merge"),
+         (8, 256, 2, 528, "async", "merge"), (8, 256, 2, 2112, "async", "merge"),
+         (8, 256, 1, 1056, "async", "merge"), (8, 128, 1, 1056, "async", "merge"), ("whole", 512, 4)]
 FLAGS = {"async": "async_copy", "merge": "parallel_merge"}  # AttentionKnobs fields the split kernel's flags turn on
 PAGE = 64  # rows per KV-cache page: compiler/build.py's PAGE_SIZE (build() checks)
 PREFILL_TOKENS = 512
