@@ -357,6 +357,13 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                             out[1][b, split, head, 1] = total[0]
                 T.tvm_storage_sync("shared")
 
+    @T.macro
+    def request_outputs(loaded, part_o, b, h, tx, chunk, splits):
+        """The merge's round `chunk`: up to merge_loads splits' partial outputs into registers at once."""
+        for j in T.unroll(merge_loads):
+            if chunk * merge_loads + j < splits:
+                loaded[j] = part_o[b, chunk * merge_loads + j, h, tx]
+
     @T.prim_func(s_tir=True)
     def decode(Q_handle: T.handle, pages_handle: T.handle, page_indptr_handle: T.handle, page_values_handle: T.handle,
                length_info_handle: T.handle, k_rope_pos_offset_handle: T.handle, q_rope_position_handle: T.handle,
@@ -407,9 +414,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                         # and sum at once (a thread each) into shared memory: one round of loads for up to
                         # merge_loads splits. A split at a time, this kernel took 5.8 us for Llama-3-8B's
                         # 33 splits; 16 at a time after the max and sum, 3.9 (H200, benchmarks/attention_speed.py).
-                        for j in T.unroll(merge_loads):
-                            if j < splits:
-                                loaded[j] = part_o[b, j, h, tx]
+                        request_outputs(loaded, part_o, b, h, tx, 0, splits)
                         for i in T.serial(T.truncdiv(max_splits + head_dim - 1, head_dim)):
                             if i * head_dim + tx < splits:
                                 split_m[i * head_dim + tx] = part_md[b, i * head_dim + tx, h, 0]
@@ -422,9 +427,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                         acc[0] = T.float32(0)
                         for chunk in T.serial(T.truncdiv(splits + merge_loads - 1, merge_loads)):
                             if chunk > 0:
-                                for j in T.unroll(merge_loads):
-                                    if chunk * merge_loads + j < splits:
-                                        loaded[j] = part_o[b, chunk * merge_loads + j, h, tx]
+                                request_outputs(loaded, part_o, b, h, tx, chunk, splits)
                             for j in T.unroll(merge_loads):
                                 if chunk * merge_loads + j < splits:
                                     weight: T.let[T.float32] = T.exp2(split_m[chunk * merge_loads + j] - top[0])
