@@ -9,7 +9,9 @@ The q4f16_1 decode matmul (dequantize inside the reduction) at Llama-2-7B shapes
 - `cuda/...+packed`: knobs with packed_fp16 (fp16 pairs, float32 multiply-adds:
   CUDA has no fp16-pair dot instruction with a float32 sum; rows whose vectors the lanes do not
   divide, like the down projection's, are padded to whole steps); `+staged`: the activation staged in
-  shared memory; `+fp16`: each word's products summed in fp16 pairs (the cuda preset);
+  shared memory; `+fp16`: each word's products summed in fp16 pairs; `+early`: a lane's weights and
+  scales loaded at its start by strong loads, at every shape where they fit (the cuda preset: from
+  16384 rows);
 - `gfx1100`, `gfx90a`: our rule with the ROCm presets' knobs (packed_fp16 on), scheduled for CUDA:
   the closest runnable variant of the AMD kernels here (float32 multiply-adds where AMD has
   v_dot2_f32_f16; the wave64 variant's 64-lane row sum becomes two warps and a shared-memory step).
@@ -36,11 +38,13 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
 LAYER = ("qkv", "o", "gate_up", "down")  # the per-layer kernels: the efficiency figure
 # (threads_per_row, rows_per_block, vector_words, unroll, rows_per_thread) and GemvKnobs flags, each
 # shown in the variant's name: +packed (packed_fp16), +staged (stage_activation), +fp16
-# (fp16_products). Variants measured and dropped in earlier sessions are in docs/benchmarks.md.
-PRESET_FLAGS = ("packed", "staged", "fp16")
-SWEEP = [((32, 4, 4, 2, 2), ()), ((32, 4, 4, 2, 2), ("packed",)), ((32, 4, 4, 4, 2), ("packed", "fp16")),
-         ((32, 4, 4, 4, 2), ("packed", "staged")), ((32, 4, 4, 4, 2), PRESET_FLAGS)]
-FLAGS = {"packed": "packed_fp16", "staged": "stage_activation", "fp16": "fp16_products"}
+# (fp16_products), +early (early loads, at every shape they fit: the preset takes them from 16384
+# rows). Variants measured and dropped in earlier sessions are in docs/benchmarks.md.
+PRESET_FLAGS = ("packed", "staged", "fp16", "early")
+SWEEP = [((32, 4, 4, 16, 2), ("packed", "staged", "fp16")), ((32, 4, 4, 16, 2), PRESET_FLAGS),
+         ((32, 8, 4, 16, 2), PRESET_FLAGS), ((32, 4, 4, 16, 1), PRESET_FLAGS)]
+FLAGS = {"packed": ("packed_fp16", True), "staged": ("stage_activation", True), "fp16": ("fp16_products", True),
+         "early": ("early_loads_from_rows", 1)}  # flag -> (knob, value); early loads at every shape they fit
 L2_BYTES = 50 << 20  # H100 L2: weights rotate through 3x this
 
 
@@ -83,7 +87,7 @@ def build(out: Path) -> None:
     preset = cuda.PRESETS["sm_90"].gemv
     schedules = {"dlight-f16": (cuda_target, None, "float16"), "dlight": (cuda_target, None, "float32")}
     for knobs, flags in SWEEP:
-        g = GemvKnobs(*knobs, **{FLAGS[f]: True for f in flags})
+        g = GemvKnobs(*knobs, **dict(FLAGS[f] for f in flags))
         mark = "*" if g == preset else ""
         name = "-".join(map(str, knobs)) + "".join("+" + f for f in flags)
         schedules[f"cuda/{name}{mark}"] = (cuda_target, DequantGEMV(g), "float32")

@@ -40,9 +40,13 @@ class Preset:
     # q/k/v GEMV normalizes its staged activation): 54 and 41 us less kernel time a 7B and 8B step,
     # decode +0.3-4.6% in 12 same-call pairs; the norm before gate/up folded too cost its SwiGLU
     # GEMV more than the norm kernel (H200, docs/benchmarks.md, session 25).
+    # From 16384 rows (gate/up, lm_head) a lane's weights and scales are strong loads at its start
+    # (dequant_gemv._early_loads): 7B gate/up + SiLU 487 -> 461 us a step, 8B 602 -> 569, lm_heads
+    # 3-5% less; the one-wave o and down GEMVs and the q/k/v ones (a folded norm) took 6-33% more
+    # with them (H200, session 29).
     gemv: GemvKnobs = GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=16, rows_per_thread=2,
                                 packed_fp16=True, stage_activation=True, fp16_products=True, fold_rms_norm=True,
-                                fold_into_swiglu=False)
+                                fold_into_swiglu=False, early_loads_from_rows=16384)
     # Decode attention: 16 lanes x 128-bit loads per head_dim-128 row (2 rows per warp), 4 warps
     # per block; ~4 blocks per SM of an H100/H200 (132 SMs) for an MHA model, twice the (query head,
     # split) pairs for grouped (GQA) models (session 19 sweep, benchmarks/attention_speed.py,

@@ -213,6 +213,40 @@ def test_preset_decode_gemv_stages_the_activation_and_sums_products_in_fp16_pair
         assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("rows", [16384, 4096])
+def test_preset_gemv_loads_weights_and_scales_early_from_16384_rows(rows, tmp_path):
+    """From 16384 rows (the gate/up and lm_head GEMVs), each lane's weight words and scales (2 rows
+    x 4 steps at K = 4096) are loaded into registers by strong loads, written before the block
+    stages its activation and waits at its barrier, where ptxas keeps them (ordinary loads it moved
+    past the barrier, the scales last); a GEMV of 4096 rows (one wave of blocks) keeps ordinary
+    loads. Both checked against numpy on the GPU machine (benchmarks/gemv_efficiency.py)."""
+    import tvm
+    from conftest import gemv_func
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = cuda.tvm_target("sm_90")
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(rows, 4096)}))
+    source = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    kernel = source[source.index('extern "C" __global__'):]
+    if rows == 4096:
+        assert "mlcgen_strong_load" not in kernel and "uint w_local_ptr[8];" in kernel  # a step's words at a time
+        return
+    assert "uint w_local_ptr[32];" in kernel and "half s_local_ptr[8];" in kernel
+    staging = re.search(r"\n\s+x_shared_ptr\[", kernel).start()  # the activation's store into shared memory
+    assert max(kernel.index("= mlcgen_strong_load_words(("), kernel.index("= mlcgen_strong_load_half((")) < staging
+    assert staging < kernel.index("__syncthreads()")
+    assert "ld.relaxed.gpu.global.v4.u32" in source and "ld.relaxed.gpu.global.u16" in source
+    if shutil.which("nvcc"):  # the inline PTX assembles
+        (tmp_path / "gemv.cu").write_text(source)
+        result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "gemv.cubin"), str(tmp_path / "gemv.cu")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
 def test_down_projection_rows_are_padded_into_the_preset_gemv():
     """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes): padded to 352
     groups (one round of 11 steps a lane), the activation staged with zeros past the row (352 rows

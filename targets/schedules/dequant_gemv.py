@@ -16,6 +16,9 @@ schedule's job is to keep enough wide loads in flight:
   the lanes' 16-byte reads of their groups do not collide on banks: read straight from global
   memory, each such read of a warp spans 32 lanes x 64 bytes, four times the cache wavefronts of a
   contiguous 512-byte read, on the same path as the weight stream;
+- with `early_loads_from_rows` (CUDA), a lane of a GEMV that wide loads its weight words and scales
+  by strong loads at its start, before the block stages its activation: ptxas keeps them there,
+  where it moves ordinary loads past the barrier and into the arithmetic (_early_loads);
 - with `activation_words` (WGSL, whose vectors stop at 4 lanes: 8-byte fp16 loads), a lane loads
   its activations as 16-byte words and converts them to float32 once for all of its rows
   (packed_dot.activation_words);
@@ -61,6 +64,10 @@ class GemvKnobs:
     packed_fp16: bool = False  # a lane's group in fp16 pairs (schedules/packed_dot.py); needs vector_words 4
     stage_activation: bool = False  # the block copies the activation into shared memory first
     fp16_products: bool = False  # packed form: each word's products summed in fp16 (schedules/packed_dot.py)
+    # CUDA, packed form: in GEMVs of at least this many rows (0: none) whose lanes take all of their
+    # steps in one round, unpadded, with no folded norm to stage, a lane's weight words and scales
+    # are loaded at its start by strong loads, before the block stages its activation (_load_early)
+    early_loads_from_rows: int = 0
     # WGSL, packed form: each lane loads its activations as 16-byte words and converts them to
     # float32 once for all of its rows (packed_dot.activation_words); rows that need padding keep fp16
     activation_words: bool = False
@@ -82,6 +89,8 @@ class GemvKnobs:
         if self.fold_rms_norm and self.fp16_products and not self.stage_activation:
             raise ValueError("fold_rms_norm without stage_activation feeds the GEMVs an activation that is not normalized: "
                              "fp16 products would overflow")
+        if self.early_loads_from_rows and not self.packed_fp16:
+            raise ValueError("early loads hand the packed form's intrinsic its scales in registers: they need packed_fp16=True")
         if self.activation_words and (not self.packed_fp16 or self.stage_activation):
             raise ValueError("activation_words feeds the packed form's registers: it needs packed_fp16=True, unstaged")
 
@@ -231,19 +240,58 @@ class DequantGEMV(ScheduleRule):
         return limit is not None and padded <= int(limit) * 3 // 4
 
     @staticmethod
-    def _stage_activation(sch, k: GemvKnobs, partial, index, block_rows, group):
-        """The activation into shared memory, once per block, each lane's `group` values padded by 16
-        bytes: a lane reads its group 16 bytes at a time, lanes `group` values apart, and with the
-        pad 8 neighbouring lanes' 16-byte reads fall on distinct banks."""
+    def _stage_activation(sch, k: GemvKnobs, partial, index, at, group):
+        """The activation into shared memory, once per block (under `at`: the block's loop, or the
+        lane's after its early loads), each lane's `group` values padded by 16 bytes: a lane reads its
+        group 16 bytes at a time, lanes `group` values apart, and with the pad 8 neighbouring lanes'
+        16-byte reads fall on distinct banks."""
         staged = sch.cache_read(partial, index, "shared")
-        sch.compute_at(staged, block_rows, preserve_unit_loops=True)
+        sch.compute_at(staged, at, preserve_unit_loops=True)
         sch.transform_layout(staged, ("write", 0), lambda a, b, i: (a, b, i // group, i % group))
         sch.storage_align(staged, 0, axis=2, factor=group, offset=8)
-        fused = sch.fuse(*sch.get_loops(staged)[1:])
+        fused = sch.fuse(*sch.get_loops(staged)[-3:])  # its own loops: the activation's 3 axes
         _, ty, tx, vec = sch.split(fused, [None, k.rows_per_block, k.threads_per_row, k.activation_lanes])
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
+
+    @staticmethod
+    def _early_loads(sch, k: GemvKnobs, partial, step, int8: bool, before) -> bool:
+        """Whether a lane loads its weight words and scales at its start (early_loads_from_rows).
+        Where they pay (H200, docs/benchmarks.md, session 29): ptxas leaves ordinary loads of
+        read-only data where its register budget likes, a lane's weights in two or three dependent
+        rounds of memory latency after the block's barrier and its scales last; a strong load stays
+        where it is written, but the block's barrier then most likely waits for it. The 7B and 8B
+        gate/up GEMVs took 5% less time and the lm_heads 3-5% less; GEMVs of one wave of blocks
+        (o, down) took 6-33% more, and the q/k/v GEMVs, whose blocks also sum a folded norm's
+        slots, 27%. Rows the steps do not tile (padded) keep ordinary loads."""
+        weight = next(b.source for b in sch.get(partial).reads if b.source.dtype == "uint32" and len(b.source.shape) == 2)
+        rows, words = (int(d) for d in weight.shape)
+        return (0 < k.early_loads_from_rows <= rows and not int8 and int(sch.get(step).extent) == 1
+                and words % (k.threads_per_row * k.vector_words) == 0
+                and not any(sch.get(b).name_hint == SQUARE_TOTAL for b in before))
+
+    @staticmethod
+    def _load_early(sch, partial, index, lane, k: GemvKnobs, paired: bool, lanes: int):
+        """A lane's values of the partial block's read `index` (weight words, `lanes` a load, or
+        scales, one) for all of its steps, loaded into registers by strong loads at the start of
+        its thread (packed_dot.strong_load), before the block stages its activation: the cache is
+        laid out [row, step, value of a step] (gate and up rows apart: [gate or up, row, step,
+        value]), so that a thread's region is its own values."""
+        cache = sch.cache_read(partial, index, "local")
+        span = k.threads_per_row * lanes  # values a row's lanes take in one step
+        rows = int(sch.get(cache).iter_vars[0].dom.extent)
+        if paired:
+            half = rows // 2
+            index_map = lambda n, v: (n // half, n % half, v // span, v % span)
+        else:
+            index_map = lambda n, v: (n, v // span, v % span)
+        sch.transform_block_layout(cache, index_map)  # first: then the write's indices are the block's own
+        sch.transform_layout(cache, ("write", 0), index_map)
+        sch.compute_at(cache, lane, preserve_unit_loops=True, index=-2)
+        dtype = str(sch.get(cache).writes[0].source.dtype)
+        inner = sch.split(sch.get_loops(cache)[-1], [None, lanes])[-1]
+        sch.tensorize(inner, packed_dot.strong_load(dtype, lanes))
 
     @staticmethod
     def _slot_sums(sch, block, block_rows, k: GemvKnobs):
@@ -325,13 +373,17 @@ class DequantGEMV(ScheduleRule):
         sch.bind(thread_row, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         activation_words = k.activation_words and not before  # the words are read as stored: nothing to inline
+        early = self._early_loads(sch, k, partial, step, int8, before)
         for index, buffer in enumerate(sch.get(partial).reads):
+            weight = buffer.source.dtype == "uint32" and len(buffer.source.shape) == 2  # not an int8 activation's
+            if early and len(buffer.source.shape) == 2:  # weight words, scales
+                self._load_early(sch, partial, index, lane, k, paired, words if weight else 1)
+                continue
             if buffer.source.dtype == "uint32" or len(buffer.source.shape) == 3:  # packed weight, activation
                 if len(buffer.source.shape) == 3 and k.stage_activation and self._fits_shared(buffer, target, 8 * words):
-                    self._stage_activation(sch, k, partial, index, block_rows, 8 * words)
+                    self._stage_activation(sch, k, partial, index, lane if early else block_rows, 8 * words)
                 cache = sch.cache_read(partial, index, "local")
                 # a lane's words for each of its rows; for gate and up rows (far apart), row by row
-                weight = buffer.source.dtype == "uint32" and len(buffer.source.shape) == 2  # not an int8 activation's
                 sch.compute_at(cache, own_row if paired and weight else u, preserve_unit_loops=True)
                 inner = sch.get_loops(cache)[-1]
                 if activation_words and buffer.source.dtype != "uint32":
@@ -375,7 +427,8 @@ class DequantGEMV(ScheduleRule):
         if int8:  # last: tensorize replaces the partial-sum block
             sch.tensorize(element, packed_dot.int8_intrinsic_for(target, 5 if paired else 4))
         elif k.packed_fp16:
-            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4, activation_words))
+            sch.tensorize(element, packed_dot.intrinsic_for(target, k.fp16_products, 5 if paired else 4, activation_words,
+                                                            "local" if early else "global"))
         else:
             sch.unroll(element)
         return sch

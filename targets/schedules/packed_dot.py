@@ -29,6 +29,8 @@ of the lane's rows (the `_words` intrinsics read those float32 values).
 With int8 activations (compiler/int8_activations.py) a group is instead 8 integer dot products of
 4 weight codes with 4 activation codes (`int8_intrinsic_for`: WGSL dot4I8Packed, CUDA __dp4a,
 gfx90a v_dot4_i32_i8, gfx11 v_dot4_i32_iu8), about 1 instruction per 2 weights.
+`strong_load`: CUDA loads into registers that ptxas leaves where they are written (the GEMV's early
+loads of its weights and scales).
 """
 
 from __future__ import annotations
@@ -47,18 +49,18 @@ MAX_CODE = GroupQuant4.max_code
 HALF_MAGIC = 0x6400  # fp16 1024.0: a 4-bit code ORed into its mantissa gives 1024 + code
 
 
-def _buffers(c, x, w, s, sum_dims, x_dtype="float16"):
+def _buffers(c, x, w, s, sum_dims, x_dtype="float16", scale_scope="global"):
     """The block's regions: its row's float32 partial sum (a point of the lanes' sums: lane, batch,
     token, row; the gate/up-paired GEMV splits the row in two), the lane's activations (fp16, or
     float32 where they are converted as they are loaded: activation_words) and packed words
-    (registers), the group's scale (global)."""
+    (registers), the group's scale (global, or registers where the GEMV loads it early)."""
     return (T.match_buffer(c, (1,) * sum_dims, "float32", offset_factor=1, scope="local"),
             T.match_buffer(x, (1, 1, GROUP), x_dtype, offset_factor=1, scope="local"),
             T.match_buffer(w, (1, WORDS), "uint32", offset_factor=1, scope="local"),
-            T.match_buffer(s, (1, 1), "float16", offset_factor=1))
+            T.match_buffer(s, (1, 1), "float16", offset_factor=1, scope=scale_scope))
 
 
-def _description(sum_dims: int, words: bool = False):
+def _description(sum_dims: int, words: bool = False, scale_scope: str = "global"):
     """The q4 update of one group. With `words`, the activation's cache holds float32 values
     converted from fp16 (unsafe_set_dtype leaves the matmul reading them back as fp16)."""
     point = (0,) * sum_dims
@@ -69,7 +71,7 @@ def _description(sum_dims: int, words: bool = False):
 
     @T.prim_func(s_tir=True)
     def description(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, x_dtype))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, x_dtype, scale_scope))
         with T.sblock("root"):
             T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
             T.writes(C[point])
@@ -198,12 +200,12 @@ def _group_sum_fp16_words(X, W):
     return acc
 
 
-def _implementation(group_sum_of, sum_dims: int, words: bool = False):
+def _implementation(group_sum_of, sum_dims: int, words: bool = False, scale_scope: str = "global"):
     point = (0,) * sum_dims
 
     @T.prim_func(s_tir=True)
     def implementation(c: T.handle, x: T.handle, w: T.handle, s: T.handle):
-        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, "float32" if words else "float16"))
+        C, X, W, S = T.meta_var(_buffers(c, x, w, s, sum_dims, "float32" if words else "float16", scale_scope))
         with T.sblock("root"):
             T.reads(C[point], X[0, 0, 0:GROUP], W[0, 0:WORDS], S[0, 0])
             T.writes(C[point])
@@ -222,22 +224,24 @@ GROUP_SUMS = {  # (target kind, fp16 products) -> the group's sum; any other kin
 
 
 @cache
-def _registered(kind: str, fp16_products: bool, sum_dims: int, words: bool) -> str:
+def _registered(kind: str, fp16_products: bool, sum_dims: int, words: bool, scale_scope: str) -> str:
     """Registers the intrinsic on first use: parsing its TVMScript takes ~1 s, which every import
     of the targets (a CPU build included) paid when it happened at import."""
-    name = f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}{'_words' if words else ''}_{sum_dims}d"
-    TensorIntrin.register(name, _description(sum_dims, words), _implementation(GROUP_SUMS[kind, fp16_products], sum_dims, words),
-                          override=True)
+    name = (f"mlcgen_q4_group_dot2_{kind}{'_fp16' if fp16_products else ''}{'_words' if words else ''}"
+            f"_{scale_scope}_scale_{sum_dims}d")
+    TensorIntrin.register(name, _description(sum_dims, words, scale_scope),
+                          _implementation(GROUP_SUMS[kind, fp16_products], sum_dims, words, scale_scope), override=True)
     return name
 
 
-def intrinsic_for(target, fp16_products: bool = False, sum_dims: int = 4, words: bool = False) -> str:
+def intrinsic_for(target, fp16_products: bool = False, sum_dims: int = 4, words: bool = False,
+                  scale_scope: str = "global") -> str:
     kind = target.kind.name if target.kind.name in ("rocm", "webgpu") else "cuda"
     if (kind, fp16_products) not in GROUP_SUMS:
         raise ValueError(f"fp16 products are implemented for CUDA only, not for {target.kind.name}")
     if words and kind != "webgpu":
         raise ValueError(f"activation words are a WGSL form (its vectors stop at 4 lanes), not for {target.kind.name}")
-    return _registered(kind, fp16_products, sum_dims, words)
+    return _registered(kind, fp16_products, sum_dims, words, scale_scope)
 
 
 @cache
@@ -274,6 +278,69 @@ def activation_words() -> str:
                 for c in T.unroll(4):
                     T.buffer_store(L, T.call_pure_extern("float32x2", "unpack2x16float", T.Shuffle([Gw.vload([4 * q], "uint32x4")], [c])),
                                    [0, 0, T.Ramp(8 * q + 2 * c, 1, 2)])
+
+    TensorIntrin.register(name, description, implementation, override=True)
+    return name
+
+
+STRONG_LOADS = {  # (dtype, lanes) -> the CUDA function (its source emitted once per name), its value's dtype
+    ("uint32", 4): ("mlcgen_strong_load_words", "uint32x4", """
+__forceinline__ __device__ uint4 mlcgen_strong_load_words(const uint* p) {
+  uint4 r;  // ld.relaxed: ptxas keeps it where it is written, before the block's barrier
+  asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+"""),
+    ("float16", 1): ("mlcgen_strong_load_half", "float16", """
+__forceinline__ __device__ half mlcgen_strong_load_half(const half* p) {
+  unsigned short r;
+  asm volatile("ld.relaxed.gpu.global.u16 %0, [%1];" : "=h"(r) : "l"(p));
+  return __ushort_as_half(r);
+}
+"""),
+}
+
+
+@cache
+def strong_load(dtype: str, lanes: int) -> str:
+    """CUDA: `lanes` values of `dtype` copied from global memory into registers by a relaxed
+    (strong) load. ptxas moves ordinary loads of read-only data wherever its register budget
+    likes, past the block's barrier and deep into the arithmetic (a GEMV's weights and scales in
+    three dependent rounds of memory latency, docs/benchmarks.md, session 29); strong loads stay
+    where they are written, and the block's barrier after them most likely waits for them. They bypass L1,
+    which a weight stream read once does not use."""
+    function, value, source = STRONG_LOADS[dtype, lanes]
+    name = f"mlcgen_strong_load_{dtype}x{lanes}"
+
+    def buffers(g, l):
+        return (T.match_buffer(g, (lanes,), dtype, offset_factor=lanes),
+                T.match_buffer(l, (lanes,), dtype, offset_factor=lanes, scope="local"))
+
+    @T.prim_func(s_tir=True)
+    def description(g: T.handle, l: T.handle):
+        G, L = T.meta_var(buffers(g, l))
+        with T.sblock("root"):
+            T.reads(G[0:lanes])
+            T.writes(L[0:lanes])
+            for i in range(lanes):
+                if lanes == 1:  # a unit loop's block: its iterator is folded away
+                    with T.sblock("load"):
+                        L[0] = G[0]
+                else:
+                    with T.sblock("load"):
+                        vi = T.axis.spatial(lanes, i)
+                        L[vi] = G[vi]
+
+    from tvm.backend.cuda.op import cuda_func_call
+
+    @T.prim_func(s_tir=True)
+    def implementation(g: T.handle, l: T.handle):
+        G, L = T.meta_var(buffers(g, l))
+        with T.sblock("root"):
+            T.reads(G[0:lanes])
+            T.writes(L[0:lanes])
+            T.buffer_store(L, cuda_func_call(function, G.access_ptr("r"), source_code=source, return_type=value),
+                           [T.Ramp(0, 1, lanes)] if lanes > 1 else [0])
 
     TensorIntrin.register(name, description, implementation, override=True)
     return name
