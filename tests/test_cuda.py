@@ -247,6 +247,23 @@ def test_preset_gemv_loads_weights_and_scales_early_from_16384_rows(rows, tmp_pa
         assert result.returncode == 0, result.stderr
 
 
+def test_early_loads_are_refused_off_cuda():
+    """The early loads are CUDA inline PTX: a ROCm preset given them is refused, not miscompiled."""
+    from dataclasses import replace
+
+    import tvm
+    from conftest import gemv_func
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets import rocm
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = rocm.tvm_target("gfx1100")
+    rule = DequantGEMV(replace(rocm.PRESETS["gfx1100"].gemv, early_loads_from_rows=1))
+    with target, pytest.raises(ValueError, match="CUDA inline PTX"):
+        dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": gemv_func(16384, 4096)}))
+
+
 def test_down_projection_rows_are_padded_into_the_preset_gemv():
     """Llama-2-7B's down projection (344 groups a row, not a multiple of 32 lanes): padded to 352
     groups (one round of 11 steps a lane), the activation staged with zeros past the row (352 rows

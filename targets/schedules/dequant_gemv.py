@@ -16,9 +16,9 @@ schedule's job is to keep enough wide loads in flight:
   the lanes' 16-byte reads of their groups do not collide on banks: read straight from global
   memory, each such read of a warp spans 32 lanes x 64 bytes, four times the cache wavefronts of a
   contiguous 512-byte read, on the same path as the weight stream;
-- with `early_loads_from_rows` (CUDA), a lane of a GEMV that wide loads its weight words and scales
-  by strong loads at its start, before the block stages its activation: ptxas keeps them there,
-  where it moves ordinary loads past the barrier and into the arithmetic (_early_loads);
+- with `early_loads_from_rows` (CUDA), in GEMVs of that many rows a lane loads its weight words and
+  scales by strong loads at its start, before the block stages its activation: ptxas keeps them
+  there, where it moves ordinary loads past the barrier and into the arithmetic (_early_loads);
 - with `activation_words` (WGSL, whose vectors stop at 4 lanes: 8-byte fp16 loads), a lane loads
   its activations as 16-byte words and converts them to float32 once for all of its rows
   (packed_dot.activation_words);
@@ -256,7 +256,7 @@ class DequantGEMV(ScheduleRule):
         sch.vectorize(vec)
 
     @staticmethod
-    def _early_loads(sch, k: GemvKnobs, partial, step, int8: bool, before) -> bool:
+    def _early_loads(sch, k: GemvKnobs, target, partial, step, int8: bool, before) -> bool:
         """Whether a lane loads its weight words and scales at its start (early_loads_from_rows).
         Where they pay (H200, docs/benchmarks.md, session 29): ptxas leaves ordinary loads of
         read-only data where its register budget likes, a lane's weights in two or three dependent
@@ -265,6 +265,8 @@ class DequantGEMV(ScheduleRule):
         gate/up GEMVs took 5% less time and the lm_heads 3-5% less; GEMVs of one wave of blocks
         (o, down) took 6-33% more, and the q/k/v GEMVs, whose blocks also sum a folded norm's
         slots, 27%. Rows the steps do not tile (padded) keep ordinary loads."""
+        if k.early_loads_from_rows and target.kind.name != "cuda":
+            raise ValueError(f"early loads are CUDA inline PTX (packed_dot.strong_load), not for {target.kind.name}")
         weight = next(b.source for b in sch.get(partial).reads if b.source.dtype == "uint32" and len(b.source.shape) == 2)
         rows, words = (int(d) for d in weight.shape)
         return (0 < k.early_loads_from_rows <= rows and not int8 and int(sch.get(step).extent) == 1
@@ -373,7 +375,7 @@ class DequantGEMV(ScheduleRule):
         sch.bind(thread_row, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         activation_words = k.activation_words and not before  # the words are read as stored: nothing to inline
-        early = self._early_loads(sch, k, partial, step, int8, before)
+        early = self._early_loads(sch, k, target, partial, step, int8, before)
         for index, buffer in enumerate(sch.get(partial).reads):
             weight = buffer.source.dtype == "uint32" and len(buffer.source.shape) == 2  # not an int8 activation's
             if early and len(buffer.source.shape) == 2:  # weight words, scales
