@@ -307,8 +307,8 @@ def strong_load(dtype: str, lanes: int) -> str:
     (strong) load. ptxas moves ordinary loads of read-only data wherever its register budget
     likes, past the block's barrier and deep into the arithmetic (a GEMV's weights and scales in
     three dependent rounds of memory latency, docs/benchmarks.md, session 29); strong loads stay
-    where they are written, and the block's barrier after them most likely waits for them. They bypass L1,
-    which a weight stream read once does not use."""
+    where they are written, and the block's barrier after them most likely waits for them. They
+    bypass L1, which a weight stream read once does not use."""
     function, value, source = STRONG_LOADS[dtype, lanes]
     name = f"mlcgen_strong_load_{dtype}x{lanes}"
 
