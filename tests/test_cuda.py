@@ -248,7 +248,8 @@ def test_preset_gemv_loads_weights_and_scales_early_from_16384_rows(rows, tmp_pa
 
 
 def test_early_loads_are_refused_off_cuda():
-    """The early loads are CUDA inline PTX: a ROCm preset given them is refused, not miscompiled."""
+    """The early loads are CUDA inline PTX: a ROCm GEMV wide enough to take them is refused, not
+    miscompiled (narrower ones run the CUDA knobs on WGSL in tests/test_vulkan.py)."""
     from dataclasses import replace
 
     import tvm
