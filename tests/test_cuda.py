@@ -261,8 +261,8 @@ def test_early_loads_are_refused_off_cuda():
 
     target = rocm.tvm_target("gfx1100")
     rule = DequantGEMV(replace(rocm.PRESETS["gfx1100"].gemv, early_loads_from_rows=1))
-    with target, pytest.raises(ValueError, match="CUDA inline PTX"):
-        dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": gemv_func(16384, 4096)}))
+    with target, pytest.raises(ValueError, match="CUDA inline PTX"):  # K = 2048: the preset's 2 steps a lane in one round
+        dl.ApplyDefaultSchedule(rule)(tvm.IRModule({"main": gemv_func(16384, 2048)}))
 
 
 def test_down_projection_rows_are_padded_into_the_preset_gemv():
