@@ -12,6 +12,32 @@ from mlcgen.compiler.build import export_ir, plan
 from mlcgen.errors import ConfigError
 
 
+def preset_gemv_source(n: int, k: int) -> str:
+    """The CUDA source of the sm_90 preset's decode GEMV for an [n, k] weight."""
+    import tvm
+    from conftest import gemv_func
+    from tvm.s_tir import dlight as dl
+
+    from mlcgen.targets import cuda
+    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
+
+    target = cuda.tvm_target("sm_90")
+    with target:
+        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(n, k)}))
+    return tvm.compile(mod, target).mod.imports[0].inspect_source()
+
+
+def assert_nvcc_compiles(source: str, tmp_path) -> None:
+    """Where nvcc exists (this machine and CI have it, no GPU), the CUDA source compiles for sm_90:
+    our inline PTX and CUDA functions assemble."""
+    if not shutil.which("nvcc"):
+        return
+    (tmp_path / "kernel.cu").write_text(source)
+    result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "kernel.cubin"), str(tmp_path / "kernel.cu")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_kernels(builds):
     p = plan(builds.checkpoint("gqa_tied"), "q4f16_1", "cuda")
     target = p.target_module.tvm_target(p.preset)
@@ -52,11 +78,7 @@ def test_cuda_decode_attention_reads_short_sequences_whole_for_mha_only(kv_heads
         assert "mlcgen_cp_async" not in whole  # (registers: the rows of a whole head are read in one or two steps)
     rows = for_model(knobs, 32, kv_heads).unroll  # a lane's K and V rows a step, copied before the loop and in it
     assert (source.count("mlcgen_cp_async16(staged"), source.count("mlcgen_cp_async_wait_one();")) == (2 * 2 * rows, 1)
-    if shutil.which("nvcc"):  # the inline PTX assembles (this machine and CI have nvcc, no GPU)
-        (tmp_path / "attention.cu").write_text(source)
-        result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "attention.cubin"), str(tmp_path / "attention.cu")],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+    assert_nvcc_compiles(source, tmp_path)
 
 
 def test_async_copy_needs_16_byte_lanes_and_fits_static_shared_memory():
@@ -189,28 +211,13 @@ def test_preset_decode_gemv_stages_the_activation_and_sums_products_in_fp16_pair
     and multiplied-added in packed fp16 pairs (__hfma2: TVM's own float16x2 arithmetic comes out
     lane by lane, which nvcc leaves as scalar fp16). Its results are checked against numpy on the
     GPU machine (benchmarks/gemv_efficiency.py: relative error 3.8e-4; float32 products 2.1e-4)."""
-    import tvm
-    from conftest import gemv_func
-    from tvm.s_tir import dlight as dl
-
-    from mlcgen.targets import cuda
-    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
-
-    target = cuda.tvm_target("sm_90")
-    with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(256, 4096)}))
-    source = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    source = preset_gemv_source(256, 4096)
     assert re.search(r"__shared__ alignas\(\d+\) uint4 x_shared_ptr\[640\]", source)  # 4096 / 32 rows x 5 uint4
     assert "lop3.b32" in source and "0x64006400" in source
     assert "mlcgen_magic_pair<0x000f000f>(" in source and "mlcgen_magic_pair<0x00f000f0>(" in source  # low and next nibbles
     assert source.count("mlcgen_q4_word_dot(w_local") == 2 * 4 * 4  # each word of 2 rows x 4 groups, one call each
     assert "__hfma2(" in source and "((float)(make_half2(" not in source  # packed fp16 products, no float32 ones
-    if shutil.which("nvcc"):  # the hand-written CUDA of the word dot compiles (this machine and CI have nvcc, no GPU)
-        kernel = tmp_path / "gemv.cu"
-        kernel.write_text(source)
-        result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "gemv.cubin"), str(kernel)],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+    assert_nvcc_compiles(source, tmp_path)  # the hand-written CUDA of the word dot
 
 
 @pytest.mark.parametrize("rows", [16384, 4096])
@@ -220,17 +227,7 @@ def test_preset_gemv_loads_weights_and_scales_early_from_16384_rows(rows, tmp_pa
     stages its activation and waits at its barrier, where ptxas keeps them (ordinary loads it moved
     past the barrier, the scales last); a GEMV of 4096 rows (one wave of blocks) keeps ordinary
     loads. Both checked against numpy on the GPU machine (benchmarks/gemv_efficiency.py)."""
-    import tvm
-    from conftest import gemv_func
-    from tvm.s_tir import dlight as dl
-
-    from mlcgen.targets import cuda
-    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
-
-    target = cuda.tvm_target("sm_90")
-    with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(rows, 4096)}))
-    source = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    source = preset_gemv_source(rows, 4096)
     kernel = source[source.index('extern "C" __global__'):]
     if rows == 4096:
         assert "mlcgen_strong_load" not in kernel and "uint w_local_ptr[8];" in kernel  # a step's words at a time
@@ -240,11 +237,7 @@ def test_preset_gemv_loads_weights_and_scales_early_from_16384_rows(rows, tmp_pa
     assert max(kernel.index("= mlcgen_strong_load_words(("), kernel.index("= mlcgen_strong_load_half((")) < staging
     assert staging < kernel.index("__syncthreads()")
     assert "ld.relaxed.gpu.global.v4.u32" in source and "ld.relaxed.gpu.global.u16" in source
-    if shutil.which("nvcc"):  # the inline PTX assembles
-        (tmp_path / "gemv.cu").write_text(source)
-        result = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-o", str(tmp_path / "gemv.cubin"), str(tmp_path / "gemv.cu")],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+    assert_nvcc_compiles(source, tmp_path)  # the strong loads' inline PTX
 
 
 def test_early_loads_are_refused_off_cuda():
@@ -270,17 +263,7 @@ def test_down_projection_rows_are_padded_into_the_preset_gemv():
     groups (one round of 11 steps a lane), the activation staged with zeros past the row (352 rows
     of 5 uint4 in shared memory), the padded groups' weight and scale reads clamped to the row's
     last group (343), and still the fp16-pair form."""
-    import tvm
-    from conftest import gemv_func
-    from tvm.s_tir import dlight as dl
-
-    from mlcgen.targets import cuda
-    from mlcgen.targets.schedules.dequant_gemv import DequantGEMV
-
-    target = cuda.tvm_target("sm_90")
-    with target:
-        mod = dl.ApplyDefaultSchedule(DequantGEMV(cuda.PRESETS["sm_90"].gemv))(tvm.IRModule({"main": gemv_func(256, 11008)}))
-    source = tvm.compile(mod, target).mod.imports[0].inspect_source()
+    source = preset_gemv_source(256, 11008)
     assert re.search(r"__shared__ alignas\(\d+\) uint4 x\w*_shared_ptr\[1760\]", source)
     assert ", 343)" in source and "mlcgen_q4_word_dot(" in source
 
