@@ -3,6 +3,7 @@
     python benchmarks/vulkan_speed.py build .bench/vulkan     # here: libraries, a copy kernel, the plugin
     python benchmarks/vulkan_speed.py build .bench/int8 --int8-activations   # the libraries with that build option
     python benchmarks/vulkan_speed.py build .bench/v --gemv fold_into_swiglu=False   # a preset GEMV knob changed (or --attention KNOB=VALUE)
+    python benchmarks/vulkan_speed.py build .bench/v7 --config "llama2-7b vulkan:nvidia"   # that configuration only (repeatable), no GEMV sweep
     python benchmarks/vulkan_speed.py run .bench/vulkan       # GPU machine: TVM runtime + wgpu only
     python benchmarks/vulkan_speed.py run .bench/vulkan "llama2-7b vulkan:nvidia"   # those configurations only, no GEMV sweep
 
@@ -108,12 +109,20 @@ def gemv_libraries(out: Path) -> None:
 
 
 def build(out: Path, *options: str) -> None:
+    """Every configuration's library, the copy kernel, the GEMV sweep's libraries and the plugin;
+    with `--config LABEL` (repeatable) only those configurations' libraries, no sweep: what
+    `run DIR LABEL...` needs."""
     from mlcgen.runtime import plugins, vulkan
 
-    for model, preset in dict.fromkeys((model, preset) for model, preset, _ in CONFIGS.values()):
+    labels = [value for flag, value in zip(options, options[1:]) if flag == "--config"]
+    if unknown := set(labels) - set(CONFIGS):
+        raise SystemExit(f"--config {sorted(unknown)}: not a configuration of this benchmark ({', '.join(CONFIGS)})")
+    chosen = [CONFIGS[label] for label in labels] or CONFIGS.values()
+    for model, preset in dict.fromkeys((model, preset) for model, preset, _ in chosen):
         compile_from_config(model, "q4f16_1", preset, out / library(model, preset), CONTEXT_WINDOW, PREFILL, **build_options(options))
     copy_kernel(out)
-    gemv_libraries(out)
+    if not labels:
+        gemv_libraries(out)
     plugins.carry(out, vulkan.build_plugin())
 
 

@@ -84,16 +84,21 @@ PRESETS = {
     # heads merged at once (parallel_merge): Llama-3-8B decode 318.2 -> 333.2 tok/s at context 128,
     # 289.5 -> 308.4 at 1024 (vulkan_speed.py, H200, one call, 2026-12-03, session 28; generic and
     # steamdeck keep the serial merge: not measured on their devices).
-    # Up to 384 rows an MHA head is read by one workgroup of 1024 invocations, which writes the
+    # Up to 384 rows a KV head is read by one workgroup of 1024 invocations, which writes the
     # output itself, no merge dispatch (whole_rows, as cuda): 7B decode at context 128 322.4 / 321.9
     # -> 341.1 tok/s, 333.7-335.4 with 512 invocations; profiled attention 682 -> 379 us a step
-    # (vulkan_speed.py, H200, one call, 2026-12-03, session 30; with 256 invocations no gain, session 26).
+    # (vulkan_speed.py, H200, one call, 2026-12-03, session 30; with 256 invocations no gain, session
+    # 26); up to 1024 rows: 7B at context 1024 294 -> 279. Grouped models too (cuda keeps them split):
+    # 8B 331.1 tok/s at context 128 against 328.4-329.2 split, neutral.
+    # Split path with 256 invocations a workgroup (8 row slots): decode at context 1024 7B 294.4-295.2
+    # -> 303.9-305.0 tok/s, 8B 304.6-307.7 -> 319.2 (vulkan_speed.py, H200, session 30; 264 blocks
+    # instead of 528: 7B 280.4).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
     # timestamps after each, H200, 2026-12-02).
     "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
                                activation_words=True, max_padding=1 / 16, fold_rms_norm=True),
-                     AttentionKnobs(vector=4, threads=128, unroll=4, blocks=528, parallel_merge=True, whole_rows=384, whole_threads=1024),
+                     AttentionKnobs(vector=4, threads=256, unroll=4, blocks=528, parallel_merge=True, whole_rows=384, whole_threads=1024),
                      norm_threads=512),
 }
 

@@ -464,12 +464,13 @@ def cuda_attention_knobs_for_wgsl():
 
 
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
+                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=0),
                                    dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128),
                                    rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a"),
                                    cuda_attention_knobs_for_wgsl(),
                                    dataclasses.replace(cuda_attention_knobs_for_wgsl(), whole_rows=128, whole_threads=256,
                                                        grouped_whole_rows=None)],
-                         ids=["vulkan-generic", "vulkan-steamdeck", "vulkan-nvidia-whole", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm_90", "whole-sequences"])
+                         ids=["vulkan-generic", "vulkan-steamdeck", "vulkan-nvidia-split", "vulkan-nvidia-whole", "rocm-gfx1100", "rocm-gfx90a", "cuda-sm_90", "whole-sequences"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 2, 64), (4, 4, 128)], ids=["gqa", "mha"])
 def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, lavapipe, tmp_path):
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
