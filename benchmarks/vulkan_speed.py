@@ -359,7 +359,7 @@ def report(r: dict) -> None:
           f"{floor['chained wall']:.1f} / {floor['independent wall']:.1f} us, host recording "
           f"{floor['chained host']:.1f} / {floor['independent host']:.1f} us")
     print("\n| q4f16_1, model shape and preset | " + " | ".join(f"decode ctx {c}" for c in CONTEXTS)
-          + " | prefill 512 | dispatches, submissions, host ms per step |")
+          + f" | prefill 512 | dispatches, submissions, host ms per step at ctx {CONTEXTS[-1]} |")
     print("|---|" + "---|" * (len(CONTEXTS) + 2))
     for label, m in r["configs"].items():
         if "error" in m:
