@@ -474,8 +474,8 @@ def cuda_attention_knobs_for_wgsl():
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(8, 2, 64), (4, 4, 128)], ids=["gqa", "mha"])
 def test_split_kv_decode_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, lavapipe, tmp_path):
     """Three sequences (37, 5 and 150 rows; pages scattered) split along their rows and merged
-    again, or (whole-sequences: 5 pages for 3 sequences, under 128 rows each on average) read by
-    one block each, against numpy. Pages of the size mlcgen builds its KV cache with."""
+    again, or (whole-sequences, vulkan-nvidia-whole: 5 pages for 3 sequences, under 128 rows each
+    on average) read by one block each, against numpy. Pages of the size mlcgen builds its KV cache with."""
     check_split_kv_decode(knobs, heads, kv_heads, head_dim, [37, 5, 150], tmp_path)
 
 
