@@ -88,9 +88,9 @@ PRESETS = {
     # output itself, no merge dispatch (whole_rows, as cuda): 7B decode at context 128 322.4 / 321.9
     # -> 341.1 tok/s, 333.7-335.4 with 512 invocations; profiled attention 682 -> 379 us a step
     # (vulkan_speed.py, H200, one call, 2026-12-03, session 30; with 256 invocations no gain, session
-    # 26); up to 1024 rows: 7B at context 1024 294 -> 279. Grouped models too (cuda keeps them split):
+    # 26); up to 1024 rows: 7B at context 1024 293 -> 279. Grouped models too (cuda keeps them split):
     # 8B 331.1 tok/s at context 128 against 328.4-329.2 split, neutral.
-    # Split path with 256 invocations a workgroup (8 row slots): decode at context 1024 7B 294.4-295.2
+    # Split path with 256 invocations a workgroup (8 row slots): decode at context 1024 7B 293.0-295.2
     # -> 303.9-305.0 tok/s, 8B 304.6-307.7 -> 319.2 (vulkan_speed.py, H200, session 30; 264 blocks
     # instead of 528: 7B 280.4).
     # Add + RMSNorm: 512 threads a row, 8.6 us a call alone against 9.4 with 256 (1024: 8.7;
