@@ -40,6 +40,19 @@ def greedy(engine, prompt, steps):
     return tokens, all_logits
 
 
+def assert_greedy_matches_cpu(cpu, gpu, prompt, steps, device_argmax=True):
+    """The Vulkan engine's greedy tokens are the CPU build's and its logits within 1e-2 of them;
+    with device_argmax, decoding with the argmax kernels on the device gives the same tokens."""
+    cpu_tokens, cpu_logits = greedy(cpu, prompt, steps)
+    gpu_tokens, gpu_logits = greedy(gpu, prompt, steps)
+    assert gpu_tokens == cpu_tokens
+    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
+    if device_argmax:
+        gpu.reset()
+        gpu.prefill(prompt)
+        assert gpu.decode_greedy(cpu_tokens[0], len(cpu_tokens) - 1) == cpu_tokens[1:]
+
+
 @pytest.mark.parametrize("quantization", ["q4f16_1", "q0f16"])
 def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization):
     cpu = Engine(builds.dist("gqa_tied", quantization))
@@ -48,14 +61,7 @@ def test_tiny_model_on_lavapipe_matches_cpu_build(builds, lavapipe, quantization
     kernels = {k["name"] for k in gpu.manifest["decode_kernels"]}
     folded = quantization == "q4f16_1"  # the RMSNorms between q4 GEMVs folded into them (compiler/norm_fold.py)
     assert any("add_rms_sums" in k for k in kernels) == folded and any("fused_add_rms_norm" in k for k in kernels) != folded
-    prompt = [1, 7, 99, 25, 13, 42, 5, 77]  # ids below the tiny vocabulary of 100
-    cpu_tokens, cpu_logits = greedy(cpu, prompt, 32)
-    gpu_tokens, gpu_logits = greedy(gpu, prompt, 32)
-    assert gpu_tokens == cpu_tokens
-    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
-    gpu.reset()
-    gpu.prefill(prompt)
-    assert gpu.decode_greedy(cpu_tokens[0], len(cpu_tokens) - 1) == cpu_tokens[1:]  # the argmax kernels on the device
+    assert_greedy_matches_cpu(cpu, gpu, [1, 7, 99, 25, 13, 42, 5, 77], 32)  # ids below the tiny vocabulary of 100
     counters = vulkan.counters()
     assert counters["dispatches"] > 32 * 10 and counters["submissions"] < counters["dispatches"]  # batched
 
@@ -68,11 +74,7 @@ def test_other_families_on_lavapipe_match_cpu_build(builds, lavapipe, family):
     cpu = Engine(builds.dist(family, "q4f16_1"))
     gpu = Engine(builds.dist(family, "q4f16_1", target="vulkan"), device="vulkan")
     assert any("rms_scaled" in k["name"] for k in gpu.manifest["decode_kernels"])
-    prompt = [1, 7, 99, 25, 13, 42, 5, 77]
-    cpu_tokens, cpu_logits = greedy(cpu, prompt, 16)
-    gpu_tokens, gpu_logits = greedy(gpu, prompt, 16)
-    assert gpu_tokens == cpu_tokens
-    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
+    assert_greedy_matches_cpu(cpu, gpu, [1, 7, 99, 25, 13, 42, 5, 77], 16, device_argmax=False)
 
 
 def test_sampling_on_lavapipe_draws_the_nucleus(builds, lavapipe, tmp_path):
@@ -238,14 +240,7 @@ def test_weights_past_the_binding_limit_run_as_row_chunks(lavapipe, tmp_path, mo
         assert [p["shape"][0] for p in params if p["name"].startswith(f"{weight}.q_weight.")] == [256, 256, 256, 256, 76]
     vulkan.check_bindings({"params": params}, {**lavapipe, "max_storage_buffer_binding_size": limit}, dist_dir)
     gpu = Engine(dist_dir, device="vulkan")
-    prompt = [1, 1099, 7, 256, 255, 768, 1024, 511, 512]  # ids in every chunk and at their edges
-    cpu_tokens, cpu_logits = greedy(cpu, prompt, 16)
-    gpu_tokens, gpu_logits = greedy(gpu, prompt, 16)
-    assert gpu_tokens == cpu_tokens
-    assert max(rel_err(g, c) for g, c in zip(gpu_logits, cpu_logits)) <= 1e-2
-    gpu.reset()
-    gpu.prefill(prompt)
-    assert gpu.decode_greedy(cpu_tokens[0], len(cpu_tokens) - 1) == cpu_tokens[1:]  # the argmax kernels on the device
+    assert_greedy_matches_cpu(cpu, gpu, [1, 1099, 7, 256, 255, 768, 1024, 511, 512], 16)  # ids in every chunk and at their edges
 
 
 def test_chat_cli_on_vulkan(builds, lavapipe):
