@@ -177,8 +177,8 @@ def kernel_rows(manifest: dict, per_kernel: dict[str, float], context: int) -> l
     rows = []
     for kernel, seconds in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         nbytes = traffic.get(kernel.removesuffix("_kernel"))
-        if nbytes is None and kernel.startswith("batch_decode_paged_kv") and kernel.endswith("_kernel"):  # not the merge (_kernel_1)
-            nbytes = kv_bytes_per_token(manifest["model"]["config"], context)
+        if kernel.startswith("batch_decode_paged_kv"):  # its pages' size is symbolic, not in the traffic
+            nbytes = kv_bytes_per_token(manifest["model"]["config"], context) if kernel.endswith("_kernel") else None  # not the merge (_kernel_1)
         rows.append({"kernel": kernel, "us": seconds * 1e6, "bytes": nbytes, "gbs": nbytes / seconds / 1e9 if nbytes else None})
     return rows
 

@@ -1,14 +1,15 @@
-"""Whole-step CUDA graphs (runtime/cuda_graph.py) on the GPU machine: why the engine waits before
-the KV cache's table copy, and what a decode step and a capture cost.
+"""Whole-step CUDA graphs (runtime/cuda_graph.py) on the GPU machine: whether greedy decoding with
+the host a step ahead agrees with decode + the host's argmax, and what a decode step and a
+capture cost.
 
     python benchmarks/cuda_speed.py build .bench/speed              # here
     python benchmarks/decode_graphs.py .bench/speed/llama2-7b       # GPU machine
 
 Prints, on random weights: the first step at which greedy decoding (the host a step ahead) and
-decode + numpy's argmax disagree, with the engine's wait before each table copy disabled and
-enabled (cuda_speed.greedy_mismatch); us per step over 64 greedy steps crossing page boundaries,
-with each new page count's graph updated in place and instantiated afresh, and the captures' host
-time; us per step inside one page (no capture); and an eager VM decode call's host time.
+decode + numpy's argmax disagree (cuda_speed.greedy_mismatch; none expected); us per step over 64
+greedy steps crossing page boundaries, with each new page count's graph updated in place and
+instantiated afresh, and the captures' host time; us per step inside one page (no capture); and
+an eager VM decode call's host time.
 """
 
 from __future__ import annotations
@@ -20,19 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from cuda_speed import greedy_mismatch
-
-
-def race(engine, ids) -> None:
-    from mlcgen.runtime.engine import Engine
-
-    waits = Engine._wait_for_earlier_steps
-    for wait in (False, True):
-        Engine._wait_for_earlier_steps = waits if wait else (lambda self: None)
-        try:
-            print(f"wait before the table copy {'on' if wait else 'off'}: greedy and host argmax first differ at "
-                  f"step {greedy_mismatch(engine, ids)}", flush=True)
-        finally:
-            Engine._wait_for_earlier_steps = waits
 
 
 def capture_costs(engine, ids) -> None:
@@ -59,22 +47,17 @@ def capture_costs(engine, ids) -> None:
 
 
 def eager_call(engine, ids) -> None:
-    from tvm.runtime import ShapeTuple
-
-    from mlcgen.runtime.engine import _builtin
-
     engine.reset()
     engine.prefill(ids[:100])
     seconds = []
     for _ in range(10):
         embed = engine._entries["embed"](engine._token, engine.params)._create_view((1, 1, engine.hidden_size))
-        _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([engine.SEQ_ID]), ShapeTuple([1]))
+        kv = engine.kv_step(1)
         engine.device.sync()
         start = time.perf_counter()
-        engine._entries["decode"](embed, engine.cache, engine.params)
+        engine._entries["decode"](embed, *kv, engine.params)
         seconds.append(time.perf_counter() - start)
         engine.device.sync()
-        _builtin("kv_state_end_forward")(engine.cache)
         engine.length += 1
     print(f"an eager VM decode call: {np.median(seconds) * 1e6:.0f} us of host time", flush=True)
 
@@ -89,7 +72,7 @@ def main(dist: Path) -> None:
     if engine._graphs is None:
         raise SystemExit(f"{dist}: decode runs without whole-step graphs (see the warning above)")
     ids = np.random.default_rng(0).integers(3, engine.manifest["model"]["config"]["vocab_size"], size=512)
-    race(engine, ids)
+    print(f"greedy and host argmax first differ at step {greedy_mismatch(engine, ids)}", flush=True)
     capture_costs(engine, ids)
     eager_call(engine, ids)
 

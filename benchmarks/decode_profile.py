@@ -4,8 +4,8 @@
 
 Prints: engine.decode + numpy argmax tok/s (a sampling chat's step), Engine.decode_greedy's (what
 `mlcgen bench` measures: the argmax on the device, the host a step ahead), the VM decode call
-alone without the logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache begin
-and end, decode call, logits copy, argmax), the host's time to issue a step against the whole
+alone without the logits copy to the host, Engine.decode's phases one by one (token upload, embed, KV-cache tables
+upload, decode call, logits copy, argmax), the host's time to issue a step against the whole
 step (is decode bound by the host?) with its time in each VM call, and the VM calls' times with
 the device synchronized around each, largest first.
 """
@@ -58,13 +58,8 @@ def main(dist: str, steps: int = 64) -> None:
 
 def decode_step(engine, embed) -> None:
     """One decode step's calls, as Engine.decode makes them, on an embedding already on the device."""
-    from tvm.runtime import ShapeTuple
-
-    from mlcgen.runtime.engine import _builtin
-
-    _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([engine.SEQ_ID]), ShapeTuple([1]))
-    engine._entries["decode"](embed, engine.cache, engine.params)
-    _builtin("kv_state_end_forward")(engine.cache)
+    engine._entries["decode"](embed, *engine.kv_step(1), engine.params)
+    engine.length += 1
 
 
 def vm_call_times(engine, embed, steps: int, synchronized: bool) -> tuple[dict, dict]:
@@ -113,10 +108,6 @@ def host_issue(engine, embed, steps: int) -> None:
 def host_phases(engine, steps: int) -> None:
     """Engine.decode's phases one by one, the device synchronized after each: what each costs the
     host (a phase's GPU work is inside its own figure)."""
-    from tvm.runtime import ShapeTuple
-
-    from mlcgen.runtime.engine import _builtin
-
     phases = {}
 
     def timed(name, call):
@@ -131,9 +122,8 @@ def host_phases(engine, steps: int) -> None:
         timed("token upload", lambda: engine._token.copyfrom(np.array([token], np.int32)))
         embed = timed("embed call", lambda: engine._entries["embed"](engine._token, engine.params))
         embed = embed._create_view((1, 1, engine.hidden_size))
-        timed("begin_forward", lambda: _builtin("kv_state_begin_forward")(engine.cache, ShapeTuple([0]), ShapeTuple([1])))
-        logits = timed("decode call", lambda: engine._entries["decode"](embed, engine.cache, engine.params))[0]
-        timed("end_forward", lambda: _builtin("kv_state_end_forward")(engine.cache))
+        kv = timed("KV-cache tables", lambda: engine.kv_step(1))
+        logits = timed("decode call", lambda: engine._entries["decode"](embed, *kv, engine.params))
         host = timed("logits to host", lambda: logits.numpy())
         token = timed("argmax", lambda: int(host.argmax()))
         engine.length += 1

@@ -80,8 +80,8 @@ def temporary_bytes(mod: tvm.IRModule) -> int:
 def entry_kernel_traffic(mod: tvm.IRModule, entry: str) -> list[dict]:
     """The PrimFuncs an entry point calls (itself or through the Relax functions it hands on), with how often and how many bytes their
     statically shaped arguments (weights, activations, outputs) hold per call: a lower bound on
-    the memory traffic of one call of the entry. Attention runs inside the KV cache's builtin and
-    is not listed (its traffic is the KV cache's)."""
+    the memory traffic of one call of the entry. The KV cache's pages have a symbolic size and
+    are not counted: attention's traffic is the part of the cache it reads."""
     calls: dict[str, dict] = {}
 
     def visit(expr):

@@ -11,15 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from unittest import mock
 
 import numpy as np
-from tvm import relax, te, tirx, target as tvm_target
+from tvm import te, tirx
 from tvm.relax.frontend import nn
-from tvm.relax.frontend.nn.llm import kv_cache as tvm_kv_cache
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from ..compiler.build import PAGE_SIZE
+from ..compiler.kv_cache import KVStep, attend
 from ..compiler.layers import gate_up_silu
 from ..compiler.sampling import sample_token
 from ..runtime.sampling import UNIFORMS
@@ -185,20 +183,20 @@ def longrope(qkv: nn.Tensor, positions: nn.Tensor, cfg: LlamaConfig) -> nn.Tenso
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, quant):
-        self.cfg = cfg
+        self.cfg, self.dtype = cfg, quant.model_dtype
         qkv_out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
         self.qkv_proj = quant.linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
         self.o_proj = quant.linear(cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
+    def forward(self, x: nn.Tensor, kv: KVStep, layer_id: int) -> nn.Tensor:
         c = self.cfg
         b, s, _ = x.shape
         qkv = self.qkv_proj(x).reshape(b, s, c.num_attention_heads + 2 * c.num_key_value_heads, c.head_dim)
         if _is_longrope(c):
-            qkv = longrope(qkv, cache.get_query_positions(b * s), c)
-        # RoPE (unless done above), the cache append and attention happen in the paged KV cache.
-        out = cache.attention_with_fused_qkv(layer_id, qkv, c.num_attention_heads, sm_scale=c.head_dim**-0.5)
-        return self.o_proj(out.reshape(b, s, c.num_attention_heads * c.head_dim))  # [b, s, d]
+            qkv = longrope(qkv, kv.positions, c)
+        # RoPE (unless done above) and the append in one kernel, then attention (compiler/kv_cache.py)
+        out = attend(qkv, kv, layer_id, c, self.dtype, PAGE_SIZE, rotate=not _is_longrope(c))
+        return self.o_proj(out)  # [b, s, d]
 
 
 class LlamaMLP(nn.Module):
@@ -218,8 +216,8 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = norm()
         self.mlp = LlamaMLP(cfg, quant)
 
-    def forward(self, x: nn.Tensor, cache: PagedKVCache, layer_id: int) -> nn.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cache, layer_id)
+    def forward(self, x: nn.Tensor, kv: KVStep, layer_id: int) -> nn.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), kv, layer_id)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -249,20 +247,22 @@ class LlamaForCausalLM(nn.Module):
             return self.quant.tied_lm_head(self.model.embed_tokens, x)
         return self.lm_head(x)
 
-    def _forward(self, x: nn.Tensor, cache: PagedKVCache) -> nn.Tensor:
+    def _forward(self, x: nn.Tensor, kv: KVStep) -> nn.Tensor:
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cache, i)
+            x = layer(x, kv, i)
         return self._logits(x)
 
     # Exported entry points ----------------------------------------------------------------------
     def embed(self, input_ids: nn.Tensor) -> nn.Tensor:
         return self.model.embed_tokens(input_ids)  # [s] -> [s, d]
 
-    def prefill(self, input_embed: nn.Tensor, cache: PagedKVCache):
-        return self._forward(input_embed, cache), cache  # [1, s, d] -> [1, 1, v]
+    def prefill(self, input_embed: nn.Tensor, pages, page_indptr, page_values, length_info, k_rope_pos_offset, q_indptr, positions):
+        kv = KVStep(pages, page_indptr, page_values, length_info, k_rope_pos_offset, q_indptr, positions)
+        return self._forward(input_embed, kv)  # [1, s, d] -> [1, 1, v]; the K/V pages written in place
 
-    def decode(self, input_embed: nn.Tensor, cache: PagedKVCache):
-        return self._forward(input_embed, cache), cache  # [1, 1, d] -> [1, 1, v]
+    def decode(self, input_embed: nn.Tensor, pages, page_indptr, page_values, length_info, k_rope_pos_offset, q_indptr, positions):
+        kv = KVStep(pages, page_indptr, page_values, length_info, k_rope_pos_offset, q_indptr, positions)
+        return self._forward(input_embed, kv)  # [1, 1, d] -> [1, 1, v]
 
     def greedy(self, logits: nn.Tensor) -> nn.Tensor:
         """Greedy decoding's next token, left on the device as the embed entry's input ids:
@@ -277,66 +277,20 @@ class LlamaForCausalLM(nn.Module):
         token, _ = sample_token(logits, config, uniforms, step)
         return token
 
-    def create_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window) -> PagedKVCache:
-        c = self.cfg
-        with _page_kernels_for(PAGE_SIZE):  # kernels for our page size, not TVM's 16
-            return TIRPagedKVCache(
-                attn_kind="mha",
-                max_batch_size=max_batch_size,
-                max_total_seq_len=max_total_seq_len,
-                prefill_chunk_size=prefill_chunk_size,
-                page_size=page_size,
-                support_sliding_window=support_sliding_window,
-                layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]),
-                num_hidden_layers=c.num_hidden_layers,
-                num_attention_heads=c.num_attention_heads,
-                num_key_value_heads=c.num_key_value_heads,
-                qk_head_dim=c.head_dim,
-                v_head_dim=c.head_dim,
-                mla_original_qk_head_dim=0,
-                mla_original_v_head_dim=0,
-                rope_mode=RopeMode.NONE if _is_longrope(c) else RopeMode.NORMAL,
-                rope_scale=1,
-                rope_theta=c.rope_theta,
-                rope_scaling={} if _is_longrope(c) else c.rope_scaling or {},
-                rope_ext_factors=relax.prim_value(0),
-                rotary_dim=c.head_dim,
-                enable_disaggregation=False,
-                dtype=self.quant.model_dtype,
-                target=tvm_target.Target.current(),  # the kernels are chosen for the target being built
-            )
-
     def export_spec(self) -> dict:
-        d, dtype = self.cfg.hidden_size, self.quant.model_dtype
+        c, dtype = self.cfg, self.quant.model_dtype
         packed = {"param_mode": "packed", "effect_mode": "none"}
-        cache = nn.spec.Object(object_type=PagedKVCache)
+        kv = partial(KVStep.spec, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, PAGE_SIZE, dtype, c.sliding_window is not None)
         return {
             "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
-            "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", d], dtype), "cache": cache, "$": packed},
-            "decode": {"input_embed": nn.spec.Tensor([1, 1, d], dtype), "cache": cache, "$": packed},
-            "greedy": {"logits": nn.spec.Tensor([1, 1, self.cfg.vocab_size], "float32"),
+            "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", c.hidden_size], dtype), **kv("seq_len"), "$": packed},
+            "decode": {"input_embed": nn.spec.Tensor([1, 1, c.hidden_size], dtype), **kv(1), "$": packed},
+            "greedy": {"logits": nn.spec.Tensor([1, 1, c.vocab_size], "float32"),
                        "$": {"param_mode": "none", "effect_mode": "none"}},
-            "sample": {"logits": nn.spec.Tensor([1, 1, self.cfg.vocab_size], "float32"), "config": nn.spec.Tensor([2], "float32"),
+            "sample": {"logits": nn.spec.Tensor([1, 1, c.vocab_size], "float32"), "config": nn.spec.Tensor([2], "float32"),
                        "uniforms": nn.spec.Tensor([UNIFORMS], "float32"), "step": nn.spec.Tensor([1], "int32"),
                        "$": {"param_mode": "none", "effect_mode": "none"}},
-            "create_paged_kv_cache": {
-                "max_batch_size": int,
-                "max_total_seq_len": int,
-                "prefill_chunk_size": int,
-                "page_size": int,
-                "support_sliding_window": int,
-                "$": {"param_mode": "none", "effect_mode": "none"},
-            },
         }
-
-
-def _page_kernels_for(page_size: int):
-    """TVM 0.27's TIRPagedKVCache generates its kernels for 16-token pages whatever page size the
-    cache is then created with; within this context its kernel generators get `page_size` instead.
-    (Its tree-attention kernels, which nothing here calls, keep 16.)"""
-    generators = ("_attention_decode", "_attention_decode_cpu", "_attention_prefill", "_attention_prefill_cpu",
-                  "_kv_cache_transpose_append", "_compact_kv_copy", "_compact_kv_copy_cpu")
-    return mock.patch.multiple(tvm_kv_cache, **{name: partial(getattr(tvm_kv_cache, name), page_size=page_size) for name in generators})
 
 
 ARGMAX_CHUNK = 1024  # logits a thread block reduces in greedy's first stage

@@ -6,30 +6,24 @@ calls, and the GPU idled ~15% of a 7B step at the hand-overs. Here the engine ca
 whole (embed, decode, and for greedy or sampled decoding the next token's kernels and its copy
 into the next step's input) on a stream of its own and replays it with one launch.
 
-What the capture cannot hold: the KV cache's per-step host work. begin_forward and end_forward
-run on the host every step as before, and the cache's tables (page table, positions, lengths) are
-copied to the device before each replay, outside the graph, by asking the cache for its query
-positions (TVM copies them lazily at a step's first attention call). Their device addresses and
-the kernels' launch arguments change only with the sequence's page count (TVM's paged_kv_cache.cc:
-view offsets and `nnz_pages`), so a step is captured once per page count, every page_size tokens,
-and replayed in between.
+What the capture cannot hold: the KV cache's tables (page table, positions, lengths), which the
+engine copies to the device before each replay, outside the graph (runtime/kv_cache.py). Their
+device addresses are fixed; the kernels' launch arguments change only with the sequence's page
+count (the page table's length: the decode attention's split count), so a step is captured once
+per page count, every page_size tokens, and replayed in between.
 
-Ordering. TVM copies the tables on a non-blocking stream of its own, which waits for nothing: a
-copy issued while the last replay runs overwrites the tables under it (greedy tokens then differ
-from decode + host argmax from the first steps on: benchmarks/decode_graphs.py). So before each
-copy the host waits for the last replay (Engine._wait_for_earlier_steps), having done its own work
-for the step first; the cache orders the legacy default stream after its copy, and our stream
-joins the legacy stream by events both ways around each replay, so TVM's eager work (prefill,
-logits to the host) stays in order. A capture, which needs the new tables' addresses, comes after
-the copy and so also waits for the last replay: ~1 ms of host time every page_size tokens.
+Ordering. The tables are copied on the legacy default stream, and our stream joins the legacy
+stream by events both ways around each replay, so the copy waits for the last replay (which
+reads the tables it overwrites: greedy tokens would differ from decode + host argmax otherwise,
+benchmarks/decode_graphs.py), and TVM's eager work (prefill, logits to the host) stays in order.
+TVM's copy from host memory also waits on the host for the stream; a capture, which comes after
+the copy, so also waits for the last replay: ~1 ms of host time every page_size tokens.
 """
 
 from __future__ import annotations
 
 import ctypes
 import time
-
-from .engine import _builtin
 
 LEGACY = ctypes.c_void_p(0)  # the legacy default stream: what TVM launches on when no stream is set
 NON_BLOCKING, NO_TIMING, RELAXED = 1, 2, 2  # CU_STREAM_NON_BLOCKING, CU_EVENT_DISABLE_TIMING, CU_STREAM_CAPTURE_MODE_RELAXED
@@ -108,18 +102,17 @@ class DecodeGraphs:
     def _replay(self, head: str | None):
         e = self.engine
         pages = e.length // self.page_size + 1  # after this step's token
-        e._begin_step(1)  # waits for the last replay, which has read the tables the copy below overwrites
-        _builtin("attention_kv_cache_get_query_positions")(e.cache)  # the tables to the device, now
-        self._join(LEGACY, self.stream)  # ... and any eager work before this step
+        kv = e.kv_step(1)  # the tables to the device, after the last replay (the legacy stream)
+        self._join(LEGACY, self.stream)  # ... and after any eager work before this step
         entry = self.graphs.get(head)
         if entry is None or entry[0] != pages:
             start = time.perf_counter()
-            entry = self.graphs[head] = (pages, *self._capture(head, entry[1] if entry else None))
+            entry = self.graphs[head] = (pages, *self._capture(head, kv, entry[1] if entry else None))
             self.captures += 1
             self.capture_seconds += time.perf_counter() - start
         self.cu("cuGraphLaunch", entry[1], self.stream)
         self._join(self.stream, LEGACY)  # the step's results, and every later copy, for the legacy stream
-        e._end_step(1)
+        e.length += 1
         return entry[2]
 
     def _join(self, first, then) -> None:
@@ -127,7 +120,7 @@ class DecodeGraphs:
         self.cu("cuEventRecord", self.joined, first)
         self.cu("cuStreamWaitEvent", then, self.joined, ctypes.c_uint(0))
 
-    def _capture(self, head: str | None, graph_exec):
+    def _capture(self, head: str | None, kv: list, graph_exec):
         """(graph exec, output tensor) of one step, captured on our stream with TVM's launches
         directed to it; the first time, the step runs once eagerly first (the VM's first
         allocations and module loads). A page count's graph differs from the last one's only in
@@ -138,7 +131,7 @@ class DecodeGraphs:
         e = self.engine
         if not self.warm:  # (restoring what the step changes: its input token, the sample entry's step)
             given, step = e._token.numpy(), e._sample_state[2].numpy()
-            self._run_body(head, LEGACY)
+            self._run_body(head, kv, LEGACY)
             e._token.copyfrom(given)
             e._sample_state[2].copyfrom(step)
             e.device.sync()
@@ -146,7 +139,7 @@ class DecodeGraphs:
         self.cu("cuStreamBeginCapture_v2", self.stream, ctypes.c_int(RELAXED))
         try:
             with tvm_ffi.use_raw_stream(e.device, self.stream.value):
-                out = self._run_body(head, self.stream)
+                out = self._run_body(head, kv, self.stream)
         finally:
             graph = ctypes.c_void_p()
             self.cu("cuStreamEndCapture", self.stream, ctypes.byref(graph))
@@ -161,12 +154,12 @@ class DecodeGraphs:
             self.cu("cuGraphDestroy", graph)
         return graph_exec, out
 
-    def _run_body(self, head: str | None, stream):
+    def _run_body(self, head: str | None, kv: list, stream):
         """embed + decode (+ the next token from `head`, copied into the token tensor on `stream`,
         where TVM launches) from the engine's token tensor."""
         e = self.engine
         embed = e._entries["embed"](e._token, e.params)._create_view((1, 1, e.hidden_size))
-        logits, _ = e._entries["decode"](embed, e.cache, e.params)
+        logits = e._entries["decode"](embed, *kv, e.params)
         if head is None:
             return logits
         token = e.vm[head](logits, *e._sample_state) if head == "sample" else e.vm[head](logits)

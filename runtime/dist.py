@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ParamsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the engine holds the KV cache (entries take its pages and tables)
 MANIFEST = "manifest.json"
 LIBRARY = "lib.so"
 CHAT_CONFIG = "chat-config.json"
@@ -50,23 +50,18 @@ def kv_cache_bytes_per_token(manifest: dict) -> int:
     return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * np.dtype(manifest["model_dtype"]).itemsize
 
 
-def _spare_kv_pages(manifest: dict) -> int:
-    """Pages TVM's cache allocates beyond the context window's: one, and two more with a sliding
-    window (paged_kv_cache.cc, num_total_pages)."""
-    return 1 + 2 * bool(manifest["model"]["config"].get("sliding_window"))
+def kv_cache_pages(manifest: dict) -> int:
+    """Pages of the KV cache a layer: the context window's (compiler/kv_cache.py)."""
+    return -(-manifest["context_window"] // manifest["page_size"])
 
 
 def kv_cache_bytes(manifest: dict) -> int:
-    """K and V for every layer as the cache allocates them: the context window in whole pages,
-    and the spare pages."""
-    page = manifest["page_size"]
-    pages = -(-manifest["context_window"] // page) + _spare_kv_pages(manifest)
-    return kv_cache_bytes_per_token(manifest) * pages * page
+    """K and V for every layer as the engine allocates them: the context window in whole pages."""
+    return kv_cache_bytes_per_token(manifest) * kv_cache_pages(manifest) * manifest["page_size"]
 
 
 def context_window_that_fits(manifest: dict, kv_bytes: int) -> int:
     """The largest context window (whole pages) whose KV cache, as kv_cache_bytes counts it, takes
     at most kv_bytes; 0 where not even one page does."""
     page = manifest["page_size"]
-    pages = kv_bytes // kv_cache_bytes_per_token(manifest) // page - _spare_kv_pages(manifest)
-    return max(pages, 0) * page
+    return kv_bytes // kv_cache_bytes_per_token(manifest) // page * page

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import tvm
 import tvm_ffi
-from tvm.runtime import ShapeTuple
 from tvm.runtime.vm import VirtualMachine
 
 from ..errors import ParamsError
 from . import dist, tensor_cache
+from .kv_cache import KVCache
 from .sampling import UNIFORMS, Sampler
 
 # "vulkan" libraries hold WGSL kernels that our wgpu plugin runs (runtime/vulkan.py); TVM knows
@@ -40,8 +40,6 @@ class Engine:
     >>> logits = engine.prefill([1, 15043])   # numpy [vocab], float32, for the last token
     >>> logits = engine.decode(int(logits.argmax()))
     """
-
-    SEQ_ID = 0
 
     def __init__(self, dist_dir, device: str = "auto", verify_shards: bool = True, random_weights: bool = False):
         """random_weights: generate params of the right shapes/dtypes instead of loading them, to
@@ -66,13 +64,8 @@ class Engine:
         self.prefill_chunk = self.manifest["prefill_chunk"]
         self.hidden_size = self.manifest["model"]["config"]["hidden_size"]
         self.sliding_window = self.manifest["model"]["config"].get("sliding_window")
-        self.cache = self.vm["create_paged_kv_cache"](
-            ShapeTuple([1]), ShapeTuple([self.context_window]), ShapeTuple([self.prefill_chunk]),
-            ShapeTuple([self.manifest["page_size"]]), ShapeTuple([int(bool(self.sliding_window))]),
-        )
+        self.cache = KVCache(self.manifest, self.device)
         self.length = 0  # tokens in the KV cache
-        self._add_sequence()
-        self._tables_copied_apart = self.manifest["target"]["device"] in ("cuda", "rocm")  # see _wait_for_earlier_steps
         self._graphs = self._decode_graphs()  # CUDA: each decode step one graph replay
         # Top-p on the device where there is one: on the CPU the entry's kernels run serially and
         # numpy's draw from the logits is faster (tiny model: 754 against 1000 tok/s).
@@ -112,13 +105,6 @@ class Engine:
         except (OSError, AttributeError, RuntimeError) as e:  # no libcuda.so.1, or too old a driver
             warnings.warn(f"{self.dist_dir}: decode launches its kernels one by one (slower): {e}", stacklevel=3)
             return None
-
-    def _add_sequence(self) -> None:
-        _builtin("kv_state_add_sequence")(self.cache, self.SEQ_ID)
-        if self.sliding_window:
-            # transformers' window of W keys includes the query's own; TVM's counts the keys before
-            # it (measured against transformers: W - 1 matches). No attention sink.
-            _builtin("attention_kv_cache_enable_sliding_window_for_seq")(self.cache, self.SEQ_ID, self.sliding_window - 1, 0)
 
     def _device(self, name: str):
         want = self.manifest["target"]["device"]
@@ -188,13 +174,9 @@ class Engine:
         """Forget the last n tokens of the KV cache (to reuse a common prefix)."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot pop {n} tokens from a cache holding {self.length}")
-        if n:
-            _builtin("kv_state_popn")(self.cache, self.SEQ_ID, n)
-            self.length -= n
+        self.length -= n  # the rows stay in the pages until overwritten
 
     def reset(self) -> None:
-        _builtin("kv_state_clear")(self.cache)
-        self._add_sequence()
         self.length = 0
 
     def prefill(self, token_ids) -> np.ndarray:
@@ -207,15 +189,16 @@ class Engine:
         start = 0
         while start < ids.size:
             chunk = ids[start : start + self._chunk_size()]
-            logits = self._forward(self.prefill_entry, tvm.runtime.tensor(chunk, self.device))
+            # one token: the decode entry (the only one whose attention a sliding window limits)
+            logits = self._forward(self.prefill_entry if chunk.size > 1 else "decode", tvm.runtime.tensor(chunk, self.device))
             start += chunk.size
         return logits
 
     def _chunk_size(self) -> int:
         if not self.sliding_window:
             return self.prefill_chunk
-        # TVM's prefill windows the cached keys but not the new tokens among themselves: a chunk is
-        # exact while the whole sequence still fits in the window, and past it, one token is.
+        # The prefill entry has no window: a chunk is exact while the whole sequence still fits
+        # in the window, and past it one token at a time goes through decode.
         return max(1, min(self.prefill_chunk, self.sliding_window - self.length))
 
     def decode(self, token_id: int) -> np.ndarray:
@@ -244,8 +227,8 @@ class Engine:
         """Greedy decoding as a stream: append `token_id`, then yield each next token (argmax of the
         logits), at most max_tokens. The argmax runs on the device and feeds the next step's
         embedding there: no logits cross to the host, and the host issues each step before it reads
-        the previous step's token back (on CUDA and ROCm, once the previous step has finished:
-        _wait_for_earlier_steps). The cache holds what decode + argmax on the host would:
+        the previous step's token back (on CUDA, once the previous step has finished: the copy of
+        the KV-cache tables waits for it, kv_step). The cache holds what decode + argmax on the host would:
         every token yielded but the last one; the step issued ahead is popped again when the caller
         closes the stream (break in a `with closing(...)` block, or close())."""
         return self._device_stream(token_id, max_tokens, None)
@@ -336,30 +319,16 @@ class Engine:
         (nothing waits for the device here)."""
         n = ids.shape[0]
         embed = self._entries["embed"](ids, self.params)._create_view((1, n, self.hidden_size))
-        self._begin_step(n)
-        logits, _ = self._entries[entry](embed, self.cache, self.params)
-        self._end_step(n)
+        logits = self._entries[entry](embed, *self.kv_step(n), self.params)
+        self.length += n
         return logits
 
-    def _begin_step(self, n: int) -> None:
-        """The KV cache's begin_forward for n tokens; from here on the step's tables may go to the
-        device, so the earlier steps are waited for."""
-        _builtin("kv_state_begin_forward")(self.cache, ShapeTuple([self.SEQ_ID]), ShapeTuple([n]))
-        self._wait_for_earlier_steps()
-
-    def _end_step(self, n: int) -> None:
-        _builtin("kv_state_end_forward")(self.cache)
-        self.length += n
-
-    def _wait_for_earlier_steps(self) -> None:
-        """Call before a step's KV-cache tables go to the device (at its first attention call, or
-        when asked for its query positions). On CUDA and ROCm TVM's cache copies them on a stream
-        of its own that waits for nothing (on CUDA a non-blocking one; ROCm runs the same cache
-        code, not measured here), so a copy issued while an earlier step still runs (the host a
-        step ahead: greedy_stream) would overwrite the positions and page table under it: greedy
-        tokens differed from the first step on (docs/benchmarks.md)."""
-        if self._tables_copied_apart:
-            self.device.sync()  # the legacy stream, which every graph replay joins (cuda_graph.py)
+    def kv_step(self, n: int) -> list:
+        """The KV cache's pages and tables for a forward of n tokens, the tables written to the
+        device now. Their copy is ordered after the steps issued before it (on the legacy stream
+        on CUDA, where graph replays join it: cuda_graph.py), so it cannot overwrite the tables
+        under a step still running."""
+        return self.cache.forward_args(self.length, n)
 
 
 def _brief(value) -> str:

@@ -53,7 +53,7 @@ PRESETS = {
     # 256 workgroups (enough for any GPU a generic build may meet).
     "generic": Preset(0, 256, 32768,
                       GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=1, rows_per_thread=2, activation_lanes=4, fold_rms_norm=True),
-                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=256)),
+                      AttentionKnobs(vector=4, threads=128, unroll=4, blocks=256, fuse_rope_append=True)),
     # Steam Deck APU (AMD "Van Gogh"): RDNA2, 8 CUs, LPDDR5-5500 on a 128-bit bus = 88 GB/s,
     # 16 GB shared by CPU and GPU (Valve's spec sheet). RADV offers 1024 invocations and 64 KiB of
     # LDS per workgroup; we stay at 256 invocations (4 wave64 or 8 wave32 per workgroup, either
@@ -63,7 +63,7 @@ PRESETS = {
     # Decode attention as generic, ~4 workgroups per CU.
     "steamdeck": Preset(0, 256, 32768,
                         GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=2, rows_per_thread=2, activation_lanes=4, fold_rms_norm=True),
-                        AttentionKnobs(vector=4, threads=128, unroll=4, blocks=8 * 4),
+                        AttentionKnobs(vector=4, threads=128, unroll=4, blocks=8 * 4, fuse_rope_append=True),
                         model_memory_gib=12),
     # NVIDIA GPUs through their Vulkan driver (the H100/H200 here): subgroups are warps, 32 wide.
     # GEMV: the generic knobs, which the same sweep puts first here too (1027 GB/s), with each
@@ -98,7 +98,8 @@ PRESETS = {
     "nvidia": Preset(32, 1024, 49152,
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
                                activation_words=True, max_padding=1 / 16, fold_rms_norm=True),
-                     AttentionKnobs(vector=4, threads=256, unroll=4, blocks=528, parallel_merge=True, whole_rows=384, whole_threads=1024),
+                     AttentionKnobs(vector=4, threads=256, unroll=4, blocks=528, parallel_merge=True, whole_rows=384, whole_threads=1024,
+                                    fuse_rope_append=True),
                      norm_threads=512),
 }
 

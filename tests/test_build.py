@@ -28,7 +28,7 @@ def test_dist_layout_and_manifest(tiny_dist):
     assert m["model"]["architecture"] == "LlamaForCausalLM"
     mem = m["memory"]
     assert mem["params_bytes"] == sum(p.stat().st_size for p in tiny_dist.glob("params_shard_*.bin")) - padding(tiny_dist)
-    assert mem["kv_cache_bytes"] == 2 * 2 * 2 * 16 * (256 + 64) * 2  # K+V, layers, kv heads, head_dim, context + a spare page, fp16
+    assert mem["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 256 * 2  # K+V, layers, kv heads, head_dim, the context window, fp16
     assert mem["temporary_bytes"] > 0
     assert mem["total_bytes"] == mem["params_bytes"] + mem["kv_cache_bytes"] + mem["temporary_bytes"]
     assert 4.0 < m["conversion"]["bits_per_param"] < 5.0

@@ -264,24 +264,31 @@ def test_greedy_on_the_device_replies_and_caches_as_host_argmax(builds, monkeypa
     assert reasons[4][0] == "stop" and 0 < reasons[4][1] < 39 and reasons[5] == ("length", 4)
 
 
-def test_every_forward_waits_for_earlier_steps_before_the_cache_tables_go_up(chat_dist, monkeypatch):
-    """On CUDA and ROCm TVM's KV cache copies its tables at a step's first attention call on a stream
-    that waits for nothing: a step issued ahead (greedy_stream) must wait for the earlier ones
-    first (measured on the GPU: greedy tokens differ from the first steps on without it). Here the
-    order of the calls is checked on the CPU, where the wait is otherwise a no-op."""
-    from mlcgen.runtime.engine import Engine
+@pytest.mark.parametrize("window", [None, 256])
+def test_kv_cache_tables_follow_the_sequence_and_its_window(window):
+    """The tables each forward hands the attention kernels (TVM's paged layout over identity
+    pages, runtime/kv_cache.py): a decode's page table over the rows it attends to (a sliding
+    window skips rows of its first page), a prefill's over the rows cached before it; rows in the
+    last page; the new tokens' positions."""
+    import tvm
 
-    engine = Engine(chat_dist)
-    calls = []
-    engine._tables_copied_apart = True
-    monkeypatch.setattr(engine.device, "sync", lambda *args: calls.append("wait"), raising=False)
-    for name, entry in list(engine._entries.items()):
-        engine._entries[name] = lambda *args, entry=entry, name=name: calls.append(name) or entry(*args)
-    engine.prefill([1, 2, 3])
-    engine.decode_greedy(4, 5)
-    forwards = [i for i, c in enumerate(calls) if c in ("prefill", "decode")]
-    assert [calls[i] for i in forwards] == ["prefill"] + ["decode"] * 5
-    assert all(calls[i - 1] == "wait" for i in forwards)
+    from mlcgen.runtime.kv_cache import KVCache
+
+    config = {"num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": window}
+    manifest = {"model": {"config": config}, "page_size": 64, "context_window": 512, "prefill_chunk": 32, "model_dtype": "float16"}
+    cache = KVCache(manifest, tvm.cpu())
+    assert len(cache.pages) == 2 and tuple(cache.pages[0].shape) == (8, 2, 2, 64, 8)
+    read = lambda args: [a.numpy().reshape(-1).tolist() for a in args[1:]]
+    page_indptr, page_values, length_info, _, q_indptr, positions = read(cache.forward_args(130, 10))
+    assert positions == list(range(130, 140)) and q_indptr == [0, 10] and page_values == [0, 1, 2]
+    assert page_indptr == [0, 3] and length_info == [2]  # the 130 rows before: 3 pages, 2 in the last
+    assert read(cache.forward_args(0, 10))[:3] == [[0, 0], [0], [0]]  # nothing before a first prefill
+    page_indptr, page_values, length_info, _, _, positions = read(cache.forward_args(400, 1))
+    assert positions == [400] and page_values == list(range(7))
+    if window is None:
+        assert page_indptr == [0, 7] and length_info == [17]
+    else:  # keys 145..400: from row 17 of page 2, 17 rows in the last page
+        assert page_indptr == [2, 7] and length_info == [17, 17, 0]
 
 
 def test_benchmark_generate_ignores_stop_tokens(chat_dist):

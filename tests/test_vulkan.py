@@ -200,7 +200,7 @@ def test_kernel_profile_times_every_dispatch_and_bounds_checks_change_no_result(
         for _ in range(4):
             tokens.append(int(gpu.decode(tokens[-1]).argmax()))
     assert sum(calls for _, calls in times.values()) == vulkan.counters()["dispatches"] - before
-    assert times["batch_decode_paged_kv_kernel"][1] == 4 * 2  # per step, per layer
+    assert times["batch_decode_paged_kv_rope_append_kernel"][1] == 4 * 2  # per step, per layer (the fused form)
     assert all(seconds > 0 for seconds, _ in times.values())
     # The same steps with the bounds-checked shaders (MLCGEN_WGPU_BOUNDS_CHECKS=1, read per process)
     assert not lavapipe["bounds_checks"]  # the default
@@ -486,8 +486,39 @@ def test_split_kv_decode_merges_more_splits_than_one_round_of_loads_on_lavapipe(
     check_split_kv_decode(knobs, heads, kv_heads, 64, [rows], tmp_path)
 
 
-def check_split_kv_decode(knobs, heads, kv_heads, head_dim, lengths, tmp_path):
-    """split_kv_decode on lavapipe against numpy, for sequences of these lengths."""
+LLAMA3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("knobs", [dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=0),
+                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128),
+                                   cuda_attention_knobs_for_wgsl()], ids=["vulkan-nvidia-split", "vulkan-nvidia-whole", "cuda-sm_90"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,scaling", [(8, 2, 64, LLAMA3), (4, 4, 128, None)], ids=["gqa-llama3", "mha"])
+def test_split_kv_decode_fused_with_rope_and_append_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, scaling, lavapipe, tmp_path):
+    """The fused form (targets/schedules/split_kv_decode.py use_split_kv_decode): from the step's
+    unrotated q/k/v it rotates q and the new K, appends K and V as each sequence's last row, and
+    attends; against numpy's RoPE (Llama 3's frequencies for the GQA case) and attention."""
+    check_split_kv_decode(knobs, heads, kv_heads, head_dim, [37, 5, 150], tmp_path, rope=(5e5, scaling or {}))
+
+
+def rope_reference(x, position, theta, scaling):
+    """x [..., head_dim] rotated at `position` (half-split pairs), in float64, Llama 3's scaling
+    written out from its definition."""
+    half = x.shape[-1] // 2
+    inv = theta ** (-np.arange(half) * 2 / x.shape[-1])
+    if scaling:
+        wavelength, old = 2 * np.pi / inv, scaling["original_max_position_embeddings"]
+        blend = (old / wavelength - scaling["low_freq_factor"]) / (scaling["high_freq_factor"] - scaling["low_freq_factor"])
+        inv = np.where(wavelength < old / scaling["high_freq_factor"], inv,
+                       np.where(wavelength > old / scaling["low_freq_factor"], inv / scaling["factor"],
+                                (1 - blend) * inv / scaling["factor"] + blend * inv))
+    angle = np.concatenate([position * inv] * 2)
+    x = x.astype(np.float64)
+    return x * np.cos(angle) + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * np.sin(angle)
+
+
+def check_split_kv_decode(knobs, heads, kv_heads, head_dim, lengths, tmp_path, rope=None):
+    """split_kv_decode on lavapipe against numpy, for sequences of these lengths; with rope
+    (theta, scaling), its fused form, the last row of each sequence the step's own."""
     from mlcgen.compiler.build import PAGE_SIZE as page
     from mlcgen.targets.schedules.split_kv_decode import lanes_per_row, split_kv_decode
 
@@ -499,13 +530,25 @@ def check_split_kv_decode(knobs, heads, kv_heads, head_dim, lengths, tmp_path):
     pages = rng.standard_normal((len(values) + 3, 2, kv_heads, page, head_dim)).astype(np.float16)
     q = rng.standard_normal((len(lengths), heads, head_dim)).astype(np.float16)
 
-    func = split_kv_decode(heads, kv_heads, head_dim, "float16", knobs, lanes_per_row(head_dim, knobs), page)
+    positions = np.array(lengths, np.int32) - 1
+    first = q
+    if rope:  # the step's q/k/v; the reference gets q and the pages as the kernel should leave them
+        first = rng.standard_normal((len(lengths), heads + 2 * kv_heads, head_dim)).astype(np.float16)
+        q = np.stack([rope_reference(first[b, :heads], n, *rope) for b, n in enumerate(positions)]).astype(np.float16)
+        want_pages = pages.copy()
+        for b, n in enumerate(positions):
+            row = (values[indptr[b] + n // page], slice(None), slice(None), n % page)
+            want_pages[row] = np.stack([rope_reference(first[b, heads:heads + kv_heads], n, *rope), first[b, heads + kv_heads:]])
+    rope_items = (rope[0], tuple(sorted(rope[1].items()))) if rope else None
+    func = split_kv_decode(heads, kv_heads, head_dim, "float16", knobs, lanes_per_row(head_dim, knobs), page, rope=rope_items)
     tvm.compile(tvm.IRModule({"main": func}), vulkan_target.tvm_target("generic")).export_library(str(tmp_path / "decode.so"))
     lib, dev = tvm.runtime.load_module(str(tmp_path / "decode.so")), tvm.device("webgpu", 0)
     out, lse = tvm.runtime.empty(q.shape, "float16", dev), tvm.runtime.empty(q.shape[:2], "float32", dev)
-    unused = tvm.runtime.tensor(np.zeros(len(lengths), np.int32), dev)  # rotary positions: RoPE is applied before
-    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (q, pages, indptr, values, last_page)), unused, unused, out, lse,
-                0, 1.0, 1e4, head_dim**-0.5)
+    args = [tvm.runtime.tensor(a, dev) for a in (first, pages, indptr, values, last_page, np.zeros_like(positions), positions)]
+    lib["main"](*args, out, lse, 0, 1.0, 1e4, head_dim**-0.5)  # (the scalars other than sm_scale unused)
+    if rope:
+        assert np.abs(args[1].numpy().astype(np.float64) - want_pages).max() <= 2e-3  # the rows appended, nothing else changed
+        pages = want_pages
     want_out, want_lse = paged_decode_reference(q, pages, indptr, values, lengths)
     assert rel_err(out.numpy().astype(np.float64), want_out) <= 2e-3
     assert np.abs(lse.numpy() - want_lse).max() <= 1e-4

@@ -1,8 +1,9 @@
 """More thread blocks for TVM's prefill-attention kernels on GPUs with many compute units.
 
-TVM's paged KV cache computes prefill attention with its own kernels (`batch_prefill_ragged_kv`
-for the new tokens among themselves, `batch_prefill_paged_kv` over the cached pages). Each is
-launched with 16 blocks per KV head (its NUM_BLKS), and a block walks the 32-row query tiles of
+Prefill attention is TVM's kernel `batch_prefill_paged_kv` over the cached pages, the new
+tokens' rows appended first (compiler/kv_cache.py; `batch_prefill_ragged_kv`, the new tokens
+among themselves, is what TVM's own cache also runs, benchmarks/attention_speed.py sweeps it).
+Each is launched with 16 blocks per KV head (its NUM_BLKS), and a block walks the 32-row query tiles of
 its head one after another. A grouped model has few KV heads: Llama-3-8B's 8 give 128 blocks of
 4 warps for an H200's 132 SMs, and its 512-token prefill spent twice the attention time of
 Llama-2-7B's (32 heads, 512 blocks) on the same work (docs/benchmarks.md).
@@ -62,6 +63,8 @@ def use_prefill_blocks(blocks: int | None):
     import tvm
     from tvm import tirx
 
+    from ...compiler.kv_cache import bind_scalars
+
     @tvm.transform.module_pass(opt_level=0, name="UsePrefillBlocks")
     def replace(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if blocks is None:
@@ -69,8 +72,8 @@ def use_prefill_blocks(blocks: int | None):
         target = tvm.target.Target.current()
         for gvar, func in list(mod.functions_items()):
             name = func.attrs.get("global_symbol") if isinstance(func, tirx.PrimFunc) else None
-            if name in (RAGGED, *PAGED):
-                mod[gvar] = prefill_kernel(name, func, blocks, target)
+            if name in (RAGGED, *PAGED):  # (the ragged kernel is the causal one: compiler/kv_cache.py)
+                mod[gvar] = bind_scalars(prefill_kernel(name, func, blocks, target), causal=name == RAGGED)
         return mod
 
     return replace

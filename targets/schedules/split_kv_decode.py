@@ -32,12 +32,17 @@ more, `grouped_blocks`, and for other rows in flight, `grouped_unroll`), with at
 per MIN_SPLIT_ROWS rows of the sequence's pages. A group's query heads are unrolled loops, so that
 their queries, softmax states and outputs stay in registers.
 
-It replaces TVM's kernel by name (`use_split_kv_decode`), with the same signature: the KV cache
-runtime calls it as its own. Rotary embedding must already be applied (the models' RopeMode.NORMAL
-or NONE: rotary_mode is 0). Two cases keep TVM's kernel: head dims that do not split into a
-power-of-two lane count (Phi-3's 96), and sliding-window models, whose decode TVM's cache runs
-through its `_sliding_window` kernel with rotary_mode 1 (the keys rotated as they are read, at
-positions relative to the window), which this kernel does not implement.
+It replaces TVM's decode kernel by name (`use_split_kv_decode`), with the same signature (rotary
+embedding applied before it, rotary_mode 0), and where the preset asks (`fuse_rope_append`) each
+pair of calls rope_append + attention in the model's decode (compiler/kv_cache.py) becomes one
+call of its fused form, which takes the
+step's unrotated q/k/v instead of q: each block rotates its query heads as it loads them, and the
+block whose split holds the sequence's last row (the step's own) first writes that row's rotated K
+and its V into the pages, each lane its own slice, the lanes that later read it: no other block
+reads that row, so no grid-wide ordering is needed: a dispatch a layer fewer. Two cases keep TVM's kernel and the
+separate rope_append: head dims that do not split into a power-of-two lane count (Phi-3's 96), and
+sliding-window models (TVM's `_sliding_window` kernel, which skips the rows before the window);
+Phi-3's longrope keeps the separate rope_append too (it rotates before it).
 """
 
 from __future__ import annotations
@@ -98,6 +103,10 @@ class AttentionKnobs:
     # A GQA block's query heads merged at once, each by its own row slot, with shared memory for
     # all of their slots' states (False: one head after another, by slot 0, in one head's memory)
     parallel_merge: bool = False
+    # The decode's rope_append fused into the attention (module doc). Vulkan, where a dispatch
+    # costs ~4 us: +7-8% (7B, 8B on the H200); CUDA: slower (the rotation, computed in every
+    # block, took the 7B's attention from 131 to 316 us a step, the 8B's from 101 to 854)
+    fuse_rope_append: bool = False
 
 
 def for_model(knobs: AttentionKnobs, heads: int, kv_heads: int) -> AttentionKnobs:
@@ -127,11 +136,16 @@ def lanes_per_row(head_dim: int, knobs: AttentionKnobs) -> int | None:
     return lanes if fits else None
 
 
-def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs: AttentionKnobs, lanes: int, page_size: int):
+def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs: AttentionKnobs, lanes: int, page_size: int,
+                    rope: tuple | None = None):
+    """rope (theta, scaling items): the fused form (module doc): the first argument is the step's
+    q/k/v [batch, heads + 2 kv_heads, head_dim], unrotated, whose K and V rows it appends."""
     # The KV cache's length convention (the last page's length) is TVM's: its helpers read it.
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
     import tvm
     from tvm.backend.cuda.op import cuda_func_call
+
+    from ...compiler.kv_cache import rotated
     from tvm.script import tirx as T
 
     group = heads // kv_heads
@@ -159,6 +173,8 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         raise ValueError(f"async_copy stages two steps of K and V rows in shared memory ({staged_bytes} bytes with threads={knobs.threads}, "
                          f"unroll={unroll}; the merge state after them: {merge_bytes}): more than the {STATIC_SHARED_BYTES} bytes "
                          "a CUDA block has without opt-in")
+    fused = rope is not None
+    q_rows = heads + 2 * kv_heads if fused else heads  # the fused form's first argument is q/k/v
     max_splits = -(-blocks // heads)  # the most splits the count below can give (at batch 1)
     merge_loads = min(max_splits, MERGE_LOADS)
 
@@ -252,7 +268,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             T.tvm_storage_sync("shared")
 
     @T.macro
-    def attend(Q, pages, indptr, values, length_info, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
+    def attend(Q, pages, indptr, values, length_info, positions, sm_scale, out, b, hk, split, splits, slot_count, ty, tx, final):
         """A (sequence, KV head)'s rows in one split (all of them where `final`): every row slot
         an online softmax over its rows, the slots merged in shared memory; a slot per query head
         (merged at once) or slot 0 (one head after another) writes the split's partial output, max
@@ -289,9 +305,22 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             per_split: T.let[T.int32] = T.truncdiv(rows + splits - 1, splits)
             begin: T.let[T.int32] = split * per_split
             end: T.let[T.int32] = T.min(begin + per_split, rows)
-            for g in T.unroll(group):
-                for i in T.unroll(vec):
-                    q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
+            if fused:
+                # The step's own row (the sequence's last) is appended here, before any lane reads
+                # it, by the lanes that will: slot (last - begin) % slot_count, each its own slice.
+                last: T.let[T.int32] = rows - 1
+                if begin <= last and last < end and ty == (last - begin) % slot_count:
+                    last_page: T.let[T.int32] = values[first_page + last // page_size]
+                    for i in T.serial(vec):
+                        pages[last_page, 0, hk, last % page_size, tx * vec + i] = rotated(Q, positions[b], (b, heads + hk), tx * vec + i, head_dim, *rope, dtype)
+                        pages[last_page, 1, hk, last % page_size, tx * vec + i] = Q[b, heads + kv_heads + hk, tx * vec + i]
+                for g in T.unroll(group):
+                    for i in T.unroll(vec):
+                        q[g, i] = T.Cast("float32", rotated(Q, positions[b], (b, hk * group + g), tx * vec + i, head_dim, *rope, dtype)) * sm_scale * LOG2E
+            else:
+                for g in T.unroll(group):
+                    for i in T.unroll(vec):
+                        q[g, i] = T.Cast("float32", Q[b, hk * group + g, tx * vec + i]) * sm_scale * LOG2E
             for g in T.unroll(group):
                 m[g] = T.float32(-5e4)
                 d[g] = T.float32(0)
@@ -373,7 +402,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
         B, nnz_pages, max_pages = T.int32(), T.int32(), T.int32()
         indptr_offset, values_offset = T.int32(), T.int32()
         k_rope_offset, q_rope_offset, length_offset = T.int32(), T.int32(), T.int32()
-        Q = T.match_buffer(Q_handle, (B, heads, head_dim), dtype)
+        Q = T.match_buffer(Q_handle, (B, q_rows, head_dim), dtype)
         pages = T.match_buffer(pages_handle, (max_pages, 2, kv_heads, page_size, head_dim), dtype)  # offset 0: vector loads need aligned rows
         indptr = T.match_buffer(page_indptr_handle, (B + 1,), "int32", elem_offset=indptr_offset)
         values = T.match_buffer(page_values_handle, (nnz_pages,), "int32", elem_offset=values_offset)
@@ -388,7 +417,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             for bh in T.thread_binding(B * kv_heads, thread="blockIdx.x"):
                 for ty in T.thread_binding(whole_slots, thread="threadIdx.y"):
                     for tx in T.thread_binding(lanes, thread="threadIdx.x"):
-                        attend(Q, pages, indptr, values, length_info, sm_scale, (output, lse), bh // kv_heads, bh % kv_heads, 0, 1,
+                        attend(Q, pages, indptr, values, length_info, q_rope_position, sm_scale, (output, lse), bh // kv_heads, bh % kv_heads, 0, 1,
                                whole_slots, ty, tx, True)
         else:
             part_o = T.alloc_buffer((B, splits, heads, head_dim), "float32")
@@ -397,7 +426,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
                 for bh in T.thread_binding(B * kv_heads, thread="blockIdx.y"):
                     for ty in T.thread_binding(slots, thread="threadIdx.y"):
                         for tx in T.thread_binding(lanes, thread="threadIdx.x"):
-                            attend(Q, pages, indptr, values, length_info, sm_scale, (part_o, part_md), bh // kv_heads, bh % kv_heads,
+                            attend(Q, pages, indptr, values, length_info, q_rope_position, sm_scale, (part_o, part_md), bh // kv_heads, bh % kv_heads,
                                    split, splits, slots, ty, tx, False)
             for bh in T.thread_binding(B * heads, thread="blockIdx.x"):
                 for tx in T.thread_binding(head_dim, thread="threadIdx.x"):
@@ -442,10 +471,13 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
 
 
 def use_split_kv_decode(knobs: AttentionKnobs):
-    """A module pass: the KV cache's decode-attention PrimFunc replaced by split_kv_decode (its
-    sliding-window one kept: module doc)."""
+    """A module pass: the decode-attention PrimFunc replaced by split_kv_decode (the sliding-window
+    one kept: module doc), and each call of it whose query comes from a rope_append call
+    (compiler/kv_cache.py) replaced by one call of the fused form, which rotates and appends."""
     import tvm
-    from tvm import tirx
+    from tvm import relax, tirx
+
+    from ...compiler.kv_cache import bind_scalars
 
     @tvm.transform.module_pass(opt_level=0, name="UseSplitKVDecode")
     def replace(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -457,7 +489,74 @@ def use_split_kv_decode(knobs: AttentionKnobs):
             lanes = lanes_per_row(head_dim, knobs)
             if lanes is None:
                 continue
-            mod[gvar] = split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size)
+            mod[gvar] = bind_scalars(split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size))
+            fused = lambda rope, args=(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size): bind_scalars(
+                split_kv_decode(*args, rope=rope)).with_attr("global_symbol", FUSED_NAME)
+            if knobs.fuse_rope_append:
+                mod = relax.transform.DeadCodeElimination()(fuse_rope_append(mod, gvar, fused))
         return mod
 
     return replace
+
+
+FUSED_NAME = NAME + "_rope_append"
+
+
+def fuse_rope_append(mod, decode, fused):
+    """Calls of the PrimFunc `decode` whose query is the first output of a rope_append call that
+    rotates: one call of fused((theta, scaling items)) on that call's q/k/v and pages instead
+    (whose outputs are the pages, in place, and the attention's); the rope_append call is left
+    unused."""
+    import json
+
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from ...compiler.kv_cache import ROPE_ATTR
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    inplace = tvm.ir.Op.get("relax.call_tir_inplace")
+
+    @mutator
+    class Fuse(PyExprMutator):
+        def __init__(self):
+            super().__init__(mod)
+            self.bound, self.kernels = {}, {}
+
+        def visit_var_binding_(self, binding):
+            self.bound[binding.var] = binding.value
+            super().visit_var_binding_(binding)
+
+        def rope_call(self, q):
+            """The rope_append call whose first output q is, and its (theta, scaling) if it rotates."""
+            item = self.bound.get(q)
+            if not isinstance(item, relax.TupleGetItem) or item.index != 0:
+                return None, None
+            call = self.bound.get(item.tuple_value)
+            if not (isinstance(call, relax.Call) and call.op.same_as(inplace)):
+                return None, None
+            rope = json.loads(str(mod[call.args[0]].attrs.get(ROPE_ATTR, "null")))
+            return call, rope
+
+        def visit_call_(self, call):
+            if not (call.op.same_as(call_tir) and call.args[0].same_as(decode)):
+                return super().visit_call_(call)
+            rope_append, rope = self.rope_call(call.args[1].fields[0])
+            if rope is None:
+                return super().visit_call_(call)
+            key = json.dumps(rope)
+            if key not in self.kernels:
+                self.kernels[key] = self.builder_.add_func(fused((rope[0], tuple(sorted(rope[1].items())))), FUSED_NAME)
+            qkv, _, pages = (self.visit_expr(a) for a in rope_append.args[1].fields)
+            tables = [self.visit_expr(a) for a in call.args[1].fields[2:]]
+            out = call.ty.fields
+            step = self.builder_.emit(relax.call_tir_inplace(self.kernels[key], [qkv, pages, *tables], [1, -1, -1],
+                                                             [pages.ty, *out]))
+            return relax.Tuple([relax.TupleGetItem(step, 1), relax.TupleGetItem(step, 2)])
+
+    fuse = Fuse()
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            fuse.builder_.update_func(gvar, fuse.visit_expr(func))
+    return fuse.builder_.get()
