@@ -6,14 +6,14 @@ sequence owns every page in order: its token at position p sits at page p // PAG
 p % PAGE_SIZE (nothing is recycled; a sliding window starts its page table further in). So the
 attention kernels, TVM's and ours (targets/schedules/split_kv_decode.py), read it through the
 same tables TVM's paged cache would give them, which the engine writes before each forward
-(runtime/kv_tables.py).
+(runtime/kv_cache.py).
 
 Why not TVM's PagedKVCache: its `attention_with_fused_qkv` launches a kernel for RoPE, one for
 the append and then attention (3 of a 7B layer's 7 decode kernels with ours), and its tables live
 behind an object the model cannot hand to a kernel of its own. Here a forward rotates and
-appends in one kernel (rope_append), then attends; on the GPU targets the decode attention takes
-the rotation and the append itself (targets/schedules/split_kv_decode.py, its fused form): one
-kernel for all three.
+appends in one kernel (rope_append), then attends; where the target's preset asks (the Vulkan
+presets) the decode attention takes the rotation and the append itself
+(targets/schedules/split_kv_decode.py, its fused form): one kernel for all three.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def rope_append_kernel(heads: int, kv_heads: int, head_dim: int, dtype: str, pag
     head_dim] (q and k rotated; prefill's ragged attention reads them), K and V also written into
     the pages at the tokens' positions. One loop nest, so one kernel. rotate=False: qkv is
     rotated already (Phi-3's longrope)."""
+
     def value(qkv, positions, t, h, d):
         return rotated(qkv, positions[t], (t, h), d, head_dim, rope_theta, rope_scaling, dtype) if rotate else qkv[t, h, d]
 

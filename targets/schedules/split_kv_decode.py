@@ -35,12 +35,11 @@ their queries, softmax states and outputs stay in registers.
 It replaces TVM's decode kernel by name (`use_split_kv_decode`), with the same signature (rotary
 embedding applied before it, rotary_mode 0), and where the preset asks (`fuse_rope_append`) each
 pair of calls rope_append + attention in the model's decode (compiler/kv_cache.py) becomes one
-call of its fused form, which takes the
-step's unrotated q/k/v instead of q: each block rotates its query heads as it loads them, and the
-block whose split holds the sequence's last row (the step's own) first writes that row's rotated K
-and its V into the pages, each lane its own slice, the lanes that later read it: no other block
-reads that row, so no grid-wide ordering is needed: a dispatch a layer fewer. Two cases keep TVM's kernel and the
-separate rope_append: head dims that do not split into a power-of-two lane count (Phi-3's 96), and
+call of its fused form, which takes the step's unrotated q/k/v instead of q: each block rotates
+its query heads as it loads them, and the block whose split holds the sequence's last row (the
+step's own) first writes that row's rotated K and its V into the pages, each lane the slice it
+later reads: no other block reads that row, so no grid-wide ordering is needed, and a layer has a
+dispatch fewer. Two cases keep TVM's kernel and the separate rope_append: head dims that do not split into a power-of-two lane count (Phi-3's 96), and
 sliding-window models (TVM's `_sliding_window` kernel, which skips the rows before the window);
 Phi-3's longrope keeps the separate rope_append too (it rotates before it).
 """
@@ -472,8 +471,8 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
 
 def use_split_kv_decode(knobs: AttentionKnobs):
     """A module pass: the decode-attention PrimFunc replaced by split_kv_decode (the sliding-window
-    one kept: module doc), and each call of it whose query comes from a rope_append call
-    (compiler/kv_cache.py) replaced by one call of the fused form, which rotates and appends."""
+    one kept: module doc); with `fuse_rope_append`, each call of it whose query comes from a
+    rope_append call (compiler/kv_cache.py) replaced by one call of the fused form."""
     import tvm
     from tvm import relax, tirx
 
@@ -489,10 +488,10 @@ def use_split_kv_decode(knobs: AttentionKnobs):
             lanes = lanes_per_row(head_dim, knobs)
             if lanes is None:
                 continue
-            mod[gvar] = bind_scalars(split_kv_decode(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size))
-            fused = lambda rope, args=(heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size): bind_scalars(
-                split_kv_decode(*args, rope=rope)).with_attr("global_symbol", FUSED_NAME)
+            args = (heads, kv_heads, head_dim, str(q.dtype), knobs, lanes, page_size)
+            mod[gvar] = bind_scalars(split_kv_decode(*args))
             if knobs.fuse_rope_append:
+                fused = lambda rope: bind_scalars(split_kv_decode(*args, rope=rope)).with_attr("global_symbol", FUSED_NAME)
                 mod = relax.transform.DeadCodeElimination()(fuse_rope_append(mod, gvar, fused))
         return mod
 
