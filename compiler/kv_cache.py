@@ -100,16 +100,25 @@ def rope_append_kernel(heads: int, kv_heads: int, head_dim: int, dtype: str, pag
 def rotated(buffer, position, row: tuple, d, head_dim: int, theta: float, scaling: tuple, dtype: str):
     """Element d of buffer[*row, :] rotated by RoPE at `position` (the half-split pairing of
     transformers' Llama: d with d +- head_dim / 2), in dtype."""
+    angle = rope_angle(position, d, head_dim, theta, scaling)
+    return rotate_pair(buffer, row, d, head_dim, tirx.cos(angle), tirx.sin(angle), dtype)
+
+
+def rope_angle(position, d, head_dim: int, theta: float, scaling: tuple):
+    return position.astype("float32") * inverse_frequency(d % (head_dim // 2), head_dim, theta, dict(scaling))
+
+
+def rotate_pair(buffer, row: tuple, d, head_dim: int, cos, sin, dtype: str):
+    """Element d of buffer[*row, :] rotated by the angle whose cosine and sine are given."""
     half = head_dim // 2
-    angle = position.astype("float32") * inverse_frequency(d % half, head_dim, theta, dict(scaling))
     partner = tirx.if_then_else(d < half, -buffer[(*row, d + half)], buffer[(*row, d - half)])
-    return (tirx.cos(angle) * buffer[(*row, d)].astype("float32") + tirx.sin(angle) * partner.astype("float32")).astype(dtype)
+    return (cos * buffer[(*row, d)].astype("float32") + sin * partner.astype("float32")).astype(dtype)
 
 
 def inverse_frequency(i, head_dim: int, theta: float, scaling: dict):
     """RoPE's inverse frequency of pair i (a float32 expression), with Llama 3's scaling: long
     wavelengths divided by `factor`, short ones kept, those between blended."""
-    inv = 1.0 / tirx.power(tirx.const(theta, "float32"), (2 * i).astype("float32") / head_dim)
+    inv = tirx.exp2((2 * i).astype("float32") * (-math.log2(theta) / head_dim))  # theta^(-2i/head_dim), exp2 where powf is slow
     if not scaling:
         return inv
     factor, low, high, old = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))

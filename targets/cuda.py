@@ -71,9 +71,10 @@ class Preset:
     # A GQA block's 4 query heads merge their row slots at once, a slot each (session 28, same sweep):
     # Llama-3-8B 4.7 / 7.3 / 11.8 us a call against 5.0 / 8.6 / 13.0, with the merge kernel's loads in
     # one round (all targets); 8B decode +2.1-3.6% at 1024 and 4096 tokens in 3 of 4 same-call pairs.
+    # RoPE and the KV append inside the decode attention (session 31): 7B 668.8 tok/s at 128, 8B 607.7.
     attention: AttentionKnobs = AttentionKnobs(vector=8, threads=128, unroll=4, blocks=528, grouped_blocks=1056, grouped_unroll=2,
                                                whole_rows=384, whole_threads=512, grouped_whole_rows=0, async_copy=True,
-                                               parallel_merge=True)
+                                               parallel_merge=True, fuse_rope_append=True)
     # Prefill attention (TVM's kernels): at least this many thread blocks, ~4 per SM, where TVM
     # gives 16 per KV head (Llama-3-8B: 128) (schedules/prefill_attention.py).
     prefill_blocks: int = 512

@@ -102,9 +102,10 @@ class AttentionKnobs:
     # A GQA block's query heads merged at once, each by its own row slot, with shared memory for
     # all of their slots' states (False: one head after another, by slot 0, in one head's memory)
     parallel_merge: bool = False
-    # The decode's rope_append fused into the attention (module doc). Vulkan, where a dispatch
-    # costs ~4 us: +7-8% (7B, 8B on the H200); CUDA: slower (the rotation, computed in every
-    # block, took the 7B's attention from 131 to 316 us a step, the 8B's from 101 to 854)
+    # The decode's rope_append fused into the attention (module doc): on the H200 through Vulkan
+    # +7-8% (7B, 8B); through CUDA 7B 1513 -> 1481 us of kernels a step, 8B 1666 -> 1641, with
+    # the angles computed once a lane and CUDA's fast sine and cosine (accurate ones: 7B 1632,
+    # 8B 2372) (docs/benchmarks.md, session 31)
     fuse_rope_append: bool = False
 
 
@@ -143,9 +144,20 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     from tvm.relax.frontend.nn.llm._kernel_common import _declare_length_info, _get_kv_chunk_len
     import tvm
     from tvm.backend.cuda.op import cuda_func_call
-
-    from ...compiler.kv_cache import rotated
     from tvm.script import tirx as T
+
+    from ...compiler.kv_cache import rope_angle, rotate_pair
+
+    # CUDA's accurate cosf and sinf (with their slow path for large arguments) made the fused
+    # kernel slower than the kernels it replaces; its fast ones on the angle reduced to one turn
+    # (float32 angles of thousands of radians carry ~5e-4 of rounding either way)
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "cuda":
+        turn = lambda a: a - T.float32(2 * math.pi) * T.round(a * T.float32(1 / (2 * math.pi)))
+        cos = lambda a: T.call_pure_extern("float32", "__cosf", turn(a))
+        sin = lambda a: T.call_pure_extern("float32", "__sinf", turn(a))
+    else:
+        cos, sin = T.cos, T.sin
 
     group = heads // kv_heads
     knobs = for_model(knobs, heads, kv_heads)
@@ -297,6 +309,7 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             final_o = T.sblock_alloc_buffer((merged, final_slots, head_dim), "float32", scope="shared")
             final_md = T.sblock_alloc_buffer((merged, final_slots, 2), "float32", scope="shared")
             staged = T.sblock_alloc_buffer(staged_shape(slot_count, final), dtype, scope="shared")
+            rope_cs = T.sblock_alloc_buffer((2, vec if fused else 1), "float32", scope="local")  # a lane's cosines, sines
 
             first_page: T.let[T.int32] = indptr[b]
             pages_of_b: T.let[T.int32] = indptr[b + 1] - first_page
@@ -305,17 +318,23 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
             begin: T.let[T.int32] = split * per_split
             end: T.let[T.int32] = T.min(begin + per_split, rows)
             if fused:
+                # A lane's angles, once for its query heads and the appended K (the same elements)
+                for i in T.unroll(vec):
+                    rope_cs[0, i] = cos(rope_angle(positions[b], tx * vec + i, head_dim, *rope))
+                    rope_cs[1, i] = sin(rope_angle(positions[b], tx * vec + i, head_dim, *rope))
                 # The step's own row (the sequence's last) is appended here, before any lane reads
                 # it, by the lanes that will: slot (last - begin) % slot_count, each its own slice.
                 last: T.let[T.int32] = rows - 1
                 if begin <= last and last < end and ty == (last - begin) % slot_count:
                     last_page: T.let[T.int32] = values[first_page + last // page_size]
                     for i in T.serial(vec):
-                        pages[last_page, 0, hk, last % page_size, tx * vec + i] = rotated(Q, positions[b], (b, heads + hk), tx * vec + i, head_dim, *rope, dtype)
+                        pages[last_page, 0, hk, last % page_size, tx * vec + i] = rotate_pair(
+                            Q, (b, heads + hk), tx * vec + i, head_dim, rope_cs[0, i], rope_cs[1, i], dtype)
                         pages[last_page, 1, hk, last % page_size, tx * vec + i] = Q[b, heads + kv_heads + hk, tx * vec + i]
                 for g in T.unroll(group):
                     for i in T.unroll(vec):
-                        q[g, i] = T.Cast("float32", rotated(Q, positions[b], (b, hk * group + g), tx * vec + i, head_dim, *rope, dtype)) * sm_scale * LOG2E
+                        q[g, i] = T.Cast("float32", rotate_pair(Q, (b, hk * group + g), tx * vec + i, head_dim, rope_cs[0, i], rope_cs[1, i],
+                                                                dtype)) * sm_scale * LOG2E
             else:
                 for g in T.unroll(group):
                     for i in T.unroll(vec):
