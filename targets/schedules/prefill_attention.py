@@ -1,18 +1,18 @@
 """More thread blocks for TVM's prefill-attention kernels on GPUs with many compute units.
 
-Prefill attention is TVM's kernel `batch_prefill_paged_kv` over the cached pages, the new
-tokens' rows appended first (compiler/kv_cache.py; `batch_prefill_ragged_kv`, the new tokens
-among themselves, is what TVM's own cache also runs, benchmarks/attention_speed.py sweeps it).
-Each is launched with 16 blocks per KV head (its NUM_BLKS), and a block walks the 32-row query tiles of
-its head one after another. A grouped model has few KV heads: Llama-3-8B's 8 give 128 blocks of
+A prefill attends with two of TVM's kernels (compiler/kv_cache.py `attend`):
+`batch_prefill_ragged_kv` over its own tokens (causal) and `batch_prefill_paged_kv` over the rows
+cached before it. Each is launched with 16 blocks per KV head (its NUM_BLKS), and a block walks
+the 32-row query tiles of its head one after another. A grouped model has few KV heads: Llama-3-8B's 8 give 128 blocks of
 4 warps for an H200's 132 SMs, and its 512-token prefill spent twice the attention time of
 Llama-2-7B's (32 heads, 512 blocks) on the same work (docs/benchmarks.md).
 
 `use_prefill_blocks(blocks)` regenerates those kernels with TVM's own generators, asking for at
 least `blocks` blocks in all (never fewer than TVM's 16 per KV head): the tiles are then shared by
 more blocks; blocks without a tile return at once. Rotary embedding is applied before these
-kernels (RopeMode.NORMAL or NONE: their rotary_mode is 0), so they are generated without the
-model's rope scaling, as the decode kernel is (schedules/split_kv_decode.py).
+kernels (rope_append: their rotary_mode is 0), so they are generated without the model's rope
+scaling, as the decode kernel is (schedules/split_kv_decode.py). No windowed form: the engine
+prefills several tokens only while a sliding window cuts nothing (runtime/engine.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from unittest import mock
 
 TVM_BLOCKS_PER_KV_HEAD = 16  # NUM_BLKS in TVM's prefill kernel configuration
 RAGGED = "batch_prefill_ragged_kv"
-PAGED = ("batch_prefill_paged_kv", "batch_prefill_paged_kv_sliding_window")
+PAGED = "batch_prefill_paged_kv"
 
 
 def blocks_per_kv_head(kv_heads: int, blocks: int) -> int:
@@ -53,8 +53,7 @@ def prefill_kernel(name: str, func, blocks: int, target, tiles: tuple[int, int, 
         if name == RAGGED:
             v = func.params[3].ty
             return tvm_prefill._attention_prefill_ragged(kv_heads, heads, head_dim, int(v.shape[2]), dtype, {}, target)
-        return tvm_prefill._attention_prefill(kv_heads, heads, head_dim, dtype, name == PAGED[1], {}, target,
-                                              page_size=int(kv.shape[3]))
+        return tvm_prefill._attention_prefill(kv_heads, heads, head_dim, dtype, False, {}, target, page_size=int(kv.shape[3]))
 
 
 def use_prefill_blocks(blocks: int | None):
@@ -72,7 +71,7 @@ def use_prefill_blocks(blocks: int | None):
         target = tvm.target.Target.current()
         for gvar, func in list(mod.functions_items()):
             name = func.attrs.get("global_symbol") if isinstance(func, tirx.PrimFunc) else None
-            if name in (RAGGED, *PAGED):  # (the ragged kernel is the causal one: compiler/kv_cache.py)
+            if name in (RAGGED, PAGED):  # (the ragged kernel is the causal one: compiler/kv_cache.py)
                 mod[gvar] = bind_scalars(prefill_kernel(name, func, blocks, target), causal=name == RAGGED)
         return mod
 
