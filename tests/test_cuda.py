@@ -46,8 +46,10 @@ def test_cuda_build_leaves_graphs_to_the_engine_and_uses_our_norm_and_attention_
     # no graph regions of the library's own: the engine captures whole decode steps (runtime/cuda_graph.py)
     assert "cuda_graph" not in script and p.manifest["target"]["decode_graphs"] == "whole_step"
     assert '"mlcgen.kernel": "add_rms_norm"' in script and 'thread="blockIdx.x"' in script
-    decode = [f.script() for gv, f in mod.functions_items() if gv.name_hint == "batch_decode_paged_kv"]
-    assert len(decode) == 1 and 'T.sblock("attend")' in decode[0] and 'T.sblock("merge")' in decode[0]  # split-KV
+    # split-KV decode attention, fused with the step's RoPE and KV append; the unfused form is not kept
+    decode = {gv.name_hint: f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("batch_decode_paged_kv")}
+    assert list(decode) == ["batch_decode_paged_kv_rope_append"], list(decode)
+    assert 'T.sblock("attend")' in decode["batch_decode_paged_kv_rope_append"] and 'T.sblock("merge")' in decode["batch_decode_paged_kv_rope_append"]
     # prefill attention: TVM's kernels with the preset's 512 blocks (2 KV heads: 256 each, not 16)
     prefill = {gv.name_hint: f.script() for gv, f in mod.functions_items() if gv.name_hint.startswith("batch_prefill")}
     assert {"batch_prefill_ragged_kv", "batch_prefill_paged_kv"} <= set(prefill)

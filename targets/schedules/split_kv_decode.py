@@ -512,6 +512,9 @@ def use_split_kv_decode(knobs: AttentionKnobs):
             if knobs.fuse_rope_append:
                 fused = lambda rope: bind_scalars(split_kv_decode(*args, rope=rope)).with_attr("global_symbol", FUSED_NAME)
                 mod = relax.transform.DeadCodeElimination()(fuse_rope_append(mod, gvar, fused))
+                if not any(v.same_as(gvar) for f in mod.functions.values() if isinstance(f, relax.Function)
+                           for v in relax.analysis.all_global_vars(f)):
+                    del mod[gvar]  # every call fused (its global symbol keeps it from the elimination)
         return mod
 
     return replace
