@@ -88,8 +88,12 @@ PRESETS = {
     # output itself, no merge dispatch (whole_rows, as cuda): 7B decode at context 128 322.4 / 321.9
     # -> 341.1 tok/s, 333.7-335.4 with 512 invocations; profiled attention 682 -> 379 us a step
     # (vulkan_speed.py, H200, one call, 2026-12-03, session 30; with 256 invocations no gain, session
-    # 26); up to 1024 rows: 7B at context 1024 293 -> 279. Grouped models too (cuda keeps them split):
-    # 8B 331.1 tok/s at context 128 against 328.4-329.2 split, neutral.
+    # 26); up to 1024 rows: 7B at context 1024 293 -> 279. Grouped models stay split (as cuda): with
+    # RoPE and the append fused in, Llama-3-8B's 8 whole workgroups took 694 us a step at context 128
+    # against 506 split, decode 354.6 -> 361.1 tok/s (vulkan_speed.py, H200, one call, session 32;
+    # neutral before the fusion, session 30); 2 rows a slot for them (as cuda): their split kernel
+    # 496 -> 427 us a step, decode 362.8-363.7 -> 366.1-366.8 tok/s at 128, neutral at 1024 (same
+    # calls, three and four runs).
     # Split path with 256 invocations a workgroup (8 row slots): decode at context 1024 7B 293.0-295.2
     # -> 303.9-305.0 tok/s, 8B 304.6-307.7 -> 319.2 (vulkan_speed.py, H200, session 30; 264 blocks
     # instead of 528: 7B 280.4).
@@ -99,7 +103,7 @@ PRESETS = {
                      GemvKnobs(threads_per_row=32, rows_per_block=4, vector_words=4, unroll=4, rows_per_thread=2, activation_lanes=4, packed_fp16=True,
                                activation_words=True, max_padding=1 / 16, fold_rms_norm=True),
                      AttentionKnobs(vector=4, threads=256, unroll=4, blocks=528, parallel_merge=True, whole_rows=384, whole_threads=1024,
-                                    fuse_rope_append=True),
+                                    grouped_whole_rows=0, grouped_unroll=2, fuse_rope_append=True),
                      norm_threads=512),
 }
 

@@ -460,7 +460,7 @@ def cuda_attention_knobs_for_wgsl():
 
 @pytest.mark.parametrize("knobs", [vulkan_target.PRESETS["generic"].attention, vulkan_target.PRESETS["steamdeck"].attention,
                                    dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=0),
-                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128),
+                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128, grouped_whole_rows=None),
                                    rocm_attention_knobs_for_wgsl("gfx1100"), rocm_attention_knobs_for_wgsl("gfx90a"),
                                    cuda_attention_knobs_for_wgsl(),
                                    dataclasses.replace(cuda_attention_knobs_for_wgsl(), whole_rows=128, whole_threads=256,
@@ -490,7 +490,7 @@ LLAMA3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "origi
 
 
 @pytest.mark.parametrize("knobs", [dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=0),
-                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128),
+                                   dataclasses.replace(vulkan_target.PRESETS["nvidia"].attention, whole_rows=128, grouped_whole_rows=None),
                                    cuda_attention_knobs_for_wgsl()], ids=["vulkan-nvidia-split", "vulkan-nvidia-whole", "cuda-sm_90"])
 @pytest.mark.parametrize("heads,kv_heads,head_dim,scaling", [(8, 2, 64, LLAMA3), (4, 4, 128, None)], ids=["gqa-llama3", "mha"])
 def test_split_kv_decode_fused_with_rope_and_append_on_lavapipe_vs_numpy(knobs, heads, kv_heads, head_dim, scaling, lavapipe, tmp_path):
