@@ -100,8 +100,17 @@ def rope_append_kernel(heads: int, kv_heads: int, head_dim: int, dtype: str, pag
 def rotated(buffer, position, row: tuple, d, head_dim: int, theta: float, scaling: tuple, dtype: str):
     """Element d of buffer[*row, :] rotated by RoPE at `position` (the half-split pairing of
     transformers' Llama: d with d +- head_dim / 2), in dtype."""
-    angle = rope_angle(position, d, head_dim, theta, scaling)
+    angle = one_turn(rope_angle(position, d, head_dim, theta, scaling))
     return rotate_pair(buffer, row, d, head_dim, tirx.cos(angle), tirx.sin(angle), dtype)
+
+
+def one_turn(angle):
+    """A float32 angle less its whole turns, for a sine or cosine: AMD's v_sin/v_cos, which LLVM
+    makes of one on gfx11 (and most likely RADV of WGSL's on the Steam Deck), take at most 256
+    turns (1608 radians: RoPE's first pair at 1608 tokens), and CUDA's accurate sinf/cosf take a
+    slow path for large arguments. Its rounding is that of the float32 angle itself (~2e-4 radians
+    at 4096 tokens)."""
+    return angle - tirx.const(2 * math.pi, "float32") * tirx.round(angle * tirx.const(1 / (2 * math.pi), "float32"))
 
 
 def rope_angle(position, d, head_dim: int, theta: float, scaling: tuple):

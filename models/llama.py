@@ -17,7 +17,7 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 
 from ..compiler.build import PAGE_SIZE
-from ..compiler.kv_cache import KVStep, attend
+from ..compiler.kv_cache import KVStep, attend, one_turn
 from ..compiler.layers import gate_up_silu
 from ..compiler.sampling import sample_token
 from ..runtime.sampling import UNIFORMS
@@ -170,7 +170,7 @@ def longrope(qkv: nn.Tensor, positions: nn.Tensor, cfg: LlamaConfig) -> nn.Tenso
             i = d % half
             factor = factors[tirx.Select(pos >= r["original_max_position_embeddings"], 1, 0), i]
             inv_freq = 1.0 / (factor * tirx.power(tirx.const(cfg.rope_theta, "float32"), (2 * i).astype("float32") / cfg.head_dim))
-            angle = pos.astype("float32") * inv_freq
+            angle = one_turn(pos.astype("float32") * inv_freq)
             x = qkv[b, s, h, d].astype("float32")
             partner = tirx.Select(d < half, -qkv[b, s, h, d + half], qkv[b, s, h, d - half]).astype("float32")
             out = (x * tirx.cos(angle) + partner * tirx.sin(angle)) * r["attention_factor"]

@@ -116,6 +116,20 @@ def test_fused_add_rms_norm_is_one_kernel(rocm_build):
     assert names and all(n.endswith("_kernel") for n in names), names
 
 
+def test_rope_angles_lose_their_whole_turns_before_the_sine(rocm_build):
+    """v_sin_f32 / v_cos_f32, which LLVM makes of a sine on AMD GPUs, take at most 256 turns: RoPE's
+    first pair passes that at 1608 tokens. The rope_append kernel rounds the angle's turns away
+    first (compiler/kv_cache.py one_turn): v_rndne_f32, which neither arch's code had before (gfx90a's
+    LLVM adds a v_fract_f32 of its own; gfx11's nothing)."""
+    arch, dist = rocm_build
+    text = subprocess.run([amdgpu_inspect._llvm_tool("llvm-objdump"), "-d", f"--mcpu={arch}", str(dist / rocm.CODE_OBJECT)],
+                          capture_output=True, text=True, check=True).stdout
+    kernel = text[text.index("<rope_append_kernel>:"):]
+    kernel = kernel[:kernel.find("\n\n")]
+    assert "v_sin_f32" in kernel and "v_cos_f32" in kernel
+    assert "v_rndne_f32" in kernel  # the turns rounded (the cosine and the sine of an angle share it)
+
+
 def gemv_code_object(arch, knobs, func, path):
     """The q4 GEMV `func` (conftest.gemv_func, or the int8-activation form) scheduled with `knobs`
     for `arch`, as an HSA code object."""

@@ -146,18 +146,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     from tvm.backend.cuda.op import cuda_func_call
     from tvm.script import tirx as T
 
-    from ...compiler.kv_cache import rope_angle, rotate_pair
+    from ...compiler.kv_cache import one_turn, rope_angle, rotate_pair
 
     # CUDA's accurate cosf and sinf (with their slow path for large arguments) made the fused
-    # kernel slower than the kernels it replaces; its fast ones on the angle reduced to one turn
-    # (float32 angles of thousands of radians carry ~5e-4 of rounding either way)
+    # kernel slower than the kernels it replaces; its fast ones, on the angle reduced to one turn
     target = tvm.target.Target.current(allow_none=True)
     if target is not None and target.kind.name == "cuda":
-        turn = lambda a: a - T.float32(2 * math.pi) * T.round(a * T.float32(1 / (2 * math.pi)))
-        cos = lambda a: T.call_pure_extern("float32", "__cosf", turn(a))
-        sin = lambda a: T.call_pure_extern("float32", "__sinf", turn(a))
+        cos = lambda a: T.call_pure_extern("float32", "__cosf", one_turn(a))
+        sin = lambda a: T.call_pure_extern("float32", "__sinf", one_turn(a))
     else:
-        cos, sin = T.cos, T.sin
+        cos, sin = (lambda a: T.cos(one_turn(a))), (lambda a: T.sin(one_turn(a)))
 
     group = heads // kv_heads
     knobs = for_model(knobs, heads, kv_heads)
