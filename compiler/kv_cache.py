@@ -100,7 +100,7 @@ def rope_append_kernel(heads: int, kv_heads: int, head_dim: int, dtype: str, pag
 def rotated(buffer, position, row: tuple, d, head_dim: int, theta: float, scaling: tuple, dtype: str):
     """Element d of buffer[*row, :] rotated by RoPE at `position` (the half-split pairing of
     transformers' Llama: d with d +- head_dim / 2), in dtype."""
-    angle = one_turn(rope_angle(position, d, head_dim, theta, scaling))
+    angle = rope_angle(position, d, head_dim, theta, scaling)
     return rotate_pair(buffer, row, d, head_dim, tirx.cos(angle), tirx.sin(angle), dtype)
 
 
@@ -114,7 +114,8 @@ def one_turn(angle):
 
 
 def rope_angle(position, d, head_dim: int, theta: float, scaling: tuple):
-    return position.astype("float32") * inverse_frequency(d % (head_dim // 2), head_dim, theta, dict(scaling))
+    """RoPE's angle for element d at `position`, less its whole turns (one_turn), for its sine and cosine."""
+    return one_turn(position.astype("float32") * inverse_frequency(d % (head_dim // 2), head_dim, theta, dict(scaling)))
 
 
 def rotate_pair(buffer, row: tuple, d, head_dim: int, cos, sin, dtype: str):

@@ -146,16 +146,16 @@ def split_kv_decode(heads: int, kv_heads: int, head_dim: int, dtype: str, knobs:
     from tvm.backend.cuda.op import cuda_func_call
     from tvm.script import tirx as T
 
-    from ...compiler.kv_cache import one_turn, rope_angle, rotate_pair
+    from ...compiler.kv_cache import rope_angle, rotate_pair
 
     # CUDA's accurate cosf and sinf (with their slow path for large arguments) made the fused
-    # kernel slower than the kernels it replaces; its fast ones, on the angle reduced to one turn
+    # kernel slower than the kernels it replaces; its fast ones (rope_angle is within one turn)
     target = tvm.target.Target.current(allow_none=True)
     if target is not None and target.kind.name == "cuda":
-        cos = lambda a: T.call_pure_extern("float32", "__cosf", one_turn(a))
-        sin = lambda a: T.call_pure_extern("float32", "__sinf", one_turn(a))
+        cos = lambda a: T.call_pure_extern("float32", "__cosf", a)
+        sin = lambda a: T.call_pure_extern("float32", "__sinf", a)
     else:
-        cos, sin = (lambda a: T.cos(one_turn(a))), (lambda a: T.sin(one_turn(a)))
+        cos, sin = T.cos, T.sin
 
     group = heads // kv_heads
     knobs = for_model(knobs, heads, kv_heads)
